@@ -1,0 +1,1 @@
+"""Kronos research workbench."""

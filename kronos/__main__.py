@@ -1,0 +1,5 @@
+"""`python -m kronos`."""
+
+from kronos.cli import main
+
+main()

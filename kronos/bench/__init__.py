@@ -1,0 +1,1 @@
+"""Benchmarks behind `kronos bench ...`: each returns a JSON-ready dict."""

@@ -1,0 +1,343 @@
+"""The ``kronos`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kronos.config import DataSettings, resolve_db_path
+from kronos.data import loaders, quality, readers
+from kronos.data.errors import KronosDataError
+from kronos.data.ingest import UpsertResult
+from kronos.data.store import Store
+
+app = typer.Typer(
+    help="Kronos research workbench.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+data_app = typer.Typer(help="Market store: ingest, validate, inspect.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+if not out.is_terminal:  # pipes and logs: wide enough for the QA table
+    out = Console(width=160)
+err = Console(stderr=True, soft_wrap=True)
+SHORT = {
+    "readable": "read",
+    "no_nulls": "nulls",
+    "positive_prices": "px>0",
+    "ohlc_consistent": "ohlc",
+    "duplicate_keys": "dups",
+    "monotonic_dates": "order",
+    "extreme_moves": "moves",
+    "min_span": "span",
+    "calendar_gaps": "gaps",
+}
+
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="DuckDB file [env KRONOS_DB; default data/kronos.duckdb]"),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+]
+
+
+class Source(StrEnum):
+    """Where ``kronos data ingest`` reads from."""
+
+    bundled = "bundled"
+    csv = "csv"
+    parquet = "parquet"
+    fmp = "fmp"
+    alpaca = "alpaca"
+    synthetic = "synthetic"
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _results_table(results: dict[str, UpsertResult]) -> Table:
+    table = Table(title="ingest")
+    for col in ("table", "rows in", "inserted", "updated", "unchanged"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for r in results.values():
+        table.add_row(
+            r.table, f"{r.rows_in:,}", f"{r.inserted:,}", f"{r.updated:,}", f"{r.unchanged:,}"
+        )
+    return table
+
+
+@data_app.command("ingest")
+def data_ingest(
+    source: Annotated[Source, typer.Option("--source", "-s", help="Which source to read.")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files (csv, parquet, fmp).")] = None,
+    db: DbOption = None,
+    symbol: Annotated[str | None, typer.Option(help="Symbol of single-symbol files.")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="Column mapping NAME=COLUMN (repeatable), e.g. --map 'adj_close=Adj Close'.",
+        ),
+    ] = None,
+    tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps in files.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="FMP endpoint of the files (else from name).")
+    ] = None,
+    known_at: Annotated[
+        datetime | None,
+        typer.Option(help="When FMP snapshot files (estimates, profile) were taken, UTC."),
+    ] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (alpaca).")] = None,
+    start: Annotated[datetime | None, typer.Option(help="First day (alpaca, synthetic).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last day (alpaca).")] = None,
+    n_symbols: Annotated[int, typer.Option(help="Synthetic universe size.")] = 50,
+    years: Annotated[float, typer.Option(help="Synthetic history in years.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Synthetic seed.")] = 0,
+    reference: Annotated[bool, typer.Option(help="Synthetic reference data too.")] = True,
+    batch_symbols: Annotated[
+        int, typer.Option(help="Synthetic symbols per committed batch.")
+    ] = 250,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest a source into the store: idempotent, one transaction per batch."""
+    settings = DataSettings()
+    files = list(paths or [])
+    if source in (Source.csv, Source.parquet, Source.fmp) and not files:
+        _fail(f"--source {source.value} needs one or more files")
+    try:
+        with Store.open(resolve_db_path(db, settings)) as store, _progress() as progress:
+            task = progress.add_task(f"ingest {source.value}", total=None)
+
+            def on_batch(r: UpsertResult) -> None:
+                progress.update(task, advance=r.rows_in, description=f"ingest {r.table}")
+                if not err.is_terminal:  # a plain log line per committed batch for scripts
+                    err.print(
+                        f"committed {r.table}: {r.rows_in} rows, {r.inserted} inserted, "
+                        f"{r.updated} updated",
+                        highlight=False,
+                    )
+
+            if source is Source.bundled:
+                results = loaders.load_bundled(store, on_batch)
+            elif source in (Source.csv, Source.parquet):
+                from kronos.data.sources.files import parse_mapping
+
+                results = loaders.load_bar_files(
+                    store,
+                    files,
+                    mapping=parse_mapping(map_),
+                    symbol=symbol,
+                    tz=tz,
+                    settings=settings,
+                    on_batch=on_batch,
+                )
+            elif source is Source.fmp:
+                from datetime import UTC
+
+                known = known_at.replace(tzinfo=known_at.tzinfo or UTC) if known_at else None
+                results = loaders.load_fmp_files(
+                    store, files, kind=kind, known_at=known, on_batch=on_batch
+                )
+            elif source is Source.alpaca:
+                if not symbols or not start:
+                    _fail("--source alpaca needs --symbols and --start")
+                results = loaders.load_alpaca(
+                    store,
+                    symbols.split(","),
+                    start.date(),
+                    (end or datetime.now()).date(),
+                    on_batch,
+                )
+            else:
+                results = loaders.load_synthetic(
+                    store,
+                    n_symbols=n_symbols,
+                    years=years,
+                    seed=seed,
+                    start=start.date() if start else date(2000, 1, 3),
+                    reference=reference,
+                    batch_symbols=batch_symbols,
+                    on_batch=on_batch,
+                )
+    except (KronosDataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps({t: vars(r) | {"unchanged": r.unchanged} for t, r in results.items()}))
+    else:
+        out.print(_results_table(results))
+
+
+@data_app.command("info")
+def data_info(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Symbols, date spans and rows per table."""
+    path = resolve_db_path(db)
+    try:
+        with Store.open(path, read_only=True) as store:
+            info = loaders.store_info(store)
+    except (KronosDataError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(info))
+        return
+    out.print(f"[bold]{info['db']}[/bold]  schema version {info['schema_version']}")
+    bars = Table(title="bars by source")
+    for col in ("source", "symbols", "first", "last", "rows"):
+        bars.add_column(col, justify="right" if col == "rows" else "left")
+    for r in info["bars_by_source"]:
+        bars.add_row(
+            r["source"],
+            f"{r['n_symbols']}: {r['symbols']}",
+            r["first"],
+            r["last"],
+            f"{r['rows']:,}",
+        )
+    out.print(bars)
+    rows = Table(title="rows per table")
+    rows.add_column("table")
+    rows.add_column("rows", justify="right")
+    for t, n in info["rows"].items():
+        rows.add_row(t, f"{n:,}")
+    out.print(rows)
+
+
+@data_app.command("validate")
+def data_validate(
+    files: Annotated[
+        list[Path] | None,
+        typer.Option("--file", "-f", help="Validate bar files instead of the store (repeatable)."),
+    ] = None,
+    db: DbOption = None,
+    symbols: Annotated[
+        str | None, typer.Option(help="Comma-separated symbols (store only).")
+    ] = None,
+    symbol: Annotated[str | None, typer.Option(help="Symbol of single-symbol files.")] = None,
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="Column mapping NAME=COLUMN.")
+    ] = None,
+    tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps in files.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the JSON report [default data/reports/validate-<time>.json]."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the data-quality rules; exit 1 when any rule fails."""
+    from kronos.data.errors import InputError
+    from kronos.data.sources.files import parse_mapping, read_bars_file
+
+    settings = DataSettings()
+    reports = []
+    try:
+        if files:
+            for f in files:
+                try:
+                    frame = read_bars_file(
+                        f,
+                        mapping=parse_mapping(map_),
+                        symbol=symbol,
+                        tz=tz,
+                        market_tz=settings.market_tz,
+                    )
+                except InputError as exc:
+                    _fail(str(exc))
+                reports.append(quality.run_qa(frame, str(f), settings))
+        else:
+            with Store.open(resolve_db_path(db, settings), read_only=True) as store:
+                frame = readers.prices(
+                    store, asof=date.today(), symbols=symbols.split(",") if symbols else None
+                )
+            reports.append(quality.run_qa(frame, str(resolve_db_path(db, settings)), settings))
+    except (KronosDataError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    passed = all(r.passed for r in reports)
+    payload = {"passed": passed, "reports": [r.to_dict() for r in reports]}
+    path = report or Path("data/reports") / f"validate-{datetime.now():%Y%m%dT%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    if as_json:
+        print(json.dumps(payload))
+    else:
+        for r in reports:
+            out.print(_qa_table(r))
+            for sym, rule, res in r.failures():
+                out.print(
+                    f"[red]FAIL[/red] {sym} {rule}: {res.first or ''} {res.detail or ''}",
+                    highlight=False,
+                )
+            out.print("rules: " + ", ".join(f"{v}={k}" for k, v in SHORT.items()), highlight=False)
+        out.print(f"{'[green]passed' if passed else '[red]failed'}[/] - report: {path}")
+    raise typer.Exit(0 if passed else 1)
+
+
+def _qa_table(report: quality.QAReport) -> Table:
+    table = Table(title=f"data quality: {report.origin}")
+    for col in ("symbol", "rows", "start", "end", *quality.RULES):
+        table.add_column(SHORT.get(col, col), justify="right" if col == "rows" else "left")
+    for s in report.symbols:
+        marks = [
+            "[green]ok[/]" if r.passed else f"[red]FAIL{f'({r.count})' if r.count else ''}[/]"
+            for r in s.rules.values()
+        ]
+        table.add_row(s.symbol, f"{s.rows:,}", s.start or "", s.end or "", *marks)
+    return table
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    rows: Annotated[int, typer.Option(help="Synthetic bar rows to ingest.")] = 10_000_000,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest synthetic bars into a fresh store; rows per second vs raw DuckDB."""
+    from kronos.bench.ingest import run_ingest_bench
+
+    with _progress() as progress:
+        task = progress.add_task("bench ingest", total=None)
+        result = run_ingest_bench(rows, on_step=lambda s: progress.update(task, description=s))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"kronos bench ingest ({result['rows']:,} rows)")
+    for col in ("step", "seconds", "rows/s", "note"):
+        table.add_column(col, justify="left" if col in ("step", "note") else "right")
+    for s in result["steps"]:
+        table.add_row(s["step"], f"{s['seconds']:.2f}", f"{s['rows_per_s']:,.0f}", s["note"])
+    out.print(table)
+    out.print(
+        f"target >= {result['target_rows_per_s']:,} rows/s: "
+        f"{'[green]met' if result['target_met'] else '[red]missed'}[/]"
+    )
+
+
+def main() -> None:
+    """Entry point of the ``kronos`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

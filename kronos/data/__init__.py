@@ -1,0 +1,1 @@
+"""Market store, point-in-time readers, sources and data quality."""

@@ -1,0 +1,47 @@
+"""Errors raised by the data layer. Every message names where the problem is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KronosDataError(Exception):
+    """Base class for data-layer errors."""
+
+
+class SchemaVersionError(KronosDataError):
+    """The database was written by a newer kronos, or needs a migration it cannot get."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad value: where it is and what is wrong with it."""
+
+    message: str
+    file: str | None = None
+    row: int | None = None  # 1-based line number in the file (header is line 1)
+    column: str | None = None
+    symbol: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file + (f":{self.row}" if self.row is not None else ""))
+        elif self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column:
+            where.append(f"column '{self.column}'")
+        if self.symbol:
+            where.append(f"symbol {self.symbol}")
+        return (", ".join(where) + ": " if where else "") + self.message
+
+
+class InputError(KronosDataError):
+    """Bad input; nothing was written."""
+
+    def __init__(self, problems: list[Problem], *, limit: int = 10) -> None:
+        self.problems = problems
+        shown = "\n".join(f"  {p}" for p in problems[:limit])
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{len(problems)} {noun} in input, nothing was written:\n{shown}{more}")

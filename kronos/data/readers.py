@@ -1,0 +1,311 @@
+"""Point-in-time readers. Every read takes ``asof`` and sees only what was known then.
+
+``asof`` is a date or a time-zone-aware datetime. A date means the end of that
+day in the market's time zone. A daily bar becomes known at the market close of
+its day; reference rows at their ``available_at``. All readers return polars
+frames in long format, sorted by symbol and time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from kronos.config import DataSettings
+from kronos.data.store import Store
+
+Asof = date | datetime
+
+
+@dataclass(frozen=True)
+class PointInTime:
+    """The instant a read is made at, and the last daily bar complete by then."""
+
+    cutoff: datetime  # UTC
+    bar_date: date
+
+    @classmethod
+    def at(cls, asof: Asof, settings: DataSettings | None = None) -> PointInTime:
+        """Resolve ``asof`` against the market's time zone and close."""
+        settings = settings or DataSettings()
+        tz = ZoneInfo(settings.market_tz)
+        if isinstance(asof, datetime):
+            if asof.tzinfo is None:
+                raise ValueError(f"asof {asof} is a naive datetime; give a time zone or a date")
+            local = asof.astimezone(tz)
+        elif isinstance(asof, date):
+            local = datetime.combine(asof + timedelta(days=1), time(), tz) - timedelta(
+                microseconds=1
+            )
+        else:
+            raise TypeError(f"asof must be a date or datetime, not {type(asof).__name__}")
+        close = time.fromisoformat(settings.market_close)
+        bar_date = local.date() if local.time() >= close else local.date() - timedelta(days=1)
+        return cls(local.astimezone(ZoneInfo("UTC")), bar_date)
+
+
+def _symbol_filter(symbols: Sequence[str] | None, column: str = "symbol") -> tuple[str, list]:
+    if symbols is None:
+        return "", []
+    return f" AND {column} IN (SELECT unnest(?::VARCHAR[]))", [list(symbols)]
+
+
+def _query(store: Store, sql: str, params: list) -> pl.DataFrame:
+    return store.con.sql(sql, params=params).pl()
+
+
+def prices(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Daily bars known at ``asof`` (``ts`` up to the last completed session)."""
+    pit = PointInTime.at(asof, settings)
+    last = min(pit.bar_date, end) if end else pit.bar_date
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        f"SELECT * FROM bars WHERE ts <= ? AND ts >= ?{where} ORDER BY symbol, ts",
+        [last, start or date(1, 1, 1), *params],
+    )
+
+
+def returns(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Close-to-close returns on adjusted closes (``ret``, ``log_ret``) known at ``asof``."""
+    pit = PointInTime.at(asof, settings)
+    last = min(pit.bar_date, end) if end else pit.bar_date
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        f"SELECT * FROM daily_returns WHERE ts <= ? AND ts >= ?{where} ORDER BY symbol, ts",
+        [last, start or date(1, 1, 1), *params],
+    )
+
+
+def liquidity(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Latest 60-session average dollar volume per symbol, from full windows only."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        "SELECT symbol, max(ts) AS ts, arg_max(avg_dollar_vol_60d, ts) AS avg_dollar_vol_60d "
+        f"FROM mv_liquidity_60d WHERE ts <= ? AND n_obs >= 60{where} GROUP BY symbol ORDER BY 1",
+        [pit.bar_date, *params],
+    )
+
+
+def _newest_known(
+    store: Store,
+    table: str,
+    asof: Asof,
+    symbols: Sequence[str] | None,
+    settings: DataSettings | None,
+    *,
+    per: str,
+    newest: str = "available_at DESC",
+    order: str,
+) -> pl.DataFrame:
+    """Rows of ``table`` known at ``asof``, keeping the newest one per ``per``."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        f"SELECT * FROM {table} WHERE available_at <= ?{where} "
+        f"QUALIFY row_number() OVER (PARTITION BY {per} ORDER BY {newest}) = 1 ORDER BY {order}",
+        [pit.cutoff, *params],
+    )
+
+
+def profiles(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """The newest company profile of each symbol known at ``asof``."""
+    return _newest_known(
+        store, "dim_company_profile", asof, symbols, settings, per="symbol", order="symbol"
+    )
+
+
+STATEMENT_TABLES = (
+    "fmp_income_statement",
+    "fmp_balance_sheet",
+    "fmp_cash_flow",
+    "fmp_key_metrics",
+    "fmp_ratios",
+)
+
+
+def statements(
+    store: Store,
+    table: str,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Each fiscal period's newest version known at ``asof`` (restatements replace)."""
+    if table not in STATEMENT_TABLES:
+        raise ValueError(f"unknown statement table {table!r}; one of {STATEMENT_TABLES}")
+    key = "symbol, period_end, period"
+    return _newest_known(store, table, asof, symbols, settings, per=key, order=key)
+
+
+def estimates(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """The newest consensus snapshot per (symbol, fiscal period) known at ``asof``."""
+    key = "symbol, period_end, period"
+    return _newest_known(
+        store, "fmp_analyst_estimates", asof, symbols, settings, per=key, order=key
+    )
+
+
+def ratings(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """The newest rating per symbol known at ``asof``."""
+    return _newest_known(
+        store,
+        "fmp_rating",
+        asof,
+        symbols,
+        settings,
+        per="symbol",
+        newest="rating_date DESC, available_at DESC",
+        order="symbol",
+    )
+
+
+def _known_since(
+    store: Store,
+    table: str,
+    asof: Asof,
+    symbols: Sequence[str] | None,
+    settings: DataSettings | None,
+    *,
+    column: str,
+    since: datetime,
+) -> pl.DataFrame:
+    """Rows of ``table`` known at ``asof`` whose ``column`` is at or after ``since``."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        f"SELECT * FROM {table} WHERE available_at <= ? AND {column} >= ?{where} "
+        f"ORDER BY symbol, {column}",
+        [pit.cutoff, since, *params],
+    )
+
+
+def news(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    since: datetime | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Headlines known at ``asof``, optionally only those published since ``since``."""
+    return _known_since(
+        store,
+        "fmp_news",
+        asof,
+        symbols,
+        settings,
+        column="published_at",
+        since=since or datetime(1, 1, 1, tzinfo=ZoneInfo("UTC")),
+    )
+
+
+def news_counts(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    start: date | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Headline counts per symbol and market-local day, from headlines known at ``asof``.
+
+    Days without headlines are absent (count them as zero).
+    """
+    settings = settings or DataSettings()
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        "SELECT symbol, CAST(timezone(?, published_at) AS DATE) AS day, count(*) AS n_news "
+        f"FROM fmp_news WHERE available_at <= ?{where} GROUP BY ALL "
+        "HAVING day >= ? ORDER BY symbol, day",
+        [settings.market_tz, pit.cutoff, *params, start or date(1, 1, 1)],
+    )
+
+
+def social(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    start: date | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Social-sentiment aggregates known at ``asof``, from ``start`` on."""
+    since = datetime.combine(start or date(1, 1, 1), time(), ZoneInfo("UTC"))
+    return _known_since(store, "social_features", asof, symbols, settings, column="ts", since=since)
+
+
+def factors(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Sector z-scored value/quality factors as of ``asof`` (``fundamentals_factors_v1``)."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        f"SELECT * FROM fundamentals_factors_v1(?::TIMESTAMPTZ) WHERE true{where} ORDER BY symbol",
+        [pit.cutoff, *params],
+    )
+
+
+def revisions(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    lookback_days: int = 30,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Cross-sectional EPS revisions as of ``asof`` (``fmp_revisions_cs``)."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        "SELECT * FROM fmp_revisions_cs(?::TIMESTAMPTZ, lookback_days := ?) "
+        f"WHERE true{where} ORDER BY symbol",
+        [pit.cutoff, lookback_days, *params],
+    )

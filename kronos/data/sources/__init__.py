@@ -1,0 +1,1 @@
+"""Data sources: each turns outside data into frames in the store's contracts."""

@@ -1,0 +1,256 @@
+"""Daily bars from the Alpaca market-data API, in the ``bars`` table contract.
+
+Alpaca is asked twice per fetch: once with ``adjustment=raw`` for the traded
+open/high/low/close/volume, once with ``adjustment=all`` (splits and dividends)
+for ``adj_close``. Alpaca stamps a daily bar with the UTC instant of midnight in
+New York (05:00Z in winter, 04:00Z in summer); ``ts`` is that instant's New York
+calendar date, the trading day.
+
+Credentials come from ``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY`` (environment
+or ``.env``) and are held as :class:`~pydantic.SecretStr`, so they never show in
+a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+from alpaca.data.enums import Adjustment, DataFeed
+from alpaca.data.historical.stock import StockHistoricalDataClient
+from alpaca.data.models import BarSet
+from alpaca.data.requests import StockBarsRequest
+from alpaca.data.timeframe import TimeFrame
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from kronos.data.schema import TABLES
+
+__all__ = [
+    "AlpacaConfigError",
+    "AlpacaDataSettings",
+    "fetch_alpaca_bars",
+    "load_alpaca_settings",
+]
+
+SOURCE = "alpaca"
+EXCHANGE_TZ = ZoneInfo("America/New_York")
+_KEY = ["symbol", "ts"]
+
+ENV_KEY_ID = "APCA_API_KEY_ID"
+ENV_SECRET_KEY = "APCA_API_SECRET_KEY"
+ENV_DATA_URL = "APCA_DATA_URL"
+ENV_DATA_FEED = "APCA_DATA_FEED"
+_ENV_NAMES = frozenset({ENV_KEY_ID, ENV_SECRET_KEY, ENV_DATA_URL, ENV_DATA_FEED})
+
+
+class AlpacaConfigError(ValueError):
+    """Alpaca settings are missing or invalid; the message names the variables."""
+
+
+def _own_variables_only(
+    source: PydanticBaseSettingsSource,
+) -> Callable[[], dict[str, Any]]:
+    """Wrap a ``.env`` source so it yields only the ``APCA_*`` variables declared here.
+
+    A project ``.env`` holds other providers' keys too; with ``extra="forbid"`` those
+    would otherwise fail validation.
+    """
+
+    def read() -> dict[str, Any]:
+        return {name: value for name, value in source().items() if name in _ENV_NAMES}
+
+    return read
+
+
+class AlpacaDataSettings(BaseSettings):
+    """Connection settings for the Alpaca market-data API.
+
+    Populated from the environment or ``.env`` by variable name (the field names are
+    *not* read from the environment); pass the same names as keywords to build one
+    directly, e.g. ``AlpacaDataSettings(APCA_API_KEY_ID=..., APCA_API_SECRET_KEY=...)``.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_file=".env",
+        env_file_encoding="utf-8",
+    )
+
+    api_key: SecretStr = Field(validation_alias=ENV_KEY_ID, min_length=1)
+    secret_key: SecretStr = Field(validation_alias=ENV_SECRET_KEY, min_length=1)
+    data_url: str | None = Field(
+        default=None,
+        validation_alias=ENV_DATA_URL,
+        description="Base URL override (tests, proxies); alpaca-py appends /v2/...",
+    )
+    feed: str = Field(default=DataFeed.IEX.value, validation_alias=ENV_DATA_FEED)
+
+    @field_validator("data_url")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip().rstrip("/")
+        return value or None
+
+    @field_validator("feed")
+    @classmethod
+    def _known_feed(cls, value: str) -> str:
+        value = value.strip().lower()
+        known = [feed.value for feed in DataFeed]
+        if value not in known:
+            raise ValueError(f"unknown Alpaca data feed {value!r}; expected one of {known}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[Any, ...]:
+        """Keyword arguments, then environment, then only our variables from ``.env``."""
+        return (
+            init_settings,
+            env_settings,
+            _own_variables_only(dotenv_settings),
+            file_secret_settings,
+        )
+
+
+def load_alpaca_settings() -> AlpacaDataSettings:
+    """Read :class:`AlpacaDataSettings` from the environment / ``.env``.
+
+    Raises:
+        AlpacaConfigError: a key variable is unset or empty, or a value is invalid;
+            the message names the variable(s) and never includes a secret.
+
+    """
+    try:
+        return AlpacaDataSettings()
+    except ValidationError as exc:
+        missing: list[str] = []
+        invalid: list[str] = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            if error["type"] in {"missing", "too_short"}:
+                missing.append(name)
+            else:
+                invalid.append(f"{name}: {error['msg']}")
+        parts = []
+        if missing:
+            parts.append(f"set {', '.join(missing)} (environment or .env)")
+        if invalid:
+            parts.append("invalid " + "; ".join(invalid))
+        raise AlpacaConfigError("Alpaca data settings: " + "; ".join(parts)) from None
+
+
+def fetch_alpaca_bars(
+    symbols: Sequence[str],
+    start: date,
+    end: date,
+    settings: AlpacaDataSettings,
+) -> pl.DataFrame:
+    """Daily bars for ``symbols`` on New York trading days ``start``..``end`` inclusive.
+
+    Returns a frame with exactly ``TABLES["bars"].schema``, sorted by
+    (symbol, ts), ``source`` = ``"alpaca"``; ``close`` is the raw close and
+    ``adj_close`` the split- and dividend-adjusted close.
+
+    Raises:
+        TypeError: ``symbols`` is a single string rather than a list.
+        ValueError: no symbols, ``end`` before ``start``, a symbol with no bars in
+            the range (all such symbols are named), or raw and adjusted series that
+            do not cover the same days.
+        alpaca.common.exceptions.APIError: the API refused the request (bad keys,
+            bad parameters, ...).
+
+    """
+    if isinstance(symbols, str):
+        raise TypeError("fetch_alpaca_bars: symbols must be a list of symbols, not one string")
+    wanted = list(dict.fromkeys(symbols))
+    if not wanted:
+        raise ValueError("fetch_alpaca_bars: no symbols requested")
+    if end < start:
+        raise ValueError(f"fetch_alpaca_bars: end {end} is before start {start}")
+
+    client = StockHistoricalDataClient(
+        api_key=settings.api_key.get_secret_value(),
+        secret_key=settings.secret_key.get_secret_value(),
+        url_override=settings.data_url,
+    )
+
+    def request(adjustment: Adjustment) -> BarSet:
+        bar_set = client.get_stock_bars(
+            StockBarsRequest(
+                symbol_or_symbols=wanted,
+                timeframe=TimeFrame.Day,
+                start=datetime.combine(start, time.min, tzinfo=EXCHANGE_TZ),
+                end=datetime.combine(end, time(23, 59, 59), tzinfo=EXCHANGE_TZ),
+                adjustment=adjustment,
+                feed=DataFeed(settings.feed),
+            )
+        )
+        if not isinstance(bar_set, BarSet):  # only with raw_data=True, which we never set
+            raise TypeError(f"expected a BarSet from alpaca-py, got {type(bar_set).__name__}")
+        return bar_set
+
+    raw = request(Adjustment.RAW)
+    empty = [symbol for symbol in wanted if not raw.data.get(symbol)]
+    if empty:
+        raise ValueError(
+            f"Alpaca returned no bars for {', '.join(empty)} "
+            f"between {start} and {end} (feed {settings.feed})"
+        )
+    raw_frame = _frame(raw, ["open", "high", "low", "close", "volume"])
+    adjusted_frame = _frame(request(Adjustment.ALL), ["close"]).rename({"close": "adj_close"})
+
+    only_raw = raw_frame.join(adjusted_frame, on=_KEY, how="anti")
+    only_adjusted = adjusted_frame.join(raw_frame, on=_KEY, how="anti")
+    if only_raw.height or only_adjusted.height:
+        odd = pl.concat([only_raw.select(_KEY), only_adjusted.select(_KEY)])
+        shown = ", ".join(f"{s} {d}" for s, d in odd.head(10).iter_rows())
+        raise ValueError(f"Alpaca raw and adjusted bars cover different days: {shown}")
+
+    schema = TABLES["bars"].schema
+    return (
+        raw_frame.join(adjusted_frame, on=_KEY, how="inner", validate="1:1")
+        .with_columns(pl.lit(SOURCE).alias("source"))
+        .select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+        .sort(_KEY)
+    )
+
+
+def _frame(bar_set: BarSet, fields: list[str]) -> pl.DataFrame:
+    """Flatten a BarSet into (symbol, ts, *fields), ts being the New York date.
+
+    Raises ValueError if two bars of one symbol fall on the same New York day.
+    """
+    columns: dict[str, list[Any]] = {"symbol": [], "ts": [], **{f: [] for f in fields}}
+    for symbol, bars in bar_set.data.items():
+        for bar in bars:
+            columns["symbol"].append(symbol)
+            instant = bar.timestamp
+            if instant.tzinfo is None:  # alpaca sends RFC 3339 with "Z"; be safe anyway
+                instant = instant.replace(tzinfo=UTC)
+            columns["ts"].append(instant.astimezone(EXCHANGE_TZ).date())
+            for field in fields:
+                columns[field].append(getattr(bar, field))
+    frame = pl.DataFrame(
+        columns,
+        schema={"symbol": pl.String(), "ts": pl.Date(), **{f: pl.Float64() for f in fields}},
+    )
+    dupes = frame.filter(pl.struct(_KEY).is_duplicated()).select(_KEY).unique().sort(_KEY)
+    if dupes.height:
+        shown = ", ".join(f"{s} {d}" for s, d in dupes.head(10).iter_rows())
+        raise ValueError(f"Alpaca returned more than one daily bar per day: {shown}")
+    return frame

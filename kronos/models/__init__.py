@@ -1,0 +1,1 @@
+"""Forecasters and the compatibility shims they need."""
