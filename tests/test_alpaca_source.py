@@ -302,3 +302,43 @@ def test_load_settings_rejects_unknown_feed(
     monkeypatch.setenv("APCA_DATA_FEED", "bogus")
     with pytest.raises(AlpacaConfigError, match="APCA_DATA_FEED"):
         load_alpaca_settings()
+
+
+# --- the CLI end to end --------------------------------------------------------------
+
+
+def test_cli_ingests_alpaca_bars_with_keys_from_dotenv(server: FakeAlpacaServer, clean_env: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (clean_env / ".env").write_text(
+        f"APCA_API_KEY_ID={KEY}\nAPCA_API_SECRET_KEY={SECRET}\nAPCA_DATA_URL={server.url}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    args = ["data", "ingest", "-s", "alpaca", "--symbols", "AAA,BBB"]
+    args += ["--start", "2024-03-06", "--end", "2024-03-14", "--db", "k.duckdb", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kronos", *args],
+        cwd=clean_env,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["bars"]["inserted"] == len(ROWS)
+    assert KEY not in proc.stdout + proc.stderr and SECRET not in proc.stdout + proc.stderr
+    info = subprocess.run(
+        [sys.executable, "-m", "kronos", "data", "info", "--db", "k.duckdb", "--json"],
+        cwd=clean_env,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    sources = json.loads(info.stdout)["bars_by_source"]
+    assert [(s["source"], s["symbols"], s["rows"]) for s in sources] == [
+        ("alpaca", "AAA, BBB", len(ROWS))
+    ]
