@@ -2,7 +2,7 @@
 -- execution stages. Shapes follow ARCHITECTURE.md's contracts.
 
 CREATE TABLE forecasts (
-    symbol VARCHAR NOT NULL, "asof" TIMESTAMPTZ NOT NULL, step INTEGER NOT NULL,
+    symbol VARCHAR NOT NULL, "asof" DATE NOT NULL, step INTEGER NOT NULL,  -- asof: origin session
     target_ts DATE NOT NULL, p05 DOUBLE NOT NULL, p50 DOUBLE NOT NULL, p95 DOUBLE NOT NULL,
     model VARCHAR NOT NULL, version VARCHAR NOT NULL,
     calibrated BOOLEAN NOT NULL DEFAULT false,
