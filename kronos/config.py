@@ -48,3 +48,39 @@ def config_hash(settings: BaseSettings) -> str:
     """A stable short hash of a settings object, for run records."""
     blob = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ModelSettings(BaseSettings):
+    """Where model artifacts live and when a new one may replace ``latest``."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    model_dir: Path = Field(Path("data/models"), description="artifact root (MODEL_DIR)")
+    promotion_tolerance: float = Field(
+        0.0,
+        ge=0,
+        validation_alias="KRONOS_PROMOTION_TOLERANCE",
+        description="promote when validation CRPS <= baseline CRPS x (1 + tolerance)",
+    )
+    promotion_baseline: str = Field(
+        "ewma", validation_alias="KRONOS_PROMOTION_BASELINE", description="gate baseline model"
+    )
+
+
+class TrackingSettings(BaseSettings):
+    """The MLflow store: any tracking URI, SQLite under ``mlruns/`` by default."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    mlflow_tracking_uri: str | None = Field(None, description="MLFLOW_TRACKING_URI")
+    mlruns_dir: Path = Field(Path("mlruns"), validation_alias="KRONOS_MLRUNS_DIR")
+
+    def tracking_uri(self) -> str:
+        """The URI to use: ``MLFLOW_TRACKING_URI`` or SQLite in ``mlruns/``."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
+
+    def artifact_root(self) -> str:
+        """Where a local store keeps run artifacts."""
+        return (self.mlruns_dir / "artifacts").resolve().as_uri()

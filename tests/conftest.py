@@ -24,3 +24,12 @@ def bundled_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Store.open(path) as s:
         loaders.load_bundled(s)
     return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_settings(tmp_path_factory: pytest.TempPathFactory):
+    """One SQLite MLflow store for the session (its migrations take seconds)."""
+    from kronos.config import TrackingSettings
+
+    root = tmp_path_factory.mktemp("mlruns")
+    return TrackingSettings(mlflow_tracking_uri=None, KRONOS_MLRUNS_DIR=root)

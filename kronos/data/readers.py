@@ -309,3 +309,29 @@ def revisions(
         f"WHERE true{where} ORDER BY symbol",
         [pit.cutoff, lookback_days, *params],
     )
+
+
+def forecasts(
+    store: Store,
+    asof: Asof,
+    model: str | None = None,
+    symbols: Sequence[str] | None = None,
+    calibrated: bool | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Stored forecasts made from origins up to the last session completed at ``asof``."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    extra, extra_params = "", []
+    if model is not None:
+        extra += " AND model = ?"
+        extra_params.append(model)
+    if calibrated is not None:
+        extra += " AND calibrated = ?"
+        extra_params.append(calibrated)
+    return _query(
+        store,
+        'SELECT * EXCLUDE (created_at) FROM forecasts WHERE "asof" <= ?'
+        f'{extra}{where} ORDER BY model, version, symbol, "asof", step',
+        [pit.bar_date, *extra_params, *params],
+    )

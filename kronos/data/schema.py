@@ -160,6 +160,34 @@ TABLES: dict[str, TableSpec] = {
             required=("symbol", "ts", "available_at", "source"),
             reference=True,
         ),
+        TableSpec(
+            "forecasts",
+            {
+                "symbol": pl.String(),
+                "asof": pl.Date(),
+                "step": pl.Int32(),
+                "target_ts": pl.Date(),
+                "p05": pl.Float64(),
+                "p50": pl.Float64(),
+                "p95": pl.Float64(),
+                "model": pl.String(),
+                "version": pl.String(),
+                "calibrated": pl.Boolean(),
+            },
+            key=("symbol", "asof", "step", "model", "version", "calibrated"),
+            required=(
+                "symbol",
+                "asof",
+                "step",
+                "target_ts",
+                "p05",
+                "p50",
+                "p95",
+                "model",
+                "version",
+                "calibrated",
+            ),
+        ),
     ]
 }
 

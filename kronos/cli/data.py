@@ -1,37 +1,25 @@
-"""The ``kronos`` command."""
+"""``kronos data``: ingest, validate, inspect the market store."""
 
 from __future__ import annotations
 
 import json
-import sys
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kronos.cli._common import DbOption, JsonOption, err, fail, out, progress
 from kronos.config import DataSettings, resolve_db_path
 from kronos.data import loaders, quality, readers
 from kronos.data.errors import KronosDataError
 from kronos.data.ingest import UpsertResult
 from kronos.data.store import Store
 
-app = typer.Typer(
-    help="Kronos research workbench.", no_args_is_help=True, pretty_exceptions_enable=False
-)
-data_app = typer.Typer(help="Market store: ingest, validate, inspect.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(bench_app, name="bench")
+app = typer.Typer(help="Market store: ingest, validate, inspect.", no_args_is_help=True)
 
-out = Console()
-if not out.is_terminal:  # pipes and logs: wide enough for the QA table
-    out = Console(width=160)
-err = Console(stderr=True, soft_wrap=True)
 SHORT = {
     "readable": "read",
     "no_nulls": "nulls",
@@ -43,14 +31,6 @@ SHORT = {
     "min_span": "span",
     "calendar_gaps": "gaps",
 }
-
-DbOption = Annotated[
-    Path | None,
-    typer.Option("--db", help="DuckDB file [env KRONOS_DB; default data/kronos.duckdb]"),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object instead of tables.")
-]
 
 
 class Source(StrEnum):
@@ -64,22 +44,6 @@ class Source(StrEnum):
     synthetic = "synthetic"
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,} rows"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
-
-
 def _results_table(results: dict[str, UpsertResult]) -> Table:
     table = Table(title="ingest")
     for col in ("table", "rows in", "inserted", "updated", "unchanged"):
@@ -91,7 +55,7 @@ def _results_table(results: dict[str, UpsertResult]) -> Table:
     return table
 
 
-@data_app.command("ingest")
+@app.command("ingest")
 def data_ingest(
     source: Annotated[Source, typer.Option("--source", "-s", help="Which source to read.")],
     paths: Annotated[list[Path] | None, typer.Argument(help="Files (csv, parquet, fmp).")] = None,
@@ -128,13 +92,13 @@ def data_ingest(
     settings = DataSettings()
     files = list(paths or [])
     if source in (Source.csv, Source.parquet, Source.fmp) and not files:
-        _fail(f"--source {source.value} needs one or more files")
+        fail(f"--source {source.value} needs one or more files")
     try:
-        with Store.open(resolve_db_path(db, settings)) as store, _progress() as progress:
-            task = progress.add_task(f"ingest {source.value}", total=None)
+        with Store.open(resolve_db_path(db, settings)) as store, progress() as bar:
+            task = bar.add_task(f"ingest {source.value}", total=None)
 
             def on_batch(r: UpsertResult) -> None:
-                progress.update(task, advance=r.rows_in, description=f"ingest {r.table}")
+                bar.update(task, advance=r.rows_in, description=f"ingest {r.table}")
                 if not err.is_terminal:  # a plain log line per committed batch for scripts
                     err.print(
                         f"committed {r.table}: {r.rows_in} rows, {r.inserted} inserted, "
@@ -165,7 +129,7 @@ def data_ingest(
                 )
             elif source is Source.alpaca:
                 if not symbols or not start:
-                    _fail("--source alpaca needs --symbols and --start")
+                    fail("--source alpaca needs --symbols and --start")
                 results = loaders.load_alpaca(
                     store,
                     symbols.split(","),
@@ -185,14 +149,14 @@ def data_ingest(
                     on_batch=on_batch,
                 )
     except (KronosDataError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         print(json.dumps({t: vars(r) | {"unchanged": r.unchanged} for t, r in results.items()}))
     else:
         out.print(_results_table(results))
 
 
-@data_app.command("info")
+@app.command("info")
 def data_info(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Symbols, date spans and rows per table."""
     path = resolve_db_path(db)
@@ -200,7 +164,7 @@ def data_info(db: DbOption = None, as_json: JsonOption = False) -> None:
         with Store.open(path, read_only=True) as store:
             info = loaders.store_info(store)
     except (KronosDataError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         print(json.dumps(info))
         return
@@ -225,7 +189,7 @@ def data_info(db: DbOption = None, as_json: JsonOption = False) -> None:
     out.print(rows)
 
 
-@data_app.command("validate")
+@app.command("validate")
 def data_validate(
     files: Annotated[
         list[Path] | None,
@@ -266,7 +230,7 @@ def data_validate(
                         market_tz=settings.market_tz,
                     )
                 except InputError as exc:
-                    _fail(str(exc))
+                    fail(str(exc))
                 reports.append(quality.run_qa(frame, str(f), settings))
         else:
             with Store.open(resolve_db_path(db, settings), read_only=True) as store:
@@ -275,7 +239,7 @@ def data_validate(
                 )
             reports.append(quality.run_qa(frame, str(resolve_db_path(db, settings)), settings))
     except (KronosDataError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     passed = all(r.passed for r in reports)
     payload = {"passed": passed, "reports": [r.to_dict() for r in reports]}
     path = report or Path("data/reports") / f"validate-{datetime.now():%Y%m%dT%H%M%S}.json"
@@ -307,37 +271,3 @@ def _qa_table(report: quality.QAReport) -> Table:
         ]
         table.add_row(s.symbol, f"{s.rows:,}", s.start or "", s.end or "", *marks)
     return table
-
-
-@bench_app.command("ingest")
-def bench_ingest(
-    rows: Annotated[int, typer.Option(help="Synthetic bar rows to ingest.")] = 10_000_000,
-    as_json: JsonOption = False,
-) -> None:
-    """Ingest synthetic bars into a fresh store; rows per second vs raw DuckDB."""
-    from kronos.bench.ingest import run_ingest_bench
-
-    with _progress() as progress:
-        task = progress.add_task("bench ingest", total=None)
-        result = run_ingest_bench(rows, on_step=lambda s: progress.update(task, description=s))
-    if as_json:
-        print(json.dumps(result))
-        return
-    table = Table(title=f"kronos bench ingest ({result['rows']:,} rows)")
-    for col in ("step", "seconds", "rows/s", "note"):
-        table.add_column(col, justify="left" if col in ("step", "note") else "right")
-    for s in result["steps"]:
-        table.add_row(s["step"], f"{s['seconds']:.2f}", f"{s['rows_per_s']:,.0f}", s["note"])
-    out.print(table)
-    out.print(
-        f"target >= {result['target_rows_per_s']:,} rows/s: "
-        f"{'[green]met' if result['target_met'] else '[red]missed'}[/]"
-    )
-
-
-def main() -> None:
-    """Entry point of the ``kronos`` console script."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)

@@ -1,0 +1,26 @@
+"""The ``kronos`` command: one Typer app with a sub-app per area."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kronos.cli import bench, data, train
+from kronos.cli.forecast import forecast
+
+app = typer.Typer(
+    help="Kronos research workbench.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
+app.add_typer(bench.app, name="bench")
+app.command("forecast")(forecast)
+
+
+def main() -> None:
+    """Entry point of the ``kronos`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,130 @@
+"""``kronos bench``: measurements that print a table, or one JSON object."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kronos.cli._common import DbOption, JsonOption, out, progress, table
+
+app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
+
+
+@app.command("ingest")
+def bench_ingest(
+    rows: Annotated[int, typer.Option(help="Synthetic bar rows to ingest.")] = 10_000_000,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest synthetic bars into a fresh store; rows per second vs raw DuckDB."""
+    from kronos.bench.ingest import run_ingest_bench
+
+    with progress() as bar:
+        task = bar.add_task("bench ingest", total=None)
+        result = run_ingest_bench(rows, on_step=lambda s: bar.update(task, description=s))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"kronos bench ingest ({result['rows']:,} rows)")
+    for col in ("step", "seconds", "rows/s", "note"):
+        table.add_column(col, justify="left" if col in ("step", "note") else "right")
+    for s in result["steps"]:
+        table.add_row(s["step"], f"{s['seconds']:.2f}", f"{s['rows_per_s']:,.0f}", s["note"])
+    out.print(table)
+    out.print(
+        f"target >= {result['target_rows_per_s']:,} rows/s: "
+        f"{'[green]met' if result['target_met'] else '[red]missed'}[/]"
+    )
+
+
+@app.command("forecast")
+def bench_forecast(
+    db: DbOption = None,
+    source: Annotated[str, typer.Option(help="Evaluate on this bars source.")] = "skfolio.sp500",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated forecasters.")
+    ] = "historical,ewma,garch,nbeats,nbeats_default,tft",
+    holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
+    nbeats_max_steps: Annotated[
+        int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
+    as_json: JsonOption = False,
+) -> None:
+    """Leaderboard: every forecaster on the same held-out year, rolling origins."""
+    from kronos.bench.forecast import run_forecast_bench
+    from kronos.config import DataSettings, resolve_db_path
+    from kronos.data.store import Store
+    from kronos.features.returns import returns_panel
+    from kronos.tracking import mlflow_run
+
+    with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+        panel = returns_panel(store, date.today(), source=source)
+    names = models.split(",")
+    with (
+        mlflow_run(experiment, "bench-forecast", {"source": source}) as recorder,
+        progress("steps") as bar,
+    ):
+        task = bar.add_task("bench forecast", total=2 * len(names))
+        result = run_forecast_bench(
+            panel,
+            names,
+            holdout_days,
+            nbeats_max_steps,
+            on_step=lambda s: bar.update(task, advance=1, description=s),
+        )
+        recorder.log_params(
+            {
+                "source": source,
+                "holdout_days": holdout_days,
+                "models": models,
+                "nbeats_max_steps": nbeats_max_steps,
+            }
+        )
+        recorder.log_metrics(
+            {
+                f"{r['model']}.{k}": r[k]
+                for r in result["models"]
+                for k in ("mae", "coverage", "crps", "fit_seconds")
+            }
+        )
+        recorder.log_dict(result, "leaderboard.json")
+        result["mlflow_run_id"] = recorder.run_id
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    h = result["holdout"]
+    rows = [
+        [
+            r["model"],
+            f"{r['mae']:.5f}",
+            f"{r['coverage']:.1%}",
+            f"{r['crps']:.6f}",
+            "" if r["crps_exact"] is None else f"{r['crps_exact']:.6f}",
+            "" if r["crps_ratio_garch"] is None else f"{r['crps_ratio_garch']:.3f}",
+            f"{r['fit_seconds']:.1f}",
+            f"{r['predict_seconds_per_origin'] * 1000:.1f}",
+        ]
+        for r in result["models"]
+    ]
+    out.print(
+        table(
+            f"forecast leaderboard: {len(h['symbols'])} symbols, {h['origins']} origins "
+            f"{h['first_origin']}..{h['last_origin']}, steps 1-5",
+            [
+                "model",
+                "MAE",
+                "coverage",
+                "CRPS",
+                "CRPS exact",
+                "CRPS/GARCH",
+                "fit s",
+                "predict ms/origin",
+            ],
+            rows,
+        )
+    )
+    out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)

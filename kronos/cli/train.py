@@ -1,0 +1,193 @@
+"""``kronos train``: the whitepaper's retraining commands (section 6.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
+from kronos.config import DataSettings, ModelSettings, resolve_db_path
+from kronos.data.store import Store
+from kronos.models.base import Forecaster, ForecastError, TrainingConfig
+
+app = typer.Typer(
+    help="Train a forecaster, gate it, promote it, log it to MLflow.", no_args_is_help=True
+)
+
+MaxEpochs = Annotated[int, typer.Option(help="Epochs at most.")]
+Patience = Annotated[int, typer.Option(help="Early-stopping patience (validation checks).")]
+SchedPatience = Annotated[int, typer.Option(help="ReduceLROnPlateau patience.")]
+MaxSteps = Annotated[int | None, typer.Option(help="Cap on optimisation steps.")]
+SourceOpt = Annotated[str, typer.Option(help="Train on the symbols of this bars source.")]
+SymbolsOpt = Annotated[str | None, typer.Option(help="Comma-separated symbols (else --source).")]
+AsofOpt = Annotated[str | None, typer.Option(help="Data cutoff YYYY-MM-DD [default: today].")]
+ModelDirOpt = Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")]
+ExperimentOpt = Annotated[str, typer.Option(help="MLflow experiment.")]
+
+
+def _run(
+    forecaster: Forecaster,
+    *,
+    db: Path | None,
+    source: str,
+    symbols: str | None,
+    asof: str | None,
+    model_dir: Path | None,
+    experiment: str,
+    as_json: bool,
+) -> None:
+    from kronos.features.returns import returns_panel
+    from kronos.models.training import train_and_gate
+    from kronos.tracking import mlflow_run
+
+    settings = ModelSettings()
+    root = model_dir or settings.model_dir
+    cutoff = date.fromisoformat(asof) if asof else date.today()
+    try:
+        with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+            panel = returns_panel(
+                store,
+                cutoff,
+                symbols.split(",") if symbols else None,
+                source=None if symbols else source,
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    tags = {
+        "model": forecaster.name,
+        "config_hash": config_hash_of(forecaster),
+        "data_cutoff": str(cutoff),
+    }
+    try:
+        with mlflow_run(experiment, f"train-{forecaster.name}", tags) as recorder:
+            outcome = train_and_gate(
+                forecaster,
+                panel,
+                model_dir=root,
+                baseline=settings.promotion_baseline,
+                tolerance=settings.promotion_tolerance,
+                recorder=recorder,
+                on_stage=lambda s: err.print(f"[dim]{s}[/dim]"),
+            )
+            recorder.log_artifacts(outcome.run_dir, "artifact")
+            recorder.set_tags({"promoted": outcome.decision.promoted, "version": outcome.version})
+    except ForecastError as exc:
+        fail(str(exc))
+    result = {
+        "model": outcome.name,
+        "version": outcome.version,
+        "run_dir": str(outcome.run_dir),
+        "promoted": outcome.decision.promoted,
+        "reason": outcome.decision.reason,
+        "validation": outcome.metrics,
+        "baseline": outcome.baseline_metrics,
+        "fit_seconds": outcome.fit_seconds,
+        "data_range": outcome.data_range,
+        "mlflow_run_id": recorder.run_id,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    rows = [
+        [k, f"{outcome.metrics[k]:.6g}", f"{outcome.baseline_metrics[k]:.6g}"]
+        for k in ("mae", "coverage", "crps")
+    ]
+    out.print(
+        table(
+            f"{outcome.name} validation vs {settings.promotion_baseline}",
+            ["metric", outcome.name, settings.promotion_baseline],
+            rows,
+        )
+    )
+    verdict = "[green]promoted[/]" if outcome.decision.promoted else "[yellow]not promoted[/]"
+    out.print(f"{verdict}: {outcome.decision.reason}", highlight=False)
+    out.print(
+        f"artifact: {outcome.run_dir}  (fit {outcome.fit_seconds:.1f}s, "
+        f"MLflow run {recorder.run_id})",
+        highlight=False,
+    )
+
+
+def config_hash_of(forecaster: Forecaster) -> str:
+    """A stable hash of a forecaster's hyper-parameters."""
+    blob = json.dumps(forecaster.get_config(), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@app.command("nbeats")
+def train_nbeats(
+    max_epochs: MaxEpochs = 60,
+    patience: Patience = 8,
+    scheduler_patience: SchedPatience = 4,
+    max_steps: MaxSteps = None,
+    db: DbOption = None,
+    source: SourceOpt = "skfolio.sp500",
+    symbols: SymbolsOpt = None,
+    asof: AsofOpt = None,
+    model_dir: ModelDirOpt = None,
+    experiment: ExperimentOpt = "kronos-retrain",
+    as_json: JsonOption = False,
+) -> None:
+    """N-BEATS through neuralforecast: 90-day input, 5-day horizon, MQLoss(p05, p50, p95)."""
+    from kronos.models.nbeats import NBeatsForecaster
+
+    training = TrainingConfig(
+        max_epochs=max_epochs,
+        patience=patience,
+        scheduler_patience=scheduler_patience,
+        max_steps=max_steps,
+        progress=err.is_terminal,
+    )
+    _run(
+        NBeatsForecaster(training=training),
+        db=db,
+        source=source,
+        symbols=symbols,
+        asof=asof,
+        model_dir=model_dir,
+        experiment=experiment,
+        as_json=as_json,
+    )
+
+
+@app.command("tft")
+def train_tft(
+    max_epochs: MaxEpochs = 3,
+    patience: Patience = 2,
+    scheduler_patience: SchedPatience = 1,
+    max_steps: MaxSteps = None,
+    max_symbols: Annotated[int, typer.Option(help="Train on the top N symbols.")] = 200,
+    max_tail: Annotated[int, typer.Option(help="Latest observations per symbol.")] = 400,
+    db: DbOption = None,
+    source: SourceOpt = "skfolio.sp500",
+    symbols: SymbolsOpt = None,
+    asof: AsofOpt = None,
+    model_dir: ModelDirOpt = None,
+    experiment: ExperimentOpt = "kronos-retrain",
+    as_json: JsonOption = False,
+) -> None:
+    """Temporal Fusion Transformer through pytorch-forecasting, same split and metrics."""
+    from kronos.models.tft import TftForecaster
+
+    training = TrainingConfig(
+        max_epochs=max_epochs,
+        patience=patience,
+        scheduler_patience=scheduler_patience,
+        max_steps=max_steps,
+        progress=err.is_terminal,
+    )
+    _run(
+        TftForecaster(training=training, max_symbols=max_symbols, max_tail=max_tail),
+        db=db,
+        source=source,
+        symbols=symbols,
+        asof=asof,
+        model_dir=model_dir,
+        experiment=experiment,
+        as_json=as_json,
+    )

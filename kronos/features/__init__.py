@@ -1,0 +1,1 @@
+"""Features computed from the store, point in time."""
