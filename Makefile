@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kronos-installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+# torch/OpenMP threads spin while waiting; on 2 shared cores that stalls training badly
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test demo lab lint clean-venv
 
