@@ -9,7 +9,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 # torch/OpenMP threads spin while waiting; on 2 shared cores that stalls training badly
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test demo lab lint clean-venv
+.PHONY: install test demo lab mlflow lint clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ demo: install
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+mlflow: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 lint: install
 	$(BIN)/ruff check kronos tests

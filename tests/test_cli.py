@@ -140,3 +140,45 @@ def test_kill_9_mid_ingest_leaves_whole_batches_and_an_openable_db(tmp_path: Pat
     kronos(*ingest, cwd=tmp_path)  # resuming completes the universe
     with Store.open(tmp_path / "k.duckdb") as s:
         assert s.con.execute("SELECT count(*) FROM bars").fetchall()[0][0] == 400 * 2520
+
+
+def test_train_nbeats_writes_an_artifact_and_an_mlflow_run(bundled_db: Path, tmp_path: Path):
+    """A five-step run: too short to beat EWMA, so it must be saved but not promoted."""
+    import shutil
+
+    db = tmp_path / "k.duckdb"
+    shutil.copy(bundled_db, db)
+    env_extra = ["--db", str(db), "--model-dir", str(tmp_path / "models"), "--json"]
+    proc = kronos(
+        "train",
+        "nbeats",
+        "--max-steps",
+        "5",
+        "--symbols",
+        "AAPL,MSFT,KO",
+        "--asof",
+        "2005-12-30",
+        *env_extra,
+        cwd=tmp_path,
+    )
+    result = json.loads(proc.stdout)
+    run_dir = Path(result["run_dir"])
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "METRICS.json",
+        "VERSION",
+        "config.json",
+        "scaler.pkl",
+        "state.pt",
+    ]
+    assert result["data_range"]["valid_end"] == "2005-12-30"
+    metrics = json.loads((run_dir / "METRICS.json").read_text())
+    assert metrics["promotion"]["promoted"] == result["promoted"]
+    assert (run_dir.parent / "latest").exists() == result["promoted"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.input_size"] == "90"
+    assert {"valid_crps", "baseline_crps", "fit_seconds"} <= set(run.data.metrics)
+    assert run.data.tags["promoted"] == str(result["promoted"])

@@ -128,3 +128,50 @@ def bench_forecast(
         )
     )
     out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)
+
+
+@app.command("models")
+def bench_models(
+    models: Annotated[str, typer.Option(help="Comma-separated forecasters.")] = (
+        "nbeats,tft,ewma,historical,garch"
+    ),
+    n_symbols: Annotated[int, typer.Option(help="Synthetic universe size.")] = 500,
+    years: Annotated[float, typer.Option(help="Synthetic history in years.")] = 3.0,
+    steps: Annotated[int, typer.Option(help="Training steps for the neural models.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """Training throughput and predict latency for 500 symbols x 5 steps."""
+    from kronos.bench.models import run_models_bench
+
+    names = tuple(models.split(","))
+    with progress("steps") as bar:
+        task = bar.add_task("bench models", total=2 * len(names) + 1)
+        result = run_models_bench(
+            names,
+            n_symbols,
+            years,
+            steps,
+            on_step=lambda s: bar.update(task, advance=1, description=s),
+        )
+    if as_json:
+        print(json.dumps(result))
+        return
+    u = result["universe"]
+    rows = [
+        [
+            r["model"],
+            f"{r['fit_seconds']:.1f}",
+            "" if r["train_windows_per_s"] is None else f"{r['train_windows_per_s']:,.0f}",
+            f"{r['predict_seconds'] * 1000:.0f}",
+            "[green]yes[/]" if r["target_met"] else "[red]no[/]",
+        ]
+        for r in result["models"]
+    ]
+    out.print(
+        table(
+            f"kronos bench models: {u['symbols']} synthetic symbols x {u['days']} days, "
+            f"{u['steps']} training steps",
+            ["model", "fit s", "train windows/s", f"predict {u['symbols']}x5 ms", "< 1 s"],
+            rows,
+        )
+    )

@@ -131,6 +131,5 @@ def load_promoted(
         forecaster,
         "fallback",
         None,
-        f"no promoted {name} artifact under {model_root(model_dir, name)}: "
-        "fitted one on the fly",
+        f"no promoted {name} artifact under {model_root(model_dir, name)}: fitted one on the fly",
     )

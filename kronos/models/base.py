@@ -136,8 +136,7 @@ def history_until(
         raise ForecastError(f"unknown symbols (not in the panel): {unknown}")
     past = panel.filter(pl.col("ts") <= asof, pl.col("symbol").is_in(wanted))
     series = {
-        s: g.sort("ts")["y"].to_numpy()
-        for (s,), g in past.group_by("symbol", maintain_order=True)
+        s: g.sort("ts")["y"].to_numpy() for (s,), g in past.group_by("symbol", maintain_order=True)
     }
     out = {}
     for s in wanted:

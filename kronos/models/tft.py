@@ -281,8 +281,13 @@ class TftForecaster(Forecaster):
             callbacks: list[lightning.Callback] = [log]
             if valid_ds is not None:
                 callbacks.append(
+                    # checked after each validation run only: a step budget that
+                    # ends mid-epoch must not look for a val_loss never computed
                     lightning.pytorch.callbacks.EarlyStopping(
-                        monitor="val_loss", mode="min", patience=config.patience
+                        monitor="val_loss",
+                        mode="min",
+                        patience=config.patience,
+                        check_on_train_epoch_end=False,
                     )
                 )
             with tempfile.TemporaryDirectory(prefix="kronos-tft-") as root:
@@ -413,7 +418,10 @@ class TftForecaster(Forecaster):
             wanted = list(dict.fromkeys(symbols))
         untrained = [s for s in wanted if s not in known]
         if untrained:
-            raise ForecastError(f"symbols the tft network was not trained on: {untrained}")
+            shown = ", ".join(untrained[:10]) + (
+                f" and {len(untrained) - 10} more" if len(untrained) > 10 else ""
+            )
+            raise ForecastError(f"symbols the tft network was not trained on: {shown}")
         if not origins or not wanted:
             return pl.DataFrame(schema=FORECAST_SCHEMA)
 
