@@ -84,3 +84,48 @@ class TrackingSettings(BaseSettings):
     def artifact_root(self) -> str:
         """Where a local store keeps run artifacts."""
         return (self.mlruns_dir / "artifacts").resolve().as_uri()
+
+
+class CalibrationSettings(BaseSettings):
+    """The online calibrator (whitepaper section 5)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    calibration_enabled: bool = Field(True, description="apply bias/scale at inference")
+    calibration_file: Path | None = Field(None, description="JSON export/import of the state")
+    calibration_lambda: float = Field(
+        0.02, gt=0, lt=1, description="EWMA weight (~35-day half-life)"
+    )
+    calibration_max_return: float = Field(0.10, gt=0, description="skip |return| above this")
+    calibration_max_resid_sigma: float = Field(
+        4.0, gt=0, description="skip |residual| above k sigma"
+    )
+    calibration_bias_clamp: float = Field(0.003, ge=0, description="|bias| at most (return units)")
+    calibration_scale_min: float = Field(0.8, gt=0)
+    calibration_scale_max: float = Field(1.8, gt=0)
+    calibration_min_samples: int = Field(20, ge=1, description="below: borrow sector, then global")
+    calibration_target_coverage: float = Field(0.90, gt=0, lt=1)
+    calibration_scale_gain: float = Field(
+        0.03, gt=0, description="step of the log-scale coverage controller"
+    )
+
+
+class RiskSettings(BaseSettings):
+    """Fail-safe controller thresholds and breaker lifetimes (whitepaper sections 1, 7, 11)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    failsafe_resid_z: float = Field(4.0, gt=0, description="|residual|/sigma that is a breach")
+    failsafe_coverage_window: int = Field(20, ge=2, description="sessions of rolling coverage")
+    failsafe_coverage_min: float = Field(0.70, gt=0, lt=1, description="rolling coverage floor")
+    failsafe_sector_breach_frac: float = Field(0.5, gt=0, le=1)
+    failsafe_global_breach_frac: float = Field(0.3, gt=0, le=1)
+    failsafe_min_sector_size: int = Field(3, ge=1)
+    failsafe_symbol_cooldown_hours: float = Field(24, gt=0)
+    failsafe_sector_cooldown_hours: float = Field(48, gt=0)
+    failsafe_global_cooldown_hours: float = Field(72, gt=0)
+    headline_spike_mult: float = Field(5.0, gt=1, description="news count vs own baseline")
+    headline_baseline_days: int = Field(20, ge=2)
+    headline_min_count: int = Field(5, ge=1)
+    headline_cooldown_hours: float = Field(24, gt=0)
+    enable_panic_exit: bool = Field(False, description="flatten the book on a global trip")

@@ -182,3 +182,29 @@ def test_train_nbeats_writes_an_artifact_and_an_mlflow_run(bundled_db: Path, tmp
     assert run.data.params["model.input_size"] == "90"
     assert {"valid_crps", "baseline_crps", "fit_seconds"} <= set(run.data.metrics)
     assert run.data.tags["promoted"] == str(result["promoted"])
+
+
+def test_calibrate_is_idempotent_and_forecast_applies_it(bundled_db: Path, tmp_path: Path):
+    import shutil
+
+    shutil.copy(bundled_db, tmp_path / "k.duckdb")
+    args = ["calibrate", "--model", "ewma", "--asof", "2020-03-04", "--since", "2020-03-02"]
+    args += ["--model-dir", str(tmp_path / "models"), "--json"]
+    first = json.loads(kronos(*args, cwd=tmp_path).stdout)
+    assert [n["night"] for n in first["nights"]] == ["2020-03-02", "2020-03-03", "2020-03-04"]
+    assert json.loads(kronos(*args, cwd=tmp_path).stdout)["nights"] == []
+    proc = kronos(
+        "forecast",
+        "ewma",
+        "--asof",
+        "2020-03-04",
+        "--symbols",
+        "AAPL,KO",
+        "--model-dir",
+        str(tmp_path / "models"),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert "calibrated with the state of 2020-03-04" in proc.stderr
+    rows = json.loads(proc.stdout)["forecasts"]
+    assert {r["calibrated"] for r in rows} == {True} and len(rows) == 10

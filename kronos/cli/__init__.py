@@ -7,6 +7,7 @@ import sys
 import typer
 
 from kronos.cli import bench, data, train
+from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
 
 app = typer.Typer(
@@ -16,6 +17,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(bench.app, name="bench")
 app.command("forecast")(forecast)
+app.command("calibrate")(calibrate)
 
 
 def main() -> None:

@@ -175,3 +175,92 @@ def bench_models(
             rows,
         )
     )
+
+
+@app.command("calibration")
+def bench_calibration(
+    db: DbOption = None,
+    source: Annotated[str, typer.Option(help="Evaluate on this bars source.")] = "skfolio.sp500",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated forecasters.")
+    ] = "historical,ewma,garch,nbeats,tft",
+    holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
+    warmup_days: Annotated[int, typer.Option(help="Calibrator warm-up before it.")] = 365,
+    nbeats_max_steps: Annotated[
+        int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
+    ] = 1000,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
+    as_json: JsonOption = False,
+) -> None:
+    """Raw vs calibrated coverage and CRPS for every forecaster and distorted ones."""
+    from kronos.bench.calibration import run_calibration_bench
+    from kronos.config import DataSettings, resolve_db_path
+    from kronos.data import readers
+    from kronos.data.store import Store
+    from kronos.features.returns import returns_panel
+    from kronos.tracking import mlflow_run
+
+    with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+        panel = returns_panel(store, date.today(), source=source)
+        profiles = readers.profiles(store, date.today(), panel["symbol"].unique().to_list())
+    sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+    names = models.split(",")
+    with (
+        mlflow_run(experiment, "bench-calibration", {"source": source}) as recorder,
+        progress("steps") as bar,
+    ):
+        task = bar.add_task("bench calibration", total=2 * len(names) + 3)
+        result = run_calibration_bench(
+            panel,
+            sectors,
+            names,
+            holdout_days,
+            warmup_days,
+            nbeats_max_steps,
+            on_step=lambda s: bar.update(task, advance=1, description=s),
+        )
+        recorder.log_metrics(
+            {
+                f"{r['model']}.{k}": r[k]
+                for r in result["models"]
+                for k in ("raw_coverage", "calibrated_coverage", "raw_crps", "calibrated_crps")
+            }
+        )
+        recorder.log_dict(result, "calibration.json")
+        result["mlflow_run_id"] = recorder.run_id
+    if as_json:
+        print(json.dumps(result))
+        return
+    rows = [
+        [
+            r["model"],
+            f"{r['raw_coverage']:.1%}",
+            f"{r['calibrated_coverage']:.1%}",
+            f"{r['raw_crps']:.6f}",
+            f"{r['calibrated_crps']:.6f}",
+            f"{r['crps_change']:+.2%}",
+            f"{r['final_mean_scale']:.3f}",
+            ("[green]yes[/]" if r["coverage_target_met"] else "[red]no[/]")
+            if r["coverage_target_applies"]
+            else "n/a",
+        ]
+        for r in result["models"]
+    ]
+    out.print(
+        table(
+            f"calibration on the holdout {result['holdout_start']}..{result['end']} "
+            f"(warm-up from {result['warmup_start']})",
+            [
+                "model",
+                "raw cov",
+                "calibrated cov",
+                "raw CRPS",
+                "calibrated CRPS",
+                "CRPS change",
+                "final scale",
+                "90+/-2%",
+            ],
+            rows,
+        )
+    )
+    out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)

@@ -12,14 +12,15 @@ import polars as pl
 import typer
 
 from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
-from kronos.config import DataSettings, ModelSettings, resolve_db_path
+from kronos.config import CalibrationSettings, DataSettings, ModelSettings, resolve_db_path
+from kronos.data import readers
 from kronos.data.errors import KronosDataError
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.models.base import Forecaster, ForecastError
 
 
-def _fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
+def fallback_or_fail(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
     """What to fit when no artifact is promoted.
 
     The lightweight N-BEATS (whitepaper section 3), or a baseline on the panel;
@@ -54,6 +55,7 @@ def forecast(
     """Predict p05/p50/p95 for steps 1-5 with the promoted artifact (or the fallback fit)."""
     from kronos.features.returns import returns_panel
     from kronos.models.artifacts import load_promoted
+    from kronos.nightly import load_calibrator
 
     cutoff = date.fromisoformat(asof) if asof else date.today()
     names = symbols.split(",") if symbols else None
@@ -62,16 +64,30 @@ def forecast(
             panel = returns_panel(store, cutoff, names, source=None if names else source)
             origin = panel["ts"].max()
             loaded = load_promoted(
-                model_dir or ModelSettings().model_dir, model, _fallback(model, panel)
+                model_dir or ModelSettings().model_dir, model, fallback_or_fail(model, panel)
             )
             err.print(loaded.message, highlight=False)
             frame = loaded.forecaster.predict(panel, origin, names)
-            frame = frame.with_columns(calibrated=pl.lit(False))
+            frames = [frame.with_columns(calibrated=pl.lit(False))]
+            settings = CalibrationSettings()
+            if settings.calibration_enabled:
+                symbols = sorted(frame["symbol"].unique().to_list())
+                profiles = readers.profiles(store, origin, symbols)
+                sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+                calibrator, night = load_calibrator(
+                    store, model, origin, symbols, sectors, settings
+                )
+                if night is not None:
+                    err.print(f"calibrated with the state of {night}", highlight=False)
+                    frames.append(calibrator.apply(frame).with_columns(calibrated=pl.lit(True)))
+                else:
+                    err.print(f"no calibration state for {model} yet: raw forecasts only")
+            frame = frames[-1]
             if write:
                 ingest(
                     store,
                     "forecasts",
-                    [frame],
+                    frames,
                     source=model,
                     origin=f"kronos forecast {model} {origin}",
                 )
@@ -85,6 +101,7 @@ def forecast(
             )
         )
         return
+    label = "calibrated" if frame["calibrated"][0] else "raw"
     rows = [
         [
             r["symbol"],
@@ -98,7 +115,7 @@ def forecast(
     ]
     out.print(
         table(
-            f"{model} {frame['version'][0]} from {origin} (daily log returns)",
+            f"{model} {frame['version'][0]} from {origin} ({label} daily log-return quantiles)",
             ["symbol", "step", "target", "p05", "p50", "p95"],
             rows,
             left=3,

@@ -188,6 +188,22 @@ TABLES: dict[str, TableSpec] = {
                 "calibrated",
             ),
         ),
+        TableSpec(
+            "calibration_state",
+            {
+                "model": pl.String(),
+                "scope": pl.String(),
+                "key": pl.String(),
+                "asof": pl.Date(),
+                "bias": pl.Float64(),
+                "scale": pl.Float64(),
+                "n_samples": pl.Int32(),
+                "resid_var": pl.Float64(),
+                "updated_at": TS,
+            },
+            key=("model", "scope", "key", "asof"),
+            required=("model", "scope", "key", "asof", "bias", "scale", "n_samples", "updated_at"),
+        ),
     ]
 }
 

@@ -1,0 +1,297 @@
+"""Online calibrator: nightly EWMA bias and interval scale per symbol (whitepaper 5).
+
+Each night, for every symbol, the step-1 forecast made at the previous session
+is compared with the return that was realized:
+
+- **Bias.** ``b <- (1 - lambda) b + lambda r`` with ``r = y - p50`` and
+  ``lambda = 0.02`` (about a 35-day half-life), clamped to +/-0.3% in return
+  units.
+- **Scale.** The interval half-widths are multiplied by ``s``. ``s`` is steered
+  toward the target coverage (90%) by the adaptive-conformal update of Gibbs &
+  Candes (2021) in log space: ``log s <- log s + gamma (miss - 0.10)``, where
+  ``miss`` is 1 when the realized return fell outside the calibrated interval.
+  Each miss widens the interval by about ``gamma``, each hit narrows it by a
+  tenth of that, so the long-run miss rate settles at 10% whatever the shape of
+  the error distribution (a variance-ratio estimate would assume normal tails,
+  and daily returns are not normal). ``s`` is clamped to [0.8, 1.8].
+- **Guards.** A night is skipped for a symbol when ``|y| > 10%`` or
+  ``|y - p50 - b| > 4 sigma``, sigma being the calibrated interval's implied
+  standard deviation ``s (p95 - p05) / 3.29``.
+- **Backoff.** Sector and global states are updated each night from the mean
+  residual and the mean miss of their members. A symbol with fewer than 20
+  accepted nights uses its sector's state, or the global one when the sector
+  also has fewer than 20 nights.
+
+Application at inference, for every step: ``p50' = p50 + b``;
+``p05' = p50' - (p50 - p05) s``; ``p95' = p50' + (p95 - p50) s``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kronos.config import CalibrationSettings
+from kronos.models.evaluation import realized
+
+GLOBAL = "*"
+
+
+@dataclass(frozen=True)
+class NightReport:
+    """What one nightly update did."""
+
+    used: int
+    skipped_return: int
+    skipped_residual: int
+    missing: int
+
+
+class OnlineCalibrator:
+    """Per-symbol bias/scale state with sector and global backoff, updated nightly."""
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        sectors: Mapping[str, str | None] | None = None,
+        settings: CalibrationSettings | None = None,
+    ) -> None:
+        self.settings = settings or CalibrationSettings()
+        self.symbols = list(symbols)
+        sectors = sectors or {}
+        self.sector_of = [sectors.get(s) or "Unknown" for s in self.symbols]
+        self.sector_names = sorted(set(self.sector_of))
+        self._sector_idx = np.array([self.sector_names.index(s) for s in self.sector_of], int)
+        n, k = len(self.symbols), len(self.sector_names)
+        # rows: symbols, then sectors, then global
+        self.bias_ = np.zeros(n + k + 1)
+        self.scale_ = np.ones(n + k + 1)
+        self.n_ = np.zeros(n + k + 1, dtype=np.int64)
+        self.resid_var_ = np.full(n + k + 1, np.nan)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        """(scope, key) of every state row."""
+        return (
+            [("symbol", s) for s in self.symbols]
+            + [("sector", s) for s in self.sector_names]
+            + [("global", GLOBAL)]
+        )
+
+    def effective(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-symbol (bias, scale) after shrinkage to sector or global."""
+        n, k = len(self.symbols), len(self.sector_names)
+        need = self.settings.calibration_min_samples
+        row = np.arange(n)
+        sector_row = n + self._sector_idx
+        use = np.where(
+            self.n_[row] >= need, row, np.where(self.n_[sector_row] >= need, sector_row, n + k)
+        )
+        return self.bias_[use], self.scale_[use]
+
+    # ------------------------------------------------------------------ update
+
+    def _step(self, rows: np.ndarray, resid: np.ndarray, miss: np.ndarray) -> None:
+        s = self.settings
+        lam, clamp = s.calibration_lambda, s.calibration_bias_clamp
+        self.bias_[rows] = np.clip((1 - lam) * self.bias_[rows] + lam * resid, -clamp, clamp)
+        log_scale = np.log(self.scale_[rows]) + s.calibration_scale_gain * (
+            miss - (1 - s.calibration_target_coverage)
+        )
+        self.scale_[rows] = np.clip(
+            np.exp(log_scale), s.calibration_scale_min, s.calibration_scale_max
+        )
+        centred = (resid - self.bias_[rows]) ** 2
+        prev = self.resid_var_[rows]
+        self.resid_var_[rows] = np.where(np.isnan(prev), centred, (1 - lam) * prev + lam * centred)
+        self.n_[rows] += 1
+
+    def update(
+        self, p05: np.ndarray, p50: np.ndarray, p95: np.ndarray, y: np.ndarray
+    ) -> NightReport:
+        """One night: step-1 raw quantiles from the previous session vs realized ``y``.
+
+        Arrays are aligned with ``symbols``; NaN marks a symbol without a
+        forecast or a return that night.
+        """
+        s = self.settings
+        bias, scale = self.effective()
+        resid = y - p50
+        lo = p50 + bias - (p50 - p05) * scale
+        hi = p50 + bias + (p95 - p50) * scale
+        sigma = scale * (p95 - p05) / 3.29
+        present = np.isfinite(resid) & np.isfinite(p05) & np.isfinite(p95)
+        big_return = present & (np.abs(y) > s.calibration_max_return)
+        big_resid = (
+            present & ~big_return & (np.abs(resid - bias) > s.calibration_max_resid_sigma * sigma)
+        )
+        ok = present & ~big_return & ~big_resid
+        miss = ((y < lo) | (y > hi)).astype(float)
+        rows = np.flatnonzero(ok)
+        self._step(rows, resid[rows], miss[rows])
+        n = len(self.symbols)
+        for j in range(len(self.sector_names)):
+            members = rows[self._sector_idx[rows] == j]
+            if len(members):
+                self._step(
+                    np.array([n + j]),
+                    resid[members].mean(keepdims=True),
+                    miss[members].mean(keepdims=True),
+                )
+        if len(rows):
+            self._step(
+                np.array([len(self.bias_) - 1]),
+                resid[rows].mean(keepdims=True),
+                miss[rows].mean(keepdims=True),
+            )
+        return NightReport(
+            int(ok.sum()), int(big_return.sum()), int(big_resid.sum()), int((~present).sum())
+        )
+
+    # ------------------------------------------------------------------ apply
+
+    def apply_arrays(
+        self, p05: np.ndarray, p50: np.ndarray, p95: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrate quantile arrays whose first axis follows ``symbols``."""
+        bias, scale = self.effective()
+        extra = (slice(None),) + (None,) * (p50.ndim - 1)
+        b, s = bias[extra], scale[extra]
+        mid = p50 + b
+        return mid - (p50 - p05) * s, mid, mid + (p95 - p50) * s
+
+    def apply(self, forecasts: pl.DataFrame) -> pl.DataFrame:
+        """Calibrate a forecast frame (symbols without state keep the global values)."""
+        bias, scale = self.effective()
+        n, k = len(self.symbols), len(self.sector_names)
+        lookup = pl.DataFrame({"symbol": self.symbols, "_b": bias, "_s": scale})
+        out = forecasts.join(lookup, on="symbol", how="left").with_columns(
+            pl.col("_b").fill_null(self.bias_[n + k]), pl.col("_s").fill_null(self.scale_[n + k])
+        )
+        mid = pl.col("p50") + pl.col("_b")
+        return out.with_columns(
+            p05=mid - (pl.col("p50") - pl.col("p05")) * pl.col("_s"),
+            p95=mid + (pl.col("p95") - pl.col("p50")) * pl.col("_s"),
+            p50=mid,
+        ).select(forecasts.columns)
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_frame(self, model: str, asof: date) -> pl.DataFrame:
+        """The state as ``calibration_state`` rows."""
+        scopes, keys = zip(*self.keys, strict=True)
+        return pl.DataFrame(
+            {
+                "model": model,
+                "scope": list(scopes),
+                "key": list(keys),
+                "asof": asof,
+                "bias": self.bias_,
+                "scale": self.scale_,
+                "n_samples": self.n_.astype(np.int32),
+                "resid_var": pl.Series(self.resid_var_).fill_nan(None),
+            }
+        )
+
+    def load_frame(self, frame: pl.DataFrame) -> None:
+        """Restore state rows (unknown keys are ignored, missing ones keep defaults)."""
+        index = {k: i for i, k in enumerate(self.keys)}
+        for r in frame.iter_rows(named=True):
+            i = index.get((r["scope"], r["key"]))
+            if i is not None:
+                self.bias_[i], self.scale_[i] = r["bias"], r["scale"]
+                self.n_[i] = r["n_samples"]
+                self.resid_var_[i] = np.nan if r["resid_var"] is None else r["resid_var"]
+
+    def to_json(self, model: str, asof: date) -> dict:
+        """A JSON document of the state (``CALIBRATION_FILE``)."""
+        rows = self.to_frame(model, asof).with_columns(pl.col("asof").cast(pl.String))
+        return {
+            "model": model,
+            "asof": str(asof),
+            "settings": self.settings.model_dump(mode="json"),
+            "sectors": dict(zip(self.symbols, self.sector_of, strict=True)),
+            "states": [
+                {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+                for r in rows.drop("model", "asof").iter_rows(named=True)
+            ],
+        }
+
+    @classmethod
+    def from_json(
+        cls, document: dict, settings: CalibrationSettings | None = None
+    ) -> tuple[OnlineCalibrator, str, date]:
+        """Rebuild a calibrator from :meth:`to_json`; returns (calibrator, model, asof)."""
+        for field in ("model", "asof", "sectors", "states"):
+            if field not in document:
+                raise ValueError(f"calibration file lacks '{field}'")
+        sectors = document["sectors"]
+        calibrator = cls(list(sectors), sectors, settings)
+        calibrator.load_frame(pl.DataFrame(document["states"], infer_schema_length=None))
+        return calibrator, document["model"], date.fromisoformat(document["asof"])
+
+
+def write_json(path: Path, document: dict) -> None:
+    """Write a calibration document atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2))
+    tmp.replace(path)
+
+
+def replay(
+    forecasts: pl.DataFrame, panel: pl.DataFrame, calibrator: OnlineCalibrator
+) -> pl.DataFrame:
+    """The calibration in force at each origin (``asof, symbol, bias, scale``).
+
+    Walks the origins in date order as the nightly job would. At origin ``t``
+    the calibrator first learns from the return realized at ``t`` against the
+    step-1 forecast made at the previous origin, then calibrates ``t``'s
+    forecasts: nothing later than ``t`` is used.
+    """
+    origins = sorted(forecasts["asof"].unique().to_list())
+    symbols = calibrator.symbols
+    grid = pl.DataFrame({"asof": origins}).join(pl.DataFrame({"symbol": symbols}), how="cross")
+    step1 = forecasts.filter(pl.col("step") == 1).join(
+        realized(panel, 1), on=["symbol", "asof", "step"], how="left"
+    )
+    step1 = grid.join(step1, on=["asof", "symbol"], how="left").sort("asof", "symbol")
+    shape = (len(origins), len(symbols))
+    arrays = {
+        c: step1[c].fill_null(np.nan).to_numpy().reshape(shape)
+        for c in ("p05", "p50", "p95", "y_true")
+    }
+    bias = np.empty(shape)
+    scale = np.empty(shape)
+    for i in range(len(origins)):
+        if i:
+            calibrator.update(
+                arrays["p05"][i - 1],
+                arrays["p50"][i - 1],
+                arrays["p95"][i - 1],
+                arrays["y_true"][i - 1],
+            )
+        bias[i], scale[i] = calibrator.effective()
+    return grid.sort("asof", "symbol").with_columns(
+        bias=pl.Series(bias.ravel()), scale=pl.Series(scale.ravel())
+    )
+
+
+def apply_params(forecasts: pl.DataFrame, params: pl.DataFrame) -> pl.DataFrame:
+    """Apply per-(asof, symbol) ``bias``/``scale`` to a forecast frame."""
+    joined = forecasts.join(params, on=["asof", "symbol"], how="left").with_columns(
+        pl.col("bias").fill_null(0.0), pl.col("scale").fill_null(1.0)
+    )
+    mid = pl.col("p50") + pl.col("bias")
+    return joined.with_columns(
+        p05=mid - (pl.col("p50") - pl.col("p05")) * pl.col("scale"),
+        p95=mid + (pl.col("p95") - pl.col("p50")) * pl.col("scale"),
+        p50=mid,
+    ).select(forecasts.columns)

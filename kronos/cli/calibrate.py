@@ -1,0 +1,117 @@
+"""``kronos calibrate``: the nightly calibration update (whitepaper section 5)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
+from kronos.config import CalibrationSettings, DataSettings, ModelSettings, resolve_db_path
+from kronos.data.errors import KronosDataError
+from kronos.data.store import Store
+from kronos.models.base import ForecastError
+
+
+def calibrate(
+    asof: Annotated[str, typer.Option(help="Bring the state up to this night (YYYY-MM-DD).")],
+    model: Annotated[str, typer.Option(help="Forecaster whose forecasts are calibrated.")] = (
+        "nbeats"
+    ),
+    since: Annotated[
+        str | None, typer.Option(help="First night when no state exists yet [default: --asof].")
+    ] = None,
+    db: DbOption = None,
+    source: Annotated[str, typer.Option(help="Universe: symbols of this source.")] = (
+        "skfolio.sp500"
+    ),
+    model_dir: Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")] = None,
+    import_file: Annotated[
+        Path | None, typer.Option("--import", help="Load a calibration JSON into the store.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Update the calibrator night by night up to --asof; idempotent, catches up in order."""
+    from kronos.cli.forecast import fallback_or_fail
+    from kronos.features.returns import returns_panel
+    from kronos.models.artifacts import load_promoted
+    from kronos.nightly import import_json, nightly_calibrate
+
+    settings = CalibrationSettings()
+    night_date = date.fromisoformat(asof)
+    try:
+        with Store.open(resolve_db_path(db, DataSettings())) as store:
+            if import_file is not None:
+                day = import_json(store, json.loads(import_file.read_text()), settings)
+                out.print(f"imported calibration state for {day} from {import_file}")
+                return
+            panel = returns_panel(store, night_date, source=source)
+
+            def forecaster():
+                loaded = load_promoted(
+                    model_dir or ModelSettings().model_dir, model, fallback_or_fail(model, panel)
+                )
+                err.print(loaded.message, highlight=False)
+                return loaded.forecaster
+
+            nights = nightly_calibrate(
+                store,
+                model,
+                night_date,
+                panel,
+                forecaster,
+                since=date.fromisoformat(since) if since else None,
+                settings=settings,
+                on_night=lambda n: err.print(f"[dim]night {n.day}: {n.report.used} used[/dim]"),
+            )
+    except (ForecastError, KronosDataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    result = [
+        {
+            "night": str(n.day),
+            "origin": str(n.origin),
+            "used": n.report.used,
+            "skipped_return": n.report.skipped_return,
+            "skipped_residual": n.report.skipped_residual,
+            "missing": n.report.missing,
+            "forecasts_made": n.predicted,
+        }
+        for n in nights
+    ]
+    if as_json:
+        print(json.dumps({"model": model, "asof": asof, "nights": result}))
+        return
+    if not nights:
+        out.print(f"{model}: calibration state already up to {asof}; nothing to do")
+        return
+    rows = [
+        [
+            r["night"],
+            r["origin"],
+            str(r["used"]),
+            str(r["skipped_return"]),
+            str(r["skipped_residual"]),
+            str(r["missing"]),
+            "yes" if r["forecasts_made"] else "",
+        ]
+        for r in result
+    ]
+    out.print(
+        table(
+            f"{model} calibration: {len(nights)} night(s)",
+            [
+                "night",
+                "forecast origin",
+                "used",
+                "|y|>10%",
+                ">4 sigma",
+                "missing",
+                "forecasts made",
+            ],
+            rows,
+            left=2,
+        )
+    )
