@@ -7,6 +7,7 @@ one ``log_batch`` per call, not one request per value.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,12 @@ from mlflow.tracking import MlflowClient
 from kronos.config import TrackingSettings
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. :/]")
+
+
+def metric_name(name: str) -> str:
+    """``name`` with the characters MLflow refuses in keys replaced by ``_``."""
+    return _UNSAFE.sub("_", name)
 
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:
@@ -55,7 +62,7 @@ class MlflowRecorder:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record metric values at ``step`` in one batch."""
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(metric_name(k), float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + MAX_BATCH])
 

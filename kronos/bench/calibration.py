@@ -37,7 +37,7 @@ def distortions(ewma: pl.DataFrame) -> dict[str, pl.DataFrame]:
     return {
         "ewma_narrow40": widen(ewma, 0.6),
         "ewma_wide40": widen(ewma, 1.4),
-        "ewma_bias+0.5%": ewma.with_columns(pl.col(c) + 0.005 for c in ("p05", "p50", "p95")),
+        "ewma_bias50bp": ewma.with_columns(pl.col(c) + 0.005 for c in ("p05", "p50", "p95")),
     }
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from kronos.cli import bench, data, train
+from kronos.cli import bench, breakers, data, train
 from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
 
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(bench.app, name="bench")
+app.add_typer(breakers.app, name="breakers")
 app.command("forecast")(forecast)
 app.command("calibrate")(calibrate)
 
