@@ -129,3 +129,58 @@ class RiskSettings(BaseSettings):
     headline_min_count: int = Field(5, ge=1)
     headline_cooldown_hours: float = Field(24, gt=0)
     enable_panic_exit: bool = Field(False, description="flatten the book on a global trip")
+
+
+class StrategySettings(BaseSettings):
+    """Strategist and regime tuner (whitepaper section 6)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    strat_min_market_cap: float = Field(10e9, ge=0, description="universe filter, USD")
+    strat_min_dollar_vol: float = Field(10e6, ge=0, description="60-day avg dollar volume, USD")
+    strat_reco_topk: int = Field(20, ge=1, description="recommendations written per day")
+    strat_enable_turnaround: bool = Field(False, description="require mom > 0 and revisions > 0")
+    strat_mom_short_days: int = Field(5, ge=1, description="short momentum lookback (sessions)")
+    strat_mom_medium_days: int = Field(60, ge=2, description="medium momentum lookback")
+    strat_sentiment_days: int = Field(5, ge=1, description="window of recent senti_mean")
+    strat_forecast_in_score: bool = Field(
+        False, description="add the calibrated forecast z-score to the blend"
+    )
+    strat_forecast_weight: float = Field(0.1, ge=0, description="its weight when enabled")
+    strat_tilt: float = Field(0.25, ge=0, description="score tilt of favoured/disfavoured sectors")
+    strat_breadth_on: float = Field(0.5, ge=0, le=1, description="breadth at or above: risk-on")
+    strat_threshold_bps_on: float = Field(10, ge=0, description="threshold_bps in risk-on")
+    strat_threshold_bps_off: float = Field(20, ge=0, description="threshold_bps in risk-off")
+
+
+class PortfolioSettings(BaseSettings):
+    """Allocator (``PT_*``, whitepaper section 7)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    pt_score_exp: float = Field(1.0, gt=0, description="softmax temperature on positive scores")
+    pt_gross_max_pct: float = Field(0.95, gt=0, le=1)
+    pt_cash_floor_pct: float = Field(0.05, ge=0, lt=1)
+    pt_max_pos_pct: float = Field(0.10, gt=0, le=1)
+    pt_sector_max_pct: float = Field(0.30, gt=0, le=1)
+    pt_turnover_cap_pct: float = Field(0.25, gt=0, le=2)
+    pt_replacement_fric_bps: float = Field(10, ge=0)
+    pt_block_if_llm_deny: bool = Field(True)
+    pt_min_order_notional: float = Field(100, ge=0, description="dust filter, USD")
+    pt_no_trade_band_pct: float = Field(0.005, ge=0, description="skip |target - current| below")
+
+
+class PolicySettings(BaseSettings):
+    """Policy gates and planner (``POLICY_*``, ``PLANNER_*``, whitepaper sections 8, 11)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    policy_require_reco: bool = Field(True, description="buys only for recommended names")
+    policy_min_abs_dev: float = Field(0.001, ge=0, description="|p50| at least (return units)")
+    policy_min_sigma_z: float = Field(0.1, ge=0, description="|p50| / sigma at least")
+    policy_min_notional_usd: float = Field(200, ge=0, description="autosize up to this")
+    policy_min_trade_interval_secs: float = Field(3600, ge=0)
+    planner_z_dev_thresh: float = Field(0.5, ge=0, description="z above which a limit is used")
+    planner_limit_notional: float = Field(25_000, ge=0, description="notional above: limit order")
+    planner_bracket_price_max: float = Field(500, ge=0, description="brackets only below price")
+    planner_cooldown_mins: float = Field(60, ge=0, description="per-symbol cooldown")
