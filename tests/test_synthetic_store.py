@@ -58,3 +58,30 @@ def test_key_metrics_are_never_known_before_their_income_statement(synth: Store)
         "USING (symbol, period_end) WHERE k.available_at < i.available_at"
     ).fetchall()[0][0]
     assert early == 0
+
+
+def test_factor_liquidity_stops_at_the_last_closed_session(synth: Store):
+    """Regression: the macro once read the next session's bar (UTC date of the cutoff)."""
+    asof = date(2004, 6, 30)
+    factors = readers.factors(synth, asof).select("symbol", "avg_dollar_vol_60d")
+    liquidity = readers.liquidity(synth, asof).select("symbol", "avg_dollar_vol_60d")
+    joined = factors.join(liquidity, on="symbol", suffix="_reader")
+    assert joined.height == 24
+    assert (joined["avg_dollar_vol_60d"] == joined["avg_dollar_vol_60d_reader"]).all()
+
+
+def test_failed_upsert_reports_its_own_error(synth: Store, tmp_path):
+    import shutil
+
+    import polars as pl
+
+    from kronos.data.ingest import upsert
+
+    path = tmp_path / "copy.duckdb"
+    shutil.copy(synth.path, path)
+    with Store.open(path) as s:
+        bad = pl.DataFrame({"symbol": ["SYN0001"], "ts": [date(2004, 1, 5)]})
+        with pytest.raises(Exception) as info:
+            upsert(s, "bars", bad, source="x", origin="x")  # missing columns: a SQL error
+        assert "aborted" not in str(info.value)
+        assert s.con.execute("SELECT count(*) FROM bars").fetchall()[0][0] > 0

@@ -133,9 +133,11 @@ def upsert(
         if c not in spec.key
     )
     cols = ", ".join(f'"{c}"' for c in spec.columns)
-    with store.transaction():
-        con.register("_staged", frame.to_arrow())
-        try:
+    # registered outside the transaction: unregistering inside an aborted one
+    # would raise and hide the error that aborted it
+    con.register("_staged", frame.to_arrow())
+    try:
+        with store.transaction():
             first = spec.key[0]
             overlap = con.execute(
                 f'SELECT count(*) FROM "{table}" WHERE "{first}" IN '
@@ -164,8 +166,8 @@ def upsert(
                 "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?, now())",
                 [uuid.uuid4().hex, source, table, origin, frame.height, inserted, updated],
             )
-        finally:
-            con.unregister("_staged")
+    finally:
+        con.unregister("_staged")
     return UpsertResult(table, frame.height, inserted, updated)
 
 
