@@ -264,3 +264,52 @@ def bench_calibration(
         )
     )
     out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)
+
+
+@app.command("decision")
+def bench_decision(
+    n_symbols: Annotated[int, typer.Option(help="Synthetic universe size.")] = 3000,
+    years: Annotated[float, typer.Option(help="Synthetic history in years.")] = 2.0,
+    repeats: Annotated[int, typer.Option(help="Timed runs (median reported).")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """The decision step for 3,000 symbols: in memory, and with its store reads."""
+    from kronos.bench.decision import run_decision_bench
+
+    with progress("steps") as bar:
+        task = bar.add_task("bench decision", total=3)
+        result = run_decision_bench(
+            n_symbols,
+            years,
+            repeats,
+            on_step=lambda s: bar.update(task, advance=1, description=s),
+        )
+    if as_json:
+        print(json.dumps(result))
+        return
+
+    def met(ok: bool) -> str:
+        return "[green]yes[/]" if ok else "[red]no[/]"
+
+    rows = [
+        [
+            "scoring + allocation + planning, in memory",
+            f"{result['in_memory_seconds'] * 1000:.1f}",
+            "50",
+            met(result["in_memory_target_met"]),
+        ],
+        [
+            "whole step with store reads (no inference)",
+            f"{result['with_store_seconds'] * 1000:.1f}",
+            "500",
+            met(result["with_store_target_met"]),
+        ],
+    ]
+    out.print(
+        table(
+            f"kronos bench decision: {result['symbols']} symbols at {result['asof']} "
+            f"({result['recommendations']} recos, {result['orders']} orders)",
+            ["step", "median ms", "target ms", "met"],
+            rows,
+        )
+    )

@@ -77,6 +77,10 @@ def prices(
     )
 
 
+RETURN_MARGIN_DAYS = 31  # bars read before ``start`` so its first return has its previous close
+LIQUIDITY_SPAN_DAYS = 180  # the 60 sessions must all fall within this many calendar days
+
+
 def returns(
     store: Store,
     asof: Asof,
@@ -85,14 +89,29 @@ def returns(
     end: date | None = None,
     settings: DataSettings | None = None,
 ) -> pl.DataFrame:
-    """Close-to-close returns on adjusted closes (``ret``, ``log_ret``) known at ``asof``."""
+    """Close-to-close returns on adjusted closes (``ret``, ``log_ret``) known at ``asof``.
+
+    With ``start``, only bars from ``RETURN_MARGIN_DAYS`` before it are read
+    (the first return after a longer trading halt is then missing).
+    """
     pit = PointInTime.at(asof, settings)
     last = min(pit.bar_date, end) if end else pit.bar_date
     where, params = _symbol_filter(symbols)
+    if start is None:
+        return _query(
+            store,
+            f"SELECT * FROM daily_returns WHERE ts <= ?{where} ORDER BY symbol, ts",
+            [last, *params],
+        )
     return _query(
         store,
-        f"SELECT * FROM daily_returns WHERE ts <= ? AND ts >= ?{where} ORDER BY symbol, ts",
-        [last, start or date(1, 1, 1), *params],
+        "SELECT symbol, ts, ret, log_ret FROM ("
+        "  SELECT symbol, ts, adj_close / lag(adj_close) OVER w - 1 AS ret,"
+        "         ln(adj_close / lag(adj_close) OVER w) AS log_ret"
+        f"  FROM bars WHERE ts <= ? AND ts >= ?{where}"
+        "  WINDOW w AS (PARTITION BY symbol ORDER BY ts)"
+        ") WHERE ts >= ? AND ret IS NOT NULL ORDER BY symbol, ts",
+        [last, start - timedelta(days=RETURN_MARGIN_DAYS), *params, start],
     )
 
 
@@ -102,14 +121,22 @@ def liquidity(
     symbols: Sequence[str] | None = None,
     settings: DataSettings | None = None,
 ) -> pl.DataFrame:
-    """Latest 60-session average dollar volume per symbol, from full windows only."""
+    """Average dollar volume (raw close x volume) of each symbol's last 60 sessions.
+
+    Only symbols whose last 60 sessions all have a dollar volume and fall
+    within ``LIQUIDITY_SPAN_DAYS`` calendar days get a value; the same rule
+    as ``fundamentals_factors_v1``.
+    """
     pit = PointInTime.at(asof, settings)
     where, params = _symbol_filter(symbols)
     return _query(
         store,
-        "SELECT symbol, max(ts) AS ts, arg_max(avg_dollar_vol_60d, ts) AS avg_dollar_vol_60d "
-        f"FROM mv_liquidity_60d WHERE ts <= ? AND n_obs >= 60{where} GROUP BY symbol ORDER BY 1",
-        [pit.bar_date, *params],
+        "SELECT symbol, max(ts) AS ts, avg(dv) AS avg_dollar_vol_60d FROM ("
+        "  SELECT symbol, ts, close * volume AS dv,"
+        "         row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS k"
+        f"  FROM bars WHERE ts <= ? AND ts > ?{where}"
+        ") WHERE k <= 60 GROUP BY symbol HAVING count(dv) = 60 ORDER BY 1",
+        [pit.bar_date, pit.bar_date - timedelta(days=LIQUIDITY_SPAN_DAYS), *params],
     )
 
 

@@ -1,0 +1,228 @@
+"""One decision step: store -> breakers -> strategist -> allocator -> planner.
+
+The walk-forward backtest and the paper loop both call :func:`decide`, so a
+backtest and the live loop make decisions the same way by construction.
+:func:`read_snapshot` does every read (point in time); :func:`decide_from` is
+pure, so the benchmark can time the two apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from kronos.config import (
+    DataSettings,
+    PolicySettings,
+    PortfolioSettings,
+    RiskSettings,
+    StrategySettings,
+)
+from kronos.data import readers
+from kronos.data.store import Store
+from kronos.execution.planner import Plan, plan_orders
+from kronos.portfolio import Account, Allocation, Reviewer, allocate
+from kronos.risk import Breaker, active_breakers, blocked_symbols, session_close
+from kronos.strategy import (
+    RegimeKnobs,
+    recommendations,
+    regime,
+    score,
+    standardize,
+    strategist_inputs,
+)
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Every setting the decision step reads, each from its own environment names."""
+
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the decision reads from the store, as known at the decision time."""
+
+    asof: date
+    inputs: pl.DataFrame  # strategist inputs, one row per symbol
+    forecasts: pl.DataFrame  # symbol, p05, p50, p95 (step 1)
+    calibrated: bool
+    breakers: list[Breaker]
+    prices: pl.DataFrame  # symbol, price
+    last_trade_at: Mapping[str, datetime]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The whole decision of one step, and why each name was left out."""
+
+    asof: date
+    run_id: str
+    snapshot: Snapshot
+    blocked: Mapping[str, str]
+    knobs: RegimeKnobs
+    scored: pl.DataFrame
+    recos: pl.DataFrame
+    allocation: Allocation
+    plan: Plan
+    excluded: pl.DataFrame  # symbol, stage, reason
+
+    @property
+    def orders(self) -> pl.DataFrame:
+        """The planned orders."""
+        return self.plan.orders
+
+
+def run_id_for(asof: date, label: str = "decision") -> str:
+    """A deterministic run id for a decision date (so retries reuse order ids)."""
+    return (
+        f"{label}-{asof.isoformat()}-" + hashlib.sha256(f"{label}|{asof}".encode()).hexdigest()[:8]
+    )
+
+
+def read_snapshot(
+    store: Store,
+    asof: date,
+    model: str,
+    settings: DecisionSettings,
+    now: datetime,
+    symbols: list[str] | None = None,
+) -> Snapshot:
+    """Read every input of the decision at ``asof`` (nothing known later)."""
+    inputs = strategist_inputs(store, asof, symbols, settings.strategy, data_settings=settings.data)
+    forecasts, calibrated = pl.DataFrame(), False
+    for want in (True, False):
+        rows = readers.forecasts(store, asof, model=model, calibrated=want)
+        rows = rows.filter((pl.col("asof") == pl.col("asof").max()) & (pl.col("step") == 1))
+        if rows.height:
+            forecasts, calibrated = rows.select("symbol", "p05", "p50", "p95"), want
+            break
+    if forecasts.is_empty():
+        forecasts = pl.DataFrame(
+            schema={"symbol": pl.String, "p05": pl.Float64, "p50": pl.Float64, "p95": pl.Float64}
+        )
+    last = readers.prices(
+        store,
+        asof,
+        inputs["symbol"].to_list(),
+        start=asof - timedelta(days=14),
+        settings=settings.data,
+    )
+    prices = last.group_by("symbol").agg(
+        pl.col("close").fill_null(pl.col("adj_close")).sort_by("ts").last().alias("price")
+    )
+    fills = store.con.execute(
+        "SELECT symbol, max(filled_at) FROM fills WHERE filled_at <= ? GROUP BY symbol", [now]
+    ).fetchall()
+    return Snapshot(
+        asof, inputs, forecasts, calibrated, active_breakers(store, now), prices, dict(fills)
+    )
+
+
+def decide_from(
+    snapshot: Snapshot,
+    positions: pl.DataFrame,
+    account: Account,
+    settings: DecisionSettings,
+    run_id: str,
+    now: datetime,
+    reviewer: Reviewer | None = None,
+) -> Decision:
+    """The pure part of the step: score, recommend, allocate, plan.
+
+    ``positions``: symbol, qty (prices come from the snapshot).
+    """
+    sectors = snapshot.inputs.select("symbol", "sector")
+    blocked = blocked_symbols(snapshot.breakers, sectors)
+    knobs = regime(snapshot.inputs, settings.strategy)
+    scored = score(
+        standardize(snapshot.inputs), knobs, settings.strategy, snapshot.forecasts, blocked=blocked
+    )
+    recos = recommendations(
+        scored, snapshot.asof, settings.strategy, run_id, data_settings=settings.data
+    )
+    # every priced name with its holding (0 when not held), so buys can be sized
+    held = positions.select("symbol", pl.col("qty").cast(pl.Float64))
+    book = (
+        snapshot.prices.join(held, on="symbol", how="full", coalesce=True)
+        .with_columns(pl.col("qty").fill_null(0.0))
+        .select("symbol", "qty", "price")
+    )
+    # the ideas are the strategist's buy recommendations (top-K); the rest of
+    # the universe glides to zero
+    ideas = set(recos.filter(pl.col("side") == "buy")["symbol"].to_list())
+    candidates = scored.select(
+        "symbol",
+        "sector",
+        "score",
+        (pl.col("eligible") & pl.col("symbol").is_in(list(ideas))).alias("eligible"),
+        pl.when(pl.col("eligible"))
+        .then(pl.lit(f"not among the top {settings.strategy.strat_reco_topk} recommendations"))
+        .otherwise(pl.col("excluded_reason"))
+        .alias("ineligible_reason"),
+    )
+    allocation = allocate(candidates, book, account, sectors, blocked, settings.portfolio, reviewer)
+    plan = plan_orders(
+        allocation,
+        book,
+        account,
+        snapshot.forecasts,
+        ideas,
+        snapshot.last_trade_at,
+        blocked,
+        now,
+        run_id,
+        snapshot.asof,
+        settings.portfolio,
+        settings.policy,
+    )
+    excluded = pl.concat(
+        [
+            scored.filter(~pl.col("eligible")).select(
+                "symbol",
+                pl.lit("strategist").alias("stage"),
+                pl.col("excluded_reason").alias("reason"),
+            ),
+            allocation.excluded.select("symbol", pl.lit("allocator").alias("stage"), "reason"),
+            plan.dropped.select("symbol", pl.lit("planner").alias("stage"), "reason"),
+        ]
+    )
+    return Decision(
+        snapshot.asof, run_id, snapshot, blocked, knobs, scored, recos, allocation, plan, excluded
+    )
+
+
+def decide(
+    asof: date,
+    store: Store,
+    positions: pl.DataFrame,
+    account: Account,
+    settings: DecisionSettings | None = None,
+    *,
+    model: str = "nbeats",
+    run_id: str | None = None,
+    now: datetime | None = None,
+    reviewer: Reviewer | None = None,
+) -> Decision:
+    """The decision step at ``asof``: read the store point in time, then decide.
+
+    ``now`` (default: the session close of ``asof``) is when breakers and
+    trade cooldowns are judged.
+    """
+    settings = settings or DecisionSettings()
+    now = now or session_close(asof, settings.data)
+    if now.tzinfo is None:
+        raise ValueError(f"now={now} is naive; give a time zone")
+    snapshot = read_snapshot(store, asof, model, settings, now.astimezone(UTC))
+    return decide_from(
+        snapshot, positions, account, settings, run_id or run_id_for(asof), now, reviewer
+    )

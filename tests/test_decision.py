@@ -1,0 +1,103 @@
+"""The one decision step on a small synthetic store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kronos.bench.decision import _forecasts, run_decision_bench
+from kronos.config import RiskSettings
+from kronos.data import loaders
+from kronos.data.ingest import ingest
+from kronos.data.store import Store
+from kronos.decision import decide
+from kronos.portfolio import Account
+from kronos.risk import Breaker, session_close, trip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("decision") / "k.duckdb"
+    with Store.open(path) as s:
+        loaders.load_synthetic(s, n_symbols=60, years=2, seed=4)
+        asof = s.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
+        symbols = [
+            r[0] for r in s.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
+        ]
+        ingest(
+            s,
+            "forecasts",
+            [_forecasts(symbols, asof, np.random.default_rng(1))],
+            source="t",
+            origin="t",
+        )
+    return path, asof, symbols
+
+
+def _decide(path, asof, **kw):
+    with Store.open(path) as s:
+        book = pl.DataFrame({"symbol": ["SYN0001", "SYN0002"], "qty": [100.0, 50.0]})
+        return decide(
+            asof, s, book, Account(nav=5e6, cash=4e6), model="bench", now=session_close(asof), **kw
+        )
+
+
+def test_decision_is_complete_and_deterministic(world):
+    path, asof, _ = world
+    first, again = _decide(path, asof), _decide(path, asof)
+    assert first.recos.height > 0 and first.orders.height > 0
+    assert first.orders["client_order_id"].to_list() == again.orders["client_order_id"].to_list()
+    assert first.snapshot.calibrated  # the bench forecasts are stored as calibrated
+    assert set(first.excluded["stage"].unique()) <= {"strategist", "allocator", "planner"}
+    buys = set(first.orders.filter(pl.col("side") == "buy")["symbol"])
+    assert buys <= set(first.recos["symbol"])  # POLICY_REQUIRE_RECO
+    cash_after = first.plan.cash_after
+    assert cash_after >= 0.05 * 5e6 - 1e-6  # PT_CASH_FLOOR_PCT
+
+
+def test_a_tripped_breaker_gets_no_buys(world, tmp_path):
+    path, asof, _ = world
+    baseline = _decide(path, asof)
+    bought = baseline.orders.filter(pl.col("side") == "buy")["symbol"].to_list()
+    assert bought, "the scenario must buy something"
+    victim = bought[0]
+    copy = tmp_path / "k.duckdb"
+    copy.write_bytes(path.read_bytes())
+    with Store.open(copy) as s:
+        trip(
+            s,
+            [
+                Breaker.new(
+                    "symbol",
+                    victim,
+                    "test breach",
+                    session_close(asof) - timedelta(hours=1),
+                    RiskSettings(),
+                )
+            ],
+        )
+    blocked = _decide(copy, asof)
+    assert victim not in blocked.orders.filter(pl.col("side") == "buy")["symbol"].to_list()
+    assert victim in blocked.blocked
+
+
+def test_no_forecasts_means_no_buys_and_says_why(world):
+    path, asof, _ = world
+    with Store.open(path) as s:
+        book = pl.DataFrame({"symbol": ["SYN0001"], "qty": [100.0]})
+        d = decide(
+            asof, s, book, Account(nav=5e6, cash=4e6), model="missing", now=session_close(asof)
+        )
+    assert d.orders.filter(pl.col("side") == "buy").is_empty()
+    reasons = d.excluded.filter(pl.col("stage") == "planner")["reason"].to_list()
+    assert any("no step-1 forecast" in r for r in reasons)
+
+
+def test_decision_bench_reports_both_figures():
+    result = run_decision_bench(n_symbols=40, years=1.5, repeats=3)
+    assert result["symbols"] == 40
+    assert 0 < result["in_memory_seconds"] < result["with_store_seconds"]
+    assert len(result["in_memory_all"]) == 3
