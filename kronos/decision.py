@@ -24,16 +24,19 @@ from kronos.config import (
 )
 from kronos.data import readers
 from kronos.data.store import Store
-from kronos.execution.planner import Plan, plan_orders
+from kronos.execution.planner import Plan, orders_table_rows, plan_orders
 from kronos.portfolio import Account, Allocation, Reviewer, allocate
 from kronos.risk import Breaker, active_breakers, blocked_symbols, session_close
 from kronos.strategy import (
     RegimeKnobs,
+    knob_rows,
     recommendations,
     regime,
     score,
     standardize,
     strategist_inputs,
+    write_knobs,
+    write_recos,
 )
 
 
@@ -226,3 +229,31 @@ def decide(
     return decide_from(
         snapshot, positions, account, settings, run_id or run_id_for(asof), now, reviewer
     )
+
+
+def record(store: Store, decision: Decision, now: datetime, broker: str = "sim") -> int:
+    """Store the decision's recommendations, knobs and planned orders.
+
+    Recommendations and knobs replace that day's rows; orders are keyed by
+    their deterministic ``client_order_id``, so recording a retried decision
+    never stores an order twice. Returns how many orders were new.
+    """
+    write_recos(store, decision.recos, asof=decision.asof)
+    write_knobs(
+        store, knob_rows(decision.knobs, decision.asof, decision.run_id), asof=decision.asof
+    )
+    rows = orders_table_rows(decision.plan, decision.run_id, decision.asof, broker, now=now)
+    if rows.is_empty():
+        return 0
+    store.con.register("_orders", rows.to_arrow())
+    try:
+        with store.transaction() as con:
+            before = con.execute("SELECT count(*) FROM orders").fetchall()[0][0]
+            cols = ", ".join(f'"{c}"' for c in rows.columns)
+            con.execute(
+                f"INSERT INTO orders ({cols}) SELECT {cols} FROM _orders ON CONFLICT DO NOTHING"
+            )
+            added = con.execute("SELECT count(*) FROM orders").fetchall()[0][0] - before
+    finally:
+        store.con.unregister("_orders")
+    return added

@@ -101,3 +101,28 @@ def test_decision_bench_reports_both_figures():
     assert result["symbols"] == 40
     assert 0 < result["in_memory_seconds"] < result["with_store_seconds"]
     assert len(result["in_memory_all"]) == 3
+
+
+def test_recording_a_retried_decision_stores_each_order_once(world, tmp_path):
+    from kronos.decision import record
+
+    path, asof, _ = world
+    copy = tmp_path / "k.duckdb"
+    copy.write_bytes(path.read_bytes())
+    decision = _decide(copy, asof)
+    with Store.open(copy) as s:
+        first = record(s, decision, session_close(asof))
+        second = record(s, _decide_open(s, asof), session_close(asof))
+        counts = s.con.execute(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM strategist_recos), "
+            "(SELECT count(*) FROM policy_knobs)"
+        ).fetchall()[0]
+    assert first == decision.orders.height > 0 and second == 0
+    assert counts == (decision.orders.height, decision.recos.height, 4)
+
+
+def _decide_open(store, asof):
+    book = pl.DataFrame({"symbol": ["SYN0001", "SYN0002"], "qty": [100.0, 50.0]})
+    return decide(
+        asof, store, book, Account(nav=5e6, cash=4e6), model="bench", now=session_close(asof)
+    )
