@@ -176,8 +176,12 @@ class PolicySettings(BaseSettings):
     model_config = SettingsConfigDict(**_COMMON)
 
     policy_require_reco: bool = Field(True, description="buys only for recommended names")
-    policy_min_abs_dev: float = Field(0.001, ge=0, description="|p50| at least (return units)")
-    policy_min_sigma_z: float = Field(0.1, ge=0, description="|p50| / sigma at least")
+    policy_min_abs_dev: float = Field(
+        0.001, ge=0, description="a buy needs p50 at least this (return units)"
+    )
+    policy_min_sigma_z: float = Field(
+        0.1, ge=0, description="a buy needs p50 / sigma at least this"
+    )
     policy_min_notional_usd: float = Field(200, ge=0, description="autosize up to this")
     policy_min_trade_interval_secs: float = Field(3600, ge=0)
     planner_z_dev_thresh: float = Field(0.5, ge=0, description="z above which a limit is used")

@@ -187,12 +187,13 @@ def test_a_sell_under_one_share_or_the_minimum_after_rounding_is_dropped() -> No
 
 
 def test_each_buy_gate_drops_with_its_reason() -> None:
-    names = ["OK", "R", "F", "D", "Z", "K", "C", "S"]
+    names = ["OK", "R", "F", "D", "N", "Z", "K", "C", "S"]
     a = alloc([(s, 0.05) for s in names[:-1]] + [("S", 0.01)])
     pos = book([(s, 0.0, 10.0) for s in names[:-1]] + [("S", 500.0, 10.0)])  # S: sell $4,000
     bands = dict.fromkeys(names, CALM)
     del bands["F"]
-    bands["D"] = (-0.02, 0.0005, 0.03)  # |p50| 0.0005 < 0.001
+    bands["D"] = (-0.02, 0.0005, 0.03)  # p50 0.0005 < 0.001
+    bands["N"] = (-0.05, -0.01, 0.03)  # a falling forecast: p50 -0.01 < 0.001 (directional)
     bands["Z"] = (-0.1, 0.002, 0.1)  # z = 0.002 / (0.2 / 3.29) = 0.0329 < 0.1
     out = plan(
         a,
@@ -208,8 +209,9 @@ def test_each_buy_gate_drops_with_its_reason() -> None:
     assert by_symbol(out.orders)["S"]["side"] == "sell"
     assert why["R"] == "POLICY_REQUIRE_RECO: not among the recommendations"
     assert why["F"] == "no step-1 forecast for POLICY_MIN_ABS_DEV / POLICY_MIN_SIGMA_Z"
-    assert why["D"] == "POLICY_MIN_ABS_DEV: |p50| 0.0005 < 0.001"
-    assert why["Z"] == "POLICY_MIN_SIGMA_Z: |p50|/sigma 0.033 < 0.1"
+    assert why["D"] == "POLICY_MIN_ABS_DEV: p50 0.0005 < 0.001"
+    assert why["N"] == "POLICY_MIN_ABS_DEV: p50 -0.01 < 0.001"
+    assert why["Z"] == "POLICY_MIN_SIGMA_Z: p50/sigma 0.033 < 0.1"
     assert why["K"] == "breaker: headline spike (no buys)"
     assert why["C"] == (
         "cooldown: last trade 1800.0s ago, within POLICY_MIN_TRADE_INTERVAL_SECS=3600s"

@@ -20,10 +20,10 @@ one that is dropped is listed in ``Plan.dropped`` with the rule and the numbers.
    ``POLICY_MIN_TRADE_INTERVAL_SECS`` or ``PLANNER_COOLDOWN_MINS`` before ``now``.
 4. **Buy gates.** Breakers: a ``blocked`` name gets no buy (sells are allowed).
    ``POLICY_REQUIRE_RECO``: the symbol must be in ``recos``. With the step-1
-   forecast (log returns p05, p50, p95): ``|p50| >= POLICY_MIN_ABS_DEV`` and
-   ``z = |p50| / sigma >= POLICY_MIN_SIGMA_Z``, ``sigma = (p95 - p05) / 3.29``; a
-   buy without a forecast is dropped unless both thresholds are 0. (The gates
-   test the size of the deviation, not its sign: direction is the strategist's.)
+   forecast (log returns p05, p50, p95): ``p50 >= POLICY_MIN_ABS_DEV`` and
+   ``z = p50 / sigma >= POLICY_MIN_SIGMA_Z``, ``sigma = (p95 - p05) / 3.29``; a
+   buy without a forecast is dropped unless both thresholds are 0. The gates
+   are directional: a buy needs the forecast to expect a rise of that size.
 5. **Minimum buy.** A buy under ``m = max(POLICY_MIN_NOTIONAL_USD,
    PT_MIN_ORDER_NOTIONAL)`` is autosized to ``ceil(m / price)`` shares when the
    name stays within ``PT_MAX_POS_PCT`` and its sector within
@@ -308,7 +308,7 @@ def plan_orders(
     exit_ = has_target & (tw <= 0) & (held > 0)
     sigma = (p95 - p05) / SIGMA_WIDTH
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(sigma > 0, np.abs(p50) / sigma, np.nan)
+        z = np.where(sigma > 0, p50 / sigma, np.nan)
     interval_s = policy.policy_min_trade_interval_secs
     cooldown_s = policy.planner_cooldown_mins * 60.0
     cooling = elapsed < max(interval_s, cooldown_s)
@@ -334,7 +334,7 @@ def plan_orders(
         drop(buy & ~reco, RECO)
     if policy.policy_min_abs_dev > 0 or policy.policy_min_sigma_z > 0:
         drop(buy & np.isnan(p50), NO_FORECAST)
-    drop(buy & (np.abs(p50) < policy.policy_min_abs_dev), ABS_DEV, np.abs(p50))
+    drop(buy & (p50 < policy.policy_min_abs_dev), ABS_DEV, p50)
     if policy.policy_min_sigma_z > 0:
         drop(buy & np.isnan(z), NO_SIGMA)
         drop(buy & (z < policy.policy_min_sigma_z), SIGMA_Z, z)
@@ -482,12 +482,12 @@ def _dropped(
         RECO: pl.lit("POLICY_REQUIRE_RECO: not among the recommendations"),
         NO_FORECAST: pl.lit("no step-1 forecast for POLICY_MIN_ABS_DEV / POLICY_MIN_SIGMA_Z"),
         ABS_DEV: pl.format(
-            f"POLICY_MIN_ABS_DEV: |p50| {{}} < {policy.policy_min_abs_dev:g}",
+            f"POLICY_MIN_ABS_DEV: p50 {{}} < {policy.policy_min_abs_dev:g}",
             pl.col("_v1").round(6),
         ),
         NO_SIGMA: pl.lit("POLICY_MIN_SIGMA_Z: p95 <= p05, no sigma"),
         SIGMA_Z: pl.format(
-            f"POLICY_MIN_SIGMA_Z: |p50|/sigma {{}} < {policy.policy_min_sigma_z:g}",
+            f"POLICY_MIN_SIGMA_Z: p50/sigma {{}} < {policy.policy_min_sigma_z:g}",
             pl.col("_v1").round(3),
         ),
         FRACTION: pl.lit("less than one share"),
