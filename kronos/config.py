@@ -44,9 +44,10 @@ def resolve_db_path(cli_value: Path | str | None, settings: DataSettings | None 
     return (settings or DataSettings()).db
 
 
-def config_hash(settings: BaseSettings) -> str:
-    """A stable short hash of a settings object, for run records."""
-    blob = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+def config_hash(config: BaseSettings | dict) -> str:
+    """A stable short hash of a settings object or a config dict, for run records."""
+    data = config if isinstance(config, dict) else config.model_dump(mode="json")
+    blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.table import Table
 
-from kronos.cli._common import DbOption, JsonOption, out, progress, table
+from kronos.cli._common import DbOption, JsonOption, fail, out, progress, table
 
 app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
+
+
+def _panel_and_sectors(db: Path | None, source: str) -> tuple[pl.DataFrame, dict[str, str | None]]:
+    """Today's returns panel of a bars source, and each symbol's sector."""
+    from kronos.config import DataSettings, resolve_db_path
+    from kronos.data import readers
+    from kronos.data.errors import KronosDataError
+    from kronos.data.store import Store
+    from kronos.features.returns import returns_panel
+
+    try:
+        with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+            panel = returns_panel(store, date.today(), source=source)
+            profiles = readers.profiles(store, date.today(), panel["symbol"].unique().to_list())
+    except (KronosDataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    return panel, dict(zip(profiles["symbol"], profiles["sector"], strict=True))
 
 
 @app.command("ingest")
@@ -56,13 +75,9 @@ def bench_forecast(
 ) -> None:
     """Leaderboard: every forecaster on the same held-out year, rolling origins."""
     from kronos.bench.forecast import run_forecast_bench
-    from kronos.config import DataSettings, resolve_db_path
-    from kronos.data.store import Store
-    from kronos.features.returns import returns_panel
     from kronos.tracking import mlflow_run
 
-    with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
-        panel = returns_panel(store, date.today(), source=source)
+    panel, _ = _panel_and_sectors(db, source)
     names = models.split(",")
     with (
         mlflow_run(experiment, "bench-forecast", {"source": source}) as recorder,
@@ -194,16 +209,9 @@ def bench_calibration(
 ) -> None:
     """Raw vs calibrated coverage and CRPS for every forecaster and distorted ones."""
     from kronos.bench.calibration import run_calibration_bench
-    from kronos.config import DataSettings, resolve_db_path
-    from kronos.data import readers
-    from kronos.data.store import Store
-    from kronos.features.returns import returns_panel
     from kronos.tracking import mlflow_run
 
-    with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
-        panel = returns_panel(store, date.today(), source=source)
-        profiles = readers.profiles(store, date.today(), panel["symbol"].unique().to_list())
-    sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+    panel, sectors = _panel_and_sectors(db, source)
     names = models.split(",")
     with (
         mlflow_run(experiment, "bench-calibration", {"source": source}) as recorder,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import date
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated
 import typer
 
 from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
-from kronos.config import DataSettings, ModelSettings, resolve_db_path
+from kronos.config import DataSettings, ModelSettings, config_hash, resolve_db_path
 from kronos.data.store import Store
 from kronos.models.base import Forecaster, ForecastError, TrainingConfig
 
@@ -60,7 +59,7 @@ def _run(
         fail(str(exc))
     tags = {
         "model": forecaster.name,
-        "config_hash": config_hash_of(forecaster),
+        "config_hash": config_hash(forecaster.get_config()),
         "data_cutoff": str(cutoff),
     }
     try:
@@ -111,12 +110,6 @@ def _run(
         f"MLflow run {recorder.run_id})",
         highlight=False,
     )
-
-
-def config_hash_of(forecaster: Forecaster) -> str:
-    """A stable hash of a forecaster's hyper-parameters."""
-    blob = json.dumps(forecaster.get_config(), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @app.command("nbeats")

@@ -102,9 +102,12 @@ def _value_problems(frame: pl.DataFrame, spec: TableSpec, origin: str, limit: in
     return problems
 
 
-def check_known_symbols(store: Store, frame: pl.DataFrame, *, origin: str) -> None:
+def check_known_symbols(
+    store: Store, frame: pl.DataFrame, *, origin: str, known: set[str] | None = None
+) -> None:
     """Refuse reference rows for symbols the store has neither bars nor a profile for."""
-    unknown = sorted(set(frame["symbol"].unique().to_list()) - store.known_symbols())
+    known = store.known_symbols() if known is None else known
+    unknown = sorted(set(frame["symbol"].unique().to_list()) - known)
     if unknown:
         raise InputError(
             [
@@ -186,10 +189,12 @@ def ingest(
     batches committed before it stay.
     """
     rows = ins = upd = 0
+    # reference batches never add symbols, so the known set is read once
+    known = store.known_symbols() if TABLES[table].reference else None
     for raw in batches:
         frame = conform(raw, table, origin=origin)
-        if TABLES[table].reference:
-            check_known_symbols(store, frame, origin=origin)
+        if known is not None:
+            check_known_symbols(store, frame, origin=origin, known=known)
         result = upsert(store, table, frame, source=source, origin=origin)
         rows, ins, upd = rows + result.rows_in, ins + result.inserted, upd + result.updated
         if on_batch:

@@ -86,6 +86,17 @@ class TrainingConfig(BaseModel):
     progress: bool = False
 
 
+def flatten_params(config: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as flat ``{"a.b": value}`` run parameters."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def target_dates(asof: date, horizon: int = HORIZON) -> list[date]:
     """The ``horizon`` weekdays after ``asof``."""
     out, day = [], asof

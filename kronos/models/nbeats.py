@@ -90,6 +90,7 @@ from kronos.models.base import (
     NullRecorder,
     Recorder,
     TrainingConfig,
+    flatten_params,
     forecast_frame,
     history_until,
 )
@@ -555,7 +556,9 @@ class NBeatsForecaster(Forecaster):
             net, info = self._make_network(val_size > 0, n_windows)
             checks = _CheckRecorder(recorder, keep_best=self._keep_best and val_size > 0)
             net.trainer_kwargs.setdefault("callbacks", []).append(checks)
-            recorder.log_params(_flat({**self.get_config(), "fit": {**info, "val_size": val_size}}))
+            recorder.log_params(
+                flatten_params({**self.get_config(), "fit": {**info, "val_size": val_size}})
+            )
             net.trainer_kwargs["default_root_dir"] = root
             net.fit(dataset, val_size=val_size)
             net.trainer_kwargs.pop("default_root_dir")
@@ -822,19 +825,6 @@ def _restricted_scales(path: Path) -> dict[str, float]:
     ):
         raise ForecastError(f"{path}: not a symbol -> positive float mapping")
     return scales
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, object]:
-    """Nested config -> flat ``{"a.b": value}`` for :meth:`Recorder.log_params`."""
-    out: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = (
-                value if isinstance(value, (int, float, str, bool)) else str(value)
-            )
-    return out
 
 
 class NBeatsDefaultForecaster(NBeatsForecaster):

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from kronos.models.artifacts import GateDecision, gate, promote, record_decision, write_artifact
-from kronos.models.base import Forecaster, NullRecorder, Recorder
+from kronos.models.base import Forecaster, NullRecorder, Recorder, flatten_params
 from kronos.models.evaluation import score, with_realized
 from kronos.models.registry import forecaster_class
 from kronos.models.split import train_valid_split
@@ -53,18 +53,6 @@ def validation_forecasts(
     return scored.filter(pl.col("asof") >= pl.col("first_origin")).drop("first_origin")
 
 
-def flatten(prefix: str, config: dict) -> dict[str, object]:
-    """Nested config as flat ``a.b`` keys, for run parameters."""
-    out: dict[str, object] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(f"{key}.", v))
-        else:
-            out[key] = v
-    return out
-
-
 def train_and_gate(
     forecaster: Forecaster,
     panel: pl.DataFrame,
@@ -94,8 +82,8 @@ def train_and_gate(
     }
     recorder.log_params(
         {
-            **flatten("model.", forecaster.get_config()),
-            **flatten("data.", data_range),
+            **flatten_params(forecaster.get_config(), "model."),
+            **flatten_params(data_range, "data."),
             "split.valid_days": valid_days,
             "split.valid_frac": valid_frac,
             "gate.baseline": baseline,
