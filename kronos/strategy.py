@@ -65,7 +65,7 @@ Rules
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -122,6 +122,18 @@ SIGMA_SPAN = 3.29  # p05..p95 spans 2 x 1.645 standard deviations
 REVISION_LOOKBACK_DAYS = 30
 REGIME_MOM_DAYS = 60
 CONTRIBUTIONS = (*(f"c_{k}" for k in BLEND), "c_forecast", "c_tilt")
+REFERENCE_READS = ("factors", "liquidity", "revisions", "estimates", "ratings", "social")
+_FACTOR_SCHEMA = {
+    "symbol": pl.String(),
+    **{c: pl.Float64() for c in ("z_roe", "z_roa", "z_gm", "z_dta", "z_rev")},
+    "sector": pl.String(),
+    "market_cap": pl.Float64(),
+}
+_REVISION_SCHEMA = {
+    "symbol": pl.String(),
+    "rev_eps_chg": pl.Float64(),
+    "z_rev_eps": pl.Float64(),
+}
 
 INPUT_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType(
     {
@@ -263,11 +275,18 @@ def strategist_inputs(
     settings: StrategySettings | None = None,
     *,
     data_settings: DataSettings | None = None,
+    skip: Collection[str] = (),
 ) -> pl.DataFrame:
     """Raw strategist inputs known at ``asof``: one row per symbol, :data:`INPUT_SCHEMA`.
 
     ``symbols=None`` takes every equity with a company profile known at ``asof``.
+    ``skip`` names reference datasets (of :data:`REFERENCE_READS`) the caller
+    knows hold no row for these symbols (a backtest checks once instead of
+    querying them at every rebalance); their columns stay null.
     """
+    unknown = set(skip) - set(REFERENCE_READS)
+    if unknown:
+        raise ValueError(f"unknown reference datasets to skip: {sorted(unknown)}")
     settings = settings or StrategySettings()
     pit = PointInTime.at(asof, data_settings)
     prof = readers.profiles(store, asof, symbols, data_settings)
@@ -293,8 +312,16 @@ def strategist_inputs(
     for name, days in horizons.items():
         out = out.join(_momentum(rets, pit.bar_date, days, name), on="symbol", how="left")
 
-    fac = readers.factors(store, asof, names, data_settings)
-    liq = readers.liquidity(store, asof, names, data_settings)
+    fac = (
+        pl.DataFrame(schema=_FACTOR_SCHEMA)
+        if "factors" in skip
+        else readers.factors(store, asof, names, data_settings)
+    )
+    liq = (
+        pl.DataFrame(schema={"symbol": pl.String(), "avg_dollar_vol_60d": pl.Float64()})
+        if "liquidity" in skip
+        else readers.liquidity(store, asof, names, data_settings)
+    )
     out = (
         out.join(
             prof.select("symbol", p_sector="sector", p_cap="market_cap"), on="symbol", how="left"
@@ -322,12 +349,17 @@ def strategist_inputs(
         )
     )
 
-    view = readers.revisions(
-        store, asof, None, lookback_days=REVISION_LOOKBACK_DAYS, settings=data_settings
+    view = (
+        pl.DataFrame(schema=_REVISION_SCHEMA)
+        if "revisions" in skip
+        else readers.revisions(
+            store, asof, None, lookback_days=REVISION_LOOKBACK_DAYS, settings=data_settings
+        )
     )
     local = None
     covered = set(view.filter(pl.col("z_rev_eps").is_not_null())["symbol"].to_list())
-    if not set(names) <= covered:  # only then is the fallback needed
+    # only when some name lacks the view's revisions is the fallback needed
+    if "estimates" not in skip and not set(names) <= covered:
         local = local_revisions(
             readers.estimates(store, asof, None, data_settings),
             readers.estimates(
@@ -337,16 +369,20 @@ def strategist_inputs(
         )
     out = out.join(combine_revisions(view, local), on="symbol", how="left")
 
-    rat = readers.ratings(store, asof, names, data_settings).select(
-        "symbol", rating=(pl.col("rating_score") - 3.0) / 2.0
-    )
+    rat = pl.DataFrame(schema={"symbol": pl.String(), "rating": pl.Float64()})
+    if "ratings" not in skip:
+        rat = readers.ratings(store, asof, names, data_settings).select(
+            "symbol", rating=(pl.col("rating_score") - 3.0) / 2.0
+        )
     since = pit.cutoff - timedelta(days=settings.strat_sentiment_days)
-    soc = (
-        readers.social(store, asof, names, start=since.date(), settings=data_settings)
-        .filter(pl.col("ts") > since)
-        .group_by("symbol")
-        .agg(sentiment=pl.col("senti_mean").mean())
-    )
+    soc = pl.DataFrame(schema={"symbol": pl.String(), "sentiment": pl.Float64()})
+    if "social" not in skip:
+        soc = (
+            readers.social(store, asof, names, start=since.date(), settings=data_settings)
+            .filter(pl.col("ts") > since)
+            .group_by("symbol")
+            .agg(sentiment=pl.col("senti_mean").mean())
+        )
     out = out.join(rat, on="symbol", how="left").join(soc, on="symbol", how="left")
     return out.select(pl.col(c).cast(t) for c, t in INPUT_SCHEMA.items()).sort("symbol")
 
@@ -408,16 +444,23 @@ def _exclusions(settings: StrategySettings, blocked: Mapping[str, str] | None) -
     """One string-or-null expression per universe rule."""
     cap, adv = pl.col("market_cap"), pl.col("avg_dollar_vol_60d")
     min_cap, min_adv = settings.strat_min_market_cap, settings.strat_min_dollar_vol
-    rules = [
-        pl.when(cap.is_null())
-        .then(pl.lit("market_cap missing"))
-        .when(cap < min_cap)
-        .then(pl.format("market_cap {} < {}", cap, pl.lit(min_cap))),
-        pl.when(adv.is_null())
-        .then(pl.lit("avg_dollar_vol_60d missing"))
-        .when(adv < min_adv)
-        .then(pl.format("avg_dollar_vol_60d {} < {}", adv, pl.lit(min_adv))),
-    ]
+    # a filter set to 0 is off: a price-only source (no volume, no market cap)
+    # then keeps its names instead of losing them all as "missing"
+    rules = []
+    if min_cap > 0:
+        rules.append(
+            pl.when(cap.is_null())
+            .then(pl.lit("market_cap missing"))
+            .when(cap < min_cap)
+            .then(pl.format("market_cap {} < {}", cap, pl.lit(min_cap)))
+        )
+    if min_adv > 0:
+        rules.append(
+            pl.when(adv.is_null())
+            .then(pl.lit("avg_dollar_vol_60d missing"))
+            .when(adv < min_adv)
+            .then(pl.format("avg_dollar_vol_60d {} < {}", adv, pl.lit(min_adv)))
+        )
     if settings.strat_enable_turnaround:
         for col in ("mom_m", "rev_eps_chg"):
             x = pl.col(col)
@@ -468,7 +511,12 @@ def score(
         .then(pl.lit(-settings.strat_tilt))
         .otherwise(pl.lit(0.0)),
     )
-    reason = pl.concat_str(_exclusions(settings, blocked), separator="; ", ignore_nulls=True)
+    rules = _exclusions(settings, blocked)
+    reason = (
+        pl.concat_str(rules, separator="; ", ignore_nulls=True)
+        if rules
+        else pl.lit(None, pl.String)
+    )
     return (
         frame.with_columns(score=pl.sum_horizontal(CONTRIBUTIONS), excluded_reason=reason)
         .with_columns(

@@ -114,3 +114,14 @@ def mlflow_run(
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def attach_run(run_id: str, settings: TrackingSettings | None = None) -> MlflowRecorder:
+    """A recorder for an existing run (``kronos run`` passes its id to a notebook).
+
+    The run stays open: whoever created it (the runner) ends it.
+    """
+    settings = settings or TrackingSettings()
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    client.get_run(run_id)  # fails clearly on an unknown id
+    return MlflowRecorder(client, run_id)

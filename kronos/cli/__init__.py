@@ -7,6 +7,7 @@ import sys
 import typer
 
 from kronos.cli import bench, breakers, data, train
+from kronos.cli.backtest import backtest
 from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
 
@@ -19,6 +20,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(breakers.app, name="breakers")
 app.command("forecast")(forecast)
 app.command("calibrate")(calibrate)
+app.command("backtest")(backtest)
 
 
 def main() -> None:

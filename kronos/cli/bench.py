@@ -11,7 +11,7 @@ import polars as pl
 import typer
 from rich.table import Table
 
-from kronos.cli._common import DbOption, JsonOption, fail, out, progress, table
+from kronos.cli._common import DbOption, JsonOption, err, fail, out, progress, table
 
 app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
 
@@ -319,5 +319,74 @@ def bench_decision(
             f"({result['recommendations']} recos, {result['orders']} orders)",
             ["step", "median ms", "target ms", "met"],
             rows,
+        )
+    )
+
+
+@app.command("backtest")
+def bench_backtest(
+    n_symbols: Annotated[int, typer.Option(help="Synthetic universe size.")] = 3000,
+    years: Annotated[float, typer.Option(help="Synthetic history in years.")] = 10.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Walk-forward speed: bundled 1990-2022 weekly, synthetic 3,000 x 10y, vs vectorbt."""
+    from kronos.bench.backtest import run_backtest_bench
+
+    result = run_backtest_bench(
+        n_symbols, years, on_step=lambda m: err.print(f"  {m}", highlight=False)
+    )
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+
+    def met(ok: bool) -> str:
+        return "[green]yes[/]" if ok else "[red]no[/]"
+
+    b, s = result["bundled"], result["synthetic"]
+    rows = [
+        [
+            f"bundled 20 stocks, {b['sessions']} sessions, {b['decisions']} weekly decisions "
+            "(ingest included)",
+            f"{b['seconds_all_included']:.1f}",
+            f"{b['target_seconds']:.0f}",
+            met(b["target_met"]),
+        ],
+        [
+            f"synthetic {s['symbols']:,} symbols x {s['years']:g}y, {s['sessions']} sessions, "
+            f"{s['decisions']} weekly decisions",
+            f"{s['seconds']:.1f}",
+            f"{s['target_seconds']:.0f}",
+            met(s["target_met"]),
+        ],
+    ]
+    out.print(
+        table("kronos bench backtest (EWMA, yearly refits)", ["run", "s", "target s", "met"], rows)
+    )
+    phases = ["load", "forecasts", "risk", "trading_decide", "trading_simulate", "vectorbt"]
+    out.print(
+        table(
+            "where the time goes (s)",
+            ["run", *phases],
+            [
+                [name, *(f"{r['timings'].get(p, 0.0):.1f}" for p in phases)]
+                for name, r in (("bundled", b), ("synthetic", s))
+            ],
+        )
+    )
+    out.print(
+        table(
+            "harness simulation vs vectorbt's simulation of the same orders",
+            ["run", "fills", "harness s", "vectorbt s", "ratio", "parity (max rel diff)"],
+            [
+                [
+                    name,
+                    f"{r['fills']:,}",
+                    f"{r['harness_simulate_seconds']:.2f}",
+                    f"{r['vectorbt_simulate_seconds']:.3f}",
+                    f"{r['overhead_ratio']:.1f}x",
+                    f"{r['parity']:.1e}",
+                ]
+                for name, r in (("bundled", b), ("synthetic", s))
+            ],
         )
     )

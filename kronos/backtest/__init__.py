@@ -1,0 +1,1 @@
+"""Walk-forward backtests: specs, splits, the engine, vectorbt parity, reports."""

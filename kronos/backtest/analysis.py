@@ -1,0 +1,82 @@
+"""Forecast quality over a backtest: per-fold metrics and rolling coverage."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import polars as pl
+
+from kronos.backtest.monitor import Quantiles, inside
+from kronos.backtest.result import COVERAGE_SCHEMA, FOLD_METRICS_SCHEMA
+from kronos.backtest.splits import Fold
+from kronos.metrics import coverage, crps_quantiles, mae
+from kronos.models.base import QUANTILES
+
+
+def _metrics(q: Quantiles, y: np.ndarray, lo: int, hi: int) -> dict[str, float]:
+    """Step-1 forecasts from sessions ``lo..hi-1`` against the next session's return."""
+    p = np.stack([q.p05[lo:hi], q.p50[lo:hi], q.p95[lo:hi]], axis=-1)
+    real = y[lo + 1 : hi + 1]
+    p = p[: len(real)]
+    ok = np.isfinite(real) & np.isfinite(p).all(axis=-1)
+    yy, pp = real[ok], p[ok]
+    if not len(yy):
+        return {"n": 0, "mae": np.nan, "coverage": np.nan, "crps": np.nan}
+    return {
+        "n": len(yy),
+        "mae": mae(yy, pp[:, 1]),
+        "coverage": coverage(yy, pp[:, 0], pp[:, 2]),
+        "crps": crps_quantiles(yy, pp, QUANTILES),
+    }
+
+
+def fold_metrics(
+    folds: list[Fold], sessions: list[date], raw: Quantiles, calibrated: Quantiles, y: np.ndarray
+) -> pl.DataFrame:
+    """MAE, coverage and CRPS of each fold's step-1 forecasts, raw and calibrated."""
+    index = {d: i for i, d in enumerate(sessions)}
+    rows = []
+    for f in folds:
+        lo, hi = index[f.test_start], index[f.test_end] + 1
+        for stage, q in (("raw", raw), ("calibrated", calibrated)):
+            rows.append(
+                {
+                    "fold": f.index,
+                    "train_start": f.train_start,
+                    "train_end": f.train_end,
+                    "test_start": f.test_start,
+                    "test_end": f.test_end,
+                    "stage": stage,
+                    **_metrics(q, y, lo, hi),
+                }
+            )
+    return pl.DataFrame(rows, schema=FOLD_METRICS_SCHEMA)
+
+
+def rolling_coverage(
+    sessions: list[date],
+    raw: Quantiles,
+    calibrated: Quantiles,
+    y: np.ndarray,
+    first: int,
+    window: int = 60,
+) -> pl.DataFrame:
+    """Share of realized returns inside p05..p95 over the last ``window`` sessions, all symbols."""
+
+    def roll(q: Quantiles) -> np.ndarray:
+        hit = inside(q, y)[first:]
+        hits = np.nansum(hit, axis=1)
+        n = np.isfinite(hit).sum(axis=1)
+        c_hits = np.concatenate([[0.0], np.cumsum(hits)])
+        c_n = np.concatenate([[0.0], np.cumsum(n)])
+        k = np.arange(1, len(hits) + 1)
+        lo = np.maximum(k - window, 0)
+        got = c_n[k] - c_n[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(got > 0, (c_hits[k] - c_hits[lo]) / got, np.nan)
+
+    return pl.DataFrame(
+        {"ts": sessions[first:], "raw": roll(raw), "calibrated": roll(calibrated)},
+        schema=COVERAGE_SCHEMA,
+    ).with_columns(pl.col("raw", "calibrated").fill_nan(None))

@@ -1,0 +1,369 @@
+"""The walk-forward engine: the decision step replayed over history against a simulated book.
+
+For each session of the test window, in order:
+
+1. orders decided at the previous rebalance fill at this session's open (or
+   close, per :class:`~kronos.execution.fills.FillRules`); a missing or NaN bar
+   never fills; a limit order fills only when the bar's price is at or inside
+   its limit (bracket exits are not simulated: the entry is the order);
+2. the book is marked at the close;
+3. on a rebalance session, the decision step (:func:`kronos.decision.decide_from`,
+   the same function the paper loop calls) runs on a snapshot of that
+   session's close: strategist inputs read from the store point in time, the
+   fold model's calibrated step-1 forecasts from this session, the breakers
+   active at the close, the simulated book and its last trades.
+
+Nothing after the decision time reaches a decision: the store reads take
+``asof``, forecasts come from models fitted ``purge`` sessions before their
+test window and from returns up to their origin, and fills happen at or after
+the decision's session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from datetime import time as clock
+
+import numpy as np
+import polars as pl
+
+from kronos.backtest.market import Market
+from kronos.backtest.monitor import Quantiles
+from kronos.backtest.result import FILLS_SCHEMA, ORDERS_SCHEMA
+from kronos.data.store import Store
+from kronos.decision import Decision, DecisionSettings, Snapshot, decide_from, run_id_for
+from kronos.execution.fills import Book, FillRules, fill_orders
+from kronos.portfolio import Account
+from kronos.risk import Breaker, session_close
+from kronos.strategy import CONTRIBUTIONS, REFERENCE_READS, strategist_inputs
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Trading:
+    """What the trading loop produced (frames in :mod:`kronos.backtest.result` shapes)."""
+
+    nav: np.ndarray  # per test session
+    cash: np.ndarray
+    qty: np.ndarray  # [test session, symbol] after the session's fills
+    fills: pl.DataFrame
+    orders: pl.DataFrame
+    factors: pl.DataFrame  # ts, factor, contribution
+    decisions: int
+    seconds: dict[str, float]  # simulate (fills, book, marks) and decide (snapshot + step)
+
+
+def rebalance_days(sessions: list[date], every: str, weekday: int) -> set[date]:
+    """Rebalance sessions: all, each week's first on or after ``weekday``, or each month's first."""
+    if every == "daily":
+        return set(sessions)
+    out: dict[tuple[int, int], date] = {}
+    for d in sessions:
+        if every == "weekly":
+            key = d.isocalendar()[:2]
+            if d.weekday() >= weekday and key not in out:
+                out[key] = d
+        elif every == "monthly":
+            out.setdefault((d.year, d.month), d)
+        else:
+            raise ValueError(f"unknown rebalance cadence {every!r}: daily, weekly or monthly")
+    return set(out.values())
+
+
+def order_hash(orders: pl.DataFrame) -> str:
+    """sha256 of the ordered order list (decision date, id, symbol, side, quantity)."""
+    h = hashlib.sha256()
+    for row in orders.select("asof", "client_order_id", "symbol", "side", "qty").iter_rows():
+        h.update(repr(row).encode())
+    return h.hexdigest()
+
+
+def _fill_time(day: date, at: str, settings: DecisionSettings) -> datetime:
+    if at == "next_open":
+        tz = session_close(day, settings.data).tzinfo
+        local = datetime.combine(day, clock(9, 30), tzinfo=tz)
+        return local.astimezone(UTC)
+    return session_close(day, settings.data)
+
+
+def _snapshot(
+    store: Store,
+    market: Market,
+    i: int,
+    forecasts: Quantiles,
+    breakers: list[Breaker],
+    last_trade: dict[str, datetime],
+    settings: DecisionSettings,
+    now: datetime,
+) -> Snapshot:
+    day = market.sessions[i]
+    inputs = strategist_inputs(
+        store,
+        day,
+        market.symbols,
+        settings.strategy,
+        data_settings=settings.data,
+        skip=[a for a in market.absent if a in REFERENCE_READS],
+    )
+    fc = pl.DataFrame(
+        {
+            "symbol": market.symbols,
+            "p05": forecasts.p05[i],
+            "p50": forecasts.p50[i],
+            "p95": forecasts.p95[i],
+        }
+    ).filter(pl.col("p50").is_not_nan())
+    # the last close known (as read_snapshot's), so a held name missing a bar keeps its value
+    prices = pl.DataFrame({"symbol": market.symbols, "price": market.mark[i]}).filter(
+        pl.col("price").is_not_nan() & (pl.col("price") > 0)
+    )
+    active = [b for b in breakers if b.tripped_at <= now and b.is_active(now)]
+    return Snapshot(day, inputs, fc, True, active, prices, dict(last_trade))
+
+
+def _limit_ok(orders: pl.DataFrame, ref: dict[str, float]) -> pl.Series:
+    """Market orders, and limit orders whose limit the bar's price satisfies."""
+    price = orders["symbol"].replace_strict(ref, default=None, return_dtype=pl.Float64)
+    limit = orders["limit_price"]
+    ok = (
+        limit.is_null()
+        | limit.is_nan()
+        | ((orders["qty"] > 0) & (price <= limit))
+        | ((orders["qty"] < 0) & (price >= limit))
+    )
+    return ok.fill_null(False)
+
+
+def _within_cash(
+    fills: pl.DataFrame, cash: float, commission: float
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Sells first, then buys in order, each cut to the whole shares the cash left pays for.
+
+    The planner sized buys at the decision's close; at the fill price (another
+    bar, plus slippage and commission) they may cost more than the cash there is.
+    Returns the fills and ``client_order_id, reason`` of the buys cut.
+    """
+    qty = fills["qty"].to_numpy().copy()
+    price = fills["price"].to_numpy()
+    sells = qty < 0
+    left = (
+        cash
+        - float(np.sum(qty[sells] * price[sells]))
+        - float(np.sum(np.abs(qty[sells]) * price[sells] * commission))
+    )
+    cut = []
+    for k in np.flatnonzero(~sells):
+        unit = price[k] * (1 + commission)
+        if qty[k] * unit > left:
+            affordable = max(np.floor(left / unit), 0.0)
+            # leave a hair of cash so float rounding never overdraws it
+            while (
+                affordable > 0 and affordable * price[k] + affordable * price[k] * commission > left
+            ):
+                affordable -= 1
+            cut.append(
+                (
+                    fills["client_order_id"][int(k)],
+                    f"cash: {affordable:.0f} of {qty[k]:.0f} shares affordable",
+                )
+            )
+            qty[k] = affordable
+        left -= qty[k] * price[k] + qty[k] * price[k] * commission
+    out = (
+        fills.with_columns(qty=pl.Series(qty))
+        .with_columns(fee=(pl.col("qty").abs() * pl.col("price")) * commission)
+        .filter(pl.col("qty") != 0)
+    )
+    reasons = pl.DataFrame(
+        cut, schema={"client_order_id": pl.String, "reason": pl.String}, orient="row"
+    )
+    return out, reasons
+
+
+def _factor_rows(decision: Decision) -> pl.DataFrame:
+    targets = decision.allocation.targets.select("symbol", "target_weight")
+    joined = targets.join(decision.scored.select("symbol", *CONTRIBUTIONS), on="symbol")
+    return (
+        joined.select(
+            *(
+                (pl.col("target_weight") * pl.col(c)).sum().alias(c.removeprefix("c_"))
+                for c in CONTRIBUTIONS
+            )
+        )
+        .unpivot(variable_name="factor", value_name="contribution")
+        .with_columns(ts=pl.lit(decision.asof, pl.Date))
+        .select("ts", "factor", "contribution")
+    )
+
+
+def trade(
+    store: Store,
+    market: Market,
+    first: int,
+    last: int,
+    forecasts: Quantiles,
+    breakers: list[Breaker],
+    rebalance: set[date],
+    rules: FillRules,
+    settings: DecisionSettings,
+    initial_cash: float,
+    label: str,
+    progress: Progress | None = None,
+) -> Trading:
+    """Run sessions ``first..last`` of ``market`` (see the module rules)."""
+    say = progress or (lambda _m: None)
+    n_days, symbols = last - first + 1, market.symbols
+    col = {s: j for j, s in enumerate(symbols)}
+    book = Book(cash=initial_cash)
+    nav, cash = np.empty(n_days), np.empty(n_days)
+    qty = np.zeros((n_days, len(symbols)))
+    fills, orders, factors = [], [], []
+    last_trade: dict[str, datetime] = {}
+    pending: pl.DataFrame | None = None
+    decisions = 0
+    sim_s = decide_s = 0.0
+
+    def execute(orders_now: pl.DataFrame, i: int) -> None:
+        day = market.sessions[i]
+        ref_row = market.open[i] if rules.at == "next_open" else market.close[i]
+        ref = {s: float(ref_row[col[s]]) for s in orders_now["symbol"].to_list()}
+        ok = _limit_ok(orders_now, ref)
+        bars = pl.DataFrame(
+            {
+                "symbol": symbols,
+                "open": market.open[i],
+                "close": market.close[i],
+                "volume": market.volume[i],
+            }
+        ).with_columns(pl.col(c).fill_nan(None) for c in ("open", "close", "volume"))
+        done, unfilled = fill_orders(orders_now.filter(ok), bars, rules)
+        done, short = _within_cash(done, book.cash, rules.commission)
+        unfilled = pl.concat([unfilled.select("client_order_id", "reason"), short])
+        book.apply(done)
+        at = _fill_time(day, rules.at, settings)
+        for s in done["symbol"].to_list():
+            last_trade[s] = at
+        fills.append(done.with_columns(ts=pl.lit(day, pl.Date)))
+        status = orders_now.select("asof", "symbol", "qty", "client_order_id", "side").join(
+            done.group_by("client_order_id").agg(filled_qty=pl.col("qty").abs().sum()),
+            on="client_order_id",
+            how="left",
+        )
+        reasons = unfilled.group_by("client_order_id", maintain_order=True).agg(
+            pl.col("reason").str.join("; ")
+        )
+        limit_missed = orders_now.filter(~ok).select(
+            "client_order_id", reason=pl.lit("limit not reached at the fill price")
+        )
+        orders.append(
+            status.join(pl.concat([reasons, limit_missed]), on="client_order_id", how="left")
+        )
+
+    for k in range(n_days):
+        i = first + k
+        day = market.sessions[i]
+        t0 = time.perf_counter()
+        if pending is not None and pending.height:
+            execute(pending, i)
+            pending = None
+        qty[k] = [book.positions.get(s, 0.0) for s in symbols]
+        marks = np.nan_to_num(market.mark[i])
+        nav[k] = book.cash + float(qty[k] @ marks)
+        cash[k] = book.cash
+        sim_s += time.perf_counter() - t0
+        if day not in rebalance or (k == n_days - 1 and rules.at != "close"):
+            continue
+        t0 = time.perf_counter()
+        now = session_close(day, settings.data)
+        snap = _snapshot(store, market, i, forecasts, breakers, last_trade, settings, now)
+        held = pl.DataFrame(
+            {"symbol": symbols, "qty": qty[k]}, schema={"symbol": pl.String, "qty": pl.Float64}
+        ).filter(pl.col("qty") != 0)
+        decision = decide_from(
+            snap,
+            held,
+            Account(nav=nav[k], cash=book.cash),
+            settings,
+            run_id_for(day, label),
+            now,
+        )
+        decisions += 1
+        factors.append(_factor_rows(decision))
+        planned = decision.orders.select(
+            pl.lit(day, pl.Date).alias("asof"),
+            "symbol",
+            "side",
+            "client_order_id",
+            pl.when(pl.col("side") == "buy")
+            .then(pl.col("qty"))
+            .otherwise(-pl.col("qty"))
+            .alias("qty"),
+            "limit_price",
+        )
+        decide_s += time.perf_counter() - t0
+        if rules.at == "close":
+            t0 = time.perf_counter()
+            execute(planned, i)
+            qty[k] = [book.positions.get(s, 0.0) for s in symbols]
+            nav[k] = book.cash + float(qty[k] @ marks)
+            cash[k] = book.cash
+            sim_s += time.perf_counter() - t0
+        else:
+            pending = planned
+        if decisions % 50 == 0:
+            say(f"{day}: {decisions} decisions, NAV {nav[k]:,.0f}")
+    return Trading(
+        nav=nav,
+        cash=cash,
+        qty=qty,
+        fills=_fills_frame(fills),
+        orders=_orders_frame(orders),
+        factors=pl.concat(factors) if factors else pl.DataFrame(),
+        decisions=decisions,
+        seconds={"simulate": sim_s, "decide": decide_s},
+    )
+
+
+def _fills_frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    if not parts:
+        return pl.DataFrame(schema=FILLS_SCHEMA)
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    return frame.select(
+        "ts",
+        "asof",
+        "symbol",
+        side=pl.when(pl.col("qty") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")),
+        qty=pl.col("qty").abs(),
+        price="price",
+        ref_price="ref_price",
+        fee="fee",
+        client_order_id="client_order_id",
+    ).cast(FILLS_SCHEMA)
+
+
+def _orders_frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    if not parts:
+        return pl.DataFrame(schema=ORDERS_SCHEMA)
+    frame = pl.concat(parts, how="diagonal_relaxed").with_columns(
+        filled_qty=pl.col("filled_qty").fill_null(0.0)
+    )
+    wanted = pl.col("qty").abs()
+    return frame.select(
+        "asof",
+        "symbol",
+        "side",
+        qty=wanted,
+        client_order_id="client_order_id",
+        status=pl.when(pl.col("filled_qty") >= wanted)
+        .then(pl.lit("filled"))
+        .when(pl.col("filled_qty") > 0)
+        .then(pl.lit("partial"))
+        .otherwise(pl.lit("unfilled")),
+        filled_qty="filled_qty",
+        reason="reason",
+    ).cast(ORDERS_SCHEMA)

@@ -1,0 +1,158 @@
+"""The market a backtest trades: its universe, calendar, bars as arrays, returns panel.
+
+Read once from the store for the whole run (the simulator needs every bar to
+fill and mark); the decision itself reads the store point in time at each
+rebalance, so nothing here reaches a decision except through the simulated
+book (fills at or after the decision) and the forecasts (fitted per fold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import polars as pl
+
+from kronos.data import readers
+from kronos.data.store import Store
+
+# reference dataset of the strategist -> (table, column that must be present)
+_REFERENCE_TABLES = {
+    "factors": ("fmp_income_statement", None),
+    "revisions": ("fmp_analyst_estimates", None),
+    "estimates": ("fmp_analyst_estimates", None),
+    "ratings": ("fmp_rating", None),
+    "social": ("social_features", None),
+    "liquidity": ("bars", "volume"),
+    "news": ("fmp_news", None),
+}
+
+
+@dataclass(frozen=True)
+class Market:
+    """Bars of the universe on one session calendar, ``[session, symbol]`` arrays.
+
+    Prices are adjusted (``adj_close``, and the open times the bar's
+    ``adj_close / close``), so corporate actions are no profit or loss;
+    ``mark`` is ``close`` carried forward (for valuing a book on a day a symbol
+    has no bar); ``y`` is the log return of the session (NaN when missing).
+    """
+
+    sessions: list[date]
+    symbols: list[str]
+    sectors: dict[str, str | None]
+    open: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    mark: np.ndarray
+    y: np.ndarray
+    panel: pl.DataFrame  # symbol, ts, y: the forecasters' input
+    has_open: bool
+    absent: tuple[str, ...]  # reference datasets with no row for the universe
+
+    def index_of(self, day: date) -> int:
+        """Position of session ``day`` in :attr:`sessions`."""
+        i = int(np.searchsorted(np.array(self.sessions, dtype="datetime64[D]"), np.datetime64(day)))
+        if i >= len(self.sessions) or self.sessions[i] != day:
+            raise KeyError(f"{day} is not a session of this backtest")
+        return i
+
+
+def resolve_universe(
+    store: Store,
+    end: date,
+    source: str | None,
+    symbols: list[str] | None,
+    exclude: list[str],
+) -> list[str]:
+    """The symbols to trade: the given list, else every equity with a profile and bars.
+
+    ``source`` keeps symbols whose bars come from that source (exact name, or a
+    prefix before a dot: ``skfolio`` matches ``skfolio.sp500``).
+    """
+    if symbols is None:
+        prof = readers.profiles(store, end)
+        symbols = prof.filter(pl.col("asset_type") == "equity")["symbol"].to_list()
+    if source is not None:
+        rows = store.con.execute(
+            "SELECT DISTINCT symbol FROM bars WHERE source = ? OR source LIKE ? || '.%'",
+            [source, source],
+        ).fetchall()
+        sourced = {r[0] for r in rows}
+        if not sourced:
+            raise ValueError(f"no bars with source {source!r} in {store.path}")
+        symbols = [s for s in symbols if s in sourced]
+    out = sorted(set(symbols) - set(exclude))
+    if not out:
+        raise ValueError("the universe is empty after the source filter and exclusions")
+    known = {r[0] for r in store.con.execute("SELECT DISTINCT symbol FROM bars").fetchall()}
+    missing = [s for s in out if s not in known]
+    if missing:
+        raise ValueError(f"no bars in {store.path} for symbols {missing}")
+    return out
+
+
+def absent_reference(store: Store, symbols: list[str], end: date) -> tuple[str, ...]:
+    """Reference datasets holding no row for ``symbols`` up to ``end`` (checked once)."""
+    out = []
+    for name, (table, column) in _REFERENCE_TABLES.items():
+        present = f"{column} IS NOT NULL" if column else "true"
+        n = store.con.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE symbol IN "
+            f"(SELECT unnest(?::VARCHAR[])) AND {present} LIMIT 1)",
+            [symbols],
+        ).fetchall()[0][0]
+        if n == 0:
+            out.append(name)
+    return tuple(out)
+
+
+def _wide(frame: pl.DataFrame, column: str, sessions: list[date], symbols: list[str]) -> np.ndarray:
+    grid = (
+        pl.DataFrame({"ts": sessions})
+        .join(pl.DataFrame({"symbol": symbols}), how="cross")
+        .join(frame.select("ts", "symbol", column), on=["ts", "symbol"], how="left")
+    )
+    values = grid[column].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return values.reshape(len(sessions), len(symbols))
+
+
+def carry_forward(values: np.ndarray) -> np.ndarray:
+    """Each column's last finite value carried forward (NaN before the first)."""
+    finite = np.isfinite(values)
+    idx = np.where(finite, np.arange(values.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    out = values[idx, np.arange(values.shape[1])]
+    started = np.maximum.accumulate(finite, axis=0)
+    return np.where(started, out, np.nan)
+
+
+def load_market(store: Store, symbols: list[str], end: date) -> Market:
+    """Every bar and return of ``symbols`` up to ``end``, on the union calendar."""
+    # trade and mark on adjusted prices (splits and dividends would otherwise
+    # show up as profits and losses): the open scaled by the bar's adjustment
+    factor = pl.when(pl.col("close") > 0).then(pl.col("adj_close") / pl.col("close"))
+    bars = readers.prices(store, end, symbols).with_columns(
+        open=pl.col("open") * factor.fill_null(1.0), close=pl.col("adj_close")
+    )
+    if bars.is_empty():
+        raise ValueError(f"no bars up to {end} for {symbols}")
+    sessions = sorted(bars["ts"].unique().to_list())
+    rets = readers.returns(store, end, symbols).select("symbol", "ts", y="log_ret")
+    close = _wide(bars, "close", sessions, symbols)
+    profiles = readers.profiles(store, end, symbols)
+    sectors = dict(zip(profiles["symbol"].to_list(), profiles["sector"].to_list(), strict=True))
+    return Market(
+        sessions=sessions,
+        symbols=symbols,
+        sectors={s: sectors.get(s) for s in symbols},
+        open=_wide(bars, "open", sessions, symbols),
+        close=close,
+        volume=_wide(bars, "volume", sessions, symbols),
+        mark=carry_forward(close),
+        y=_wide(rets, "y", sessions, symbols),
+        panel=rets.filter(pl.col("y").is_not_null()).sort("symbol", "ts"),
+        has_open=bool(bars["open"].is_not_null().any()),
+        absent=absent_reference(store, symbols, end),
+    )

@@ -1,0 +1,158 @@
+"""The risk layer over a backtest: the online calibrator and the fail-safe, in date order.
+
+Both depend only on forecasts and realized returns, never on the book, so they
+run over the whole test window before the trading loop. At session ``t`` the
+calibrator first learns from the return realized at ``t`` against the step-1
+forecast of the previous session, then calibrates ``t``'s forecast (as
+:func:`kronos.calibration.replay` and the nightly job do). The fail-safe
+judges session ``t`` with the same :class:`~kronos.risk.FailSafeController`
+the live loop uses; a numpy screen skips the sessions on which no rule can
+fire (no residual beyond the threshold, no coverage window below its floor,
+no symbol with enough headlines), so the controller runs only where it matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+
+from kronos.calibration import OnlineCalibrator
+from kronos.config import CalibrationSettings, DataSettings, RiskSettings
+from kronos.data import readers
+from kronos.data.store import Store
+from kronos.risk import Z90, Breaker, FailSafeController
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    """Step-1 quantiles ``[session, symbol]`` from each session (NaN: no forecast)."""
+
+    p05: np.ndarray
+    p50: np.ndarray
+    p95: np.ndarray
+
+
+def calibrate(
+    raw: Quantiles,
+    y: np.ndarray,
+    symbols: list[str],
+    sectors: dict[str, str | None],
+    settings: CalibrationSettings,
+) -> tuple[Quantiles, np.ndarray, np.ndarray]:
+    """Calibrated quantiles and the (bias, scale) in force at each session."""
+    cal = OnlineCalibrator(symbols, sectors, settings)
+    shape = raw.p50.shape
+    out = [np.full(shape, np.nan) for _ in range(3)]
+    bias, scale = np.empty(shape), np.empty(shape)
+    for i in range(shape[0]):
+        if i:
+            cal.update(raw.p05[i - 1], raw.p50[i - 1], raw.p95[i - 1], y[i])
+        bias[i], scale[i] = cal.effective()
+        out[0][i], out[1][i], out[2][i] = cal.apply_arrays(raw.p05[i], raw.p50[i], raw.p95[i])
+    return Quantiles(*out), bias, scale
+
+
+def inside(q: Quantiles, y: np.ndarray) -> np.ndarray:
+    """1.0 where session ``t``'s return fell in the previous session's p05..p95, else 0.0.
+
+    NaN where unscored (no forecast or no return).
+    """
+    out = np.full(y.shape, np.nan)
+    lo, hi = q.p05[:-1], q.p95[:-1]
+    scored = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(y[1:]) & (hi > lo)
+    out[1:] = np.where(scored, ((y[1:] >= lo) & (y[1:] <= hi)).astype(float), np.nan)
+    return out
+
+
+def _coverage_alarm(hit: np.ndarray, window: int, floor: float) -> np.ndarray:
+    """Per session: does some symbol's last ``window`` scored sessions fall below ``floor``."""
+    alarm = np.zeros(hit.shape[0], dtype=bool)
+    for j in range(hit.shape[1]):
+        rows = np.flatnonzero(np.isfinite(hit[:, j]))
+        if len(rows) < window:
+            continue
+        misses = np.concatenate([[0.0], np.cumsum(1.0 - hit[rows, j])])
+        last = misses[window:] - misses[:-window]  # misses in the window ending at rows[k]
+        low = (window - last) / window < floor
+        alarm[rows[window - 1 :][low]] = True
+    return alarm
+
+
+def failsafe(
+    store: Store,
+    sessions: list[date],
+    symbols: list[str],
+    sectors: dict[str, str | None],
+    calibrated: Quantiles,
+    y: np.ndarray,
+    first: int,
+    settings: RiskSettings,
+    data_settings: DataSettings,
+    with_news: bool,
+) -> list[Breaker]:
+    """Every breaker the controller trips on sessions ``first`` onwards, in order."""
+    ctl = FailSafeController(settings, data_settings)
+    sigma = (calibrated.p95 - calibrated.p05) / (2 * Z90)
+    z = np.full(y.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z[1:] = np.where(sigma[:-1] > 0, (y[1:] - calibrated.p50[:-1]) / sigma[:-1], np.nan)
+    # a hair below the threshold, so float rounding never hides a breach from the screen
+    flagged = np.nan_to_num(np.abs(z), nan=0.0).max(axis=1) > settings.failsafe_resid_z * (1 - 1e-9)
+    window = settings.failsafe_coverage_window
+    flagged |= _coverage_alarm(inside(calibrated, y), window, settings.failsafe_coverage_min)
+    news = None
+    if with_news:
+        # counts of headlines known by the end: a superset of what each day knew
+        news = readers.news_counts(store, sessions[-1], symbols, start=sessions[first])
+        busy = set(news.filter(pl.col("n_news") >= settings.headline_min_count)["day"].to_list())
+        flagged |= np.array([d in busy for d in sessions])
+    sector_frame = pl.DataFrame(
+        {"symbol": symbols, "sector": [sectors.get(s) for s in symbols]},
+        schema={"symbol": pl.String, "sector": pl.String},
+    )
+    out: list[Breaker] = []
+    span = 2 * window + 2
+    for i in np.flatnonzero(flagged[first:]) + first:
+        lo = max(0, i - span)
+        fc = _long(sessions[lo:i], symbols, calibrated, lo, i)
+        real = _long_y(sessions[lo : i + 1], symbols, y[lo : i + 1])
+        counts = None
+        if news is not None:
+            day = sessions[i]
+            counts = readers.news_counts(
+                store,
+                day,
+                symbols,
+                start=day - timedelta(days=settings.headline_baseline_days),
+                settings=data_settings,
+            )
+        out += ctl.evaluate(sessions[i], fc, real, sector_frame, counts)
+    return out
+
+
+def _long(days: list[date], symbols: list[str], q: Quantiles, lo: int, hi: int) -> pl.DataFrame:
+    n = len(symbols)
+    frame = pl.DataFrame(
+        {
+            "symbol": symbols * len(days),
+            "asof": np.repeat(np.array(days, dtype="datetime64[D]"), n),
+            "p05": q.p05[lo:hi].ravel(),
+            "p50": q.p50[lo:hi].ravel(),
+            "p95": q.p95[lo:hi].ravel(),
+        }
+    )
+    return frame.filter(pl.col("p50").is_not_nan())
+
+
+def _long_y(days: list[date], symbols: list[str], y: np.ndarray) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "symbol": symbols * len(days),
+            "ts": np.repeat(np.array(days, dtype="datetime64[D]"), len(symbols)),
+            "y": y.ravel(),
+        }
+    )
+    return frame.filter(pl.col("y").is_not_nan())

@@ -1,0 +1,275 @@
+"""Run a backtest spec end to end: data, folds, risk layer, trading, vectorbt, result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kronos.backtest import vbt
+from kronos.backtest.analysis import fold_metrics, rolling_coverage
+from kronos.backtest.engine import Trading, order_hash, rebalance_days, trade
+from kronos.backtest.executor import Executor, map_calls
+from kronos.backtest.forecasts import STEP1_SCHEMA, FoldForecasts, fold_forecasts
+from kronos.backtest.market import Market, load_market, resolve_universe
+from kronos.backtest.monitor import Quantiles, calibrate, failsafe
+from kronos.backtest.result import BREAKERS_SCHEMA, EQUITY_SCHEMA, POSITIONS_SCHEMA, BacktestResult
+from kronos.backtest.spec import BacktestSpec, spec_hash
+from kronos.data.store import Store
+from kronos.execution.fills import FillRules
+from kronos.risk import Breaker
+
+Progress = Callable[[str], None]
+
+
+def fill_rules(spec: BacktestSpec, market: Market) -> FillRules:
+    """The spec's costs and fill timing (``auto``: next open when the source has opens)."""
+    at = spec.fills.at
+    if at == "auto":
+        at = "next_open" if market.has_open else "next_close"
+    elif at == "next_open" and not market.has_open:
+        raise ValueError("fills.at is next_open but the universe's bars carry no opens")
+    return FillRules(
+        at=at,
+        commission_bps=spec.costs.commission_bps,
+        slippage_bps=spec.costs.slippage_bps,
+        volume_share=spec.costs.volume_share,
+    )
+
+
+def _window(market: Market, start: date, end: date) -> tuple[int, int]:
+    days = np.array(market.sessions, dtype="datetime64[D]")
+    first = int(np.searchsorted(days, np.datetime64(start)))
+    last = int(np.searchsorted(days, np.datetime64(end), side="right")) - 1
+    if first > last:
+        raise ValueError(f"no session of the universe between {start} and {end}")
+    return first, last
+
+
+def _wide(frame: pl.DataFrame, market: Market, column: str) -> np.ndarray:
+    out = np.full((len(market.sessions), len(market.symbols)), np.nan)
+    if frame.is_empty():
+        return out
+    row = {d: i for i, d in enumerate(market.sessions)}
+    col = {s: j for j, s in enumerate(market.symbols)}
+    i = np.array([row[d] for d in frame["asof"].to_list()])
+    j = np.array([col[s] for s in frame["symbol"].to_list()])
+    out[i, j] = frame[column].to_numpy()
+    return out
+
+
+def forecasts_by_fold(
+    spec: BacktestSpec,
+    market: Market,
+    first: int,
+    last: int,
+    executor: Executor,
+    ray_address: str | None,
+) -> list[FoldForecasts]:
+    """Fit and forecast every fold (independent tasks)."""
+    sessions = market.sessions
+    folds = spec.splitter().folds(sessions, sessions[first], sessions[last])
+    calls = [
+        (
+            spec.forecaster.name,
+            spec.forecaster.params,
+            spec.seed,
+            f,
+            [d for d in sessions[first : last + 1] if f.test_start <= d <= f.test_end],
+            spec.forecaster.artifact,
+        )
+        for f in folds
+    ]
+    return map_calls(_fold_task, calls, executor, ray_address, shared={"panel": market.panel})
+
+
+def _fold_task(name, params, seed, fold, origins, artifact, panel):
+    return fold_forecasts(name, params, seed, panel, fold, origins, artifact)
+
+
+def _equity(market: Market, first: int, trading: Trading, benchmark: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "ts": market.sessions[first : first + len(trading.nav)],
+            "nav": trading.nav,
+            "cash": trading.cash,
+            "invested": trading.nav - trading.cash,
+            "benchmark": benchmark,
+        },
+        schema=EQUITY_SCHEMA,
+    )
+
+
+def _positions(market: Market, first: int, qty: np.ndarray, nav: np.ndarray) -> pl.DataFrame:
+    t, j = np.nonzero(qty)
+    marks = market.mark[first:][t, j]
+    value = qty[t, j] * marks
+    return pl.DataFrame(
+        {
+            "ts": np.array(market.sessions[first:], dtype="datetime64[D]")[t],
+            "symbol": np.array(market.symbols, dtype=object)[j],
+            "qty": qty[t, j],
+            "price": marks,
+            "value": value,
+            "weight": value / nav[t],
+        }
+    ).cast(POSITIONS_SCHEMA)
+
+
+def _breakers(trips: list[Breaker]) -> pl.DataFrame:
+    rows = [
+        {
+            "tripped_at": b.tripped_at,
+            "scope": b.scope,
+            "key": b.key,
+            "reason": b.reason,
+            "expires_at": b.expires_at,
+        }
+        for b in trips
+    ]
+    return pl.DataFrame(rows, schema=BREAKERS_SCHEMA)
+
+
+def run_backtest(
+    spec: BacktestSpec,
+    store: Store,
+    *,
+    executor: Executor = "local",
+    ray_address: str | None = None,
+    progress: Progress | None = None,
+) -> BacktestResult:
+    """Run ``spec`` on ``store`` (read only: the backtest writes nothing there)."""
+    say = progress or (lambda _m: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    u = spec.universe
+    symbols = resolve_universe(store, spec.dates.end, u.source, u.symbols, u.exclude)
+    market = load_market(store, symbols, spec.dates.end)
+    first, last = _window(market, spec.dates.start, spec.dates.end)
+    timings["load"] = time.perf_counter() - t0
+    say(
+        f"{len(symbols)} symbols, {last - first + 1} sessions "
+        f"{market.sessions[first]}..{market.sessions[last]}"
+    )
+
+    t0 = time.perf_counter()
+    folds = forecasts_by_fold(spec, market, first, last, executor, ray_address)
+    timings["forecasts"] = time.perf_counter() - t0
+    say(f"{len(folds)} folds fitted and forecast with {spec.forecaster.name}")
+    frame = pl.concat([f.forecasts for f in folds]) if folds else pl.DataFrame(schema=STEP1_SCHEMA)
+    raw = Quantiles(*(_wide(frame, market, c) for c in ("p05", "p50", "p95")))
+
+    t0 = time.perf_counter()
+    settings = spec.decision_settings()
+    if spec.forecaster.calibrate:
+        calibrated, _, _ = calibrate(
+            raw, market.y, symbols, market.sectors, spec.calibration_settings()
+        )
+    else:
+        calibrated = raw
+    trips = failsafe(
+        store,
+        market.sessions,
+        symbols,
+        market.sectors,
+        calibrated,
+        market.y,
+        first,
+        settings.risk,
+        settings.data,
+        with_news="news" not in market.absent,
+    )
+    timings["risk"] = time.perf_counter() - t0
+    say(f"calibrator and fail-safe replayed: {len(trips)} breaker trips")
+
+    t0 = time.perf_counter()
+    rules = fill_rules(spec, market)
+    trading = trade(
+        store,
+        market,
+        first,
+        last,
+        calibrated,
+        trips,
+        rebalance_days(
+            market.sessions[first : last + 1], spec.rebalance.every, spec.rebalance.weekday
+        ),
+        rules,
+        settings,
+        spec.capital.initial_cash,
+        spec.name,
+        say,
+    )
+    timings["trading"] = time.perf_counter() - t0
+    timings.update({f"trading_{k}": v for k, v in trading.seconds.items()})
+    say(f"{trading.decisions} decisions, {trading.fills.height} fills")
+
+    t0 = time.perf_counter()
+    close = pl.DataFrame(
+        {
+            "ts": np.repeat(
+                np.array(market.sessions[first : last + 1], dtype="datetime64[D]"), len(symbols)
+            ),
+            "symbol": symbols * (last - first + 1),
+            "close": market.mark[first : last + 1].ravel(),
+        }
+    )
+    positions = _positions(market, first, trading.qty, trading.nav)
+    bench_symbols = [u.benchmark] if u.benchmark else symbols
+    bench_close = close
+    if u.benchmark and u.benchmark not in symbols:
+        other = load_market(store, [u.benchmark], spec.dates.end)
+        idx = [
+            other.sessions.index(d) if d in other.sessions else -1
+            for d in market.sessions[first : last + 1]
+        ]
+        marks = np.array([other.mark[i, 0] if i >= 0 else np.nan for i in idx])
+        bench_close = pl.DataFrame(
+            {"ts": market.sessions[first : last + 1], "symbol": u.benchmark, "close": marks}
+        )
+    bench_nav, bench_stats = vbt.buy_and_hold_stats(
+        bench_close, spec.capital.initial_cash, bench_symbols
+    )
+    equity = _equity(market, first, trading, bench_nav["benchmark"].to_numpy())
+    signed = trading.fills.with_columns(
+        qty=pl.when(pl.col("side") == "sell").then(-pl.col("qty")).otherwise(pl.col("qty"))
+    )
+    t1 = time.perf_counter()
+    pf = vbt.replay(signed, close, spec.capital.initial_cash, rules)
+    timings["vectorbt_replay"] = time.perf_counter() - t1
+    parity = vbt.parity(equity, positions, pf)
+    stats = vbt.portfolio_stats(pf, equity, signed)
+    stats.update({f"benchmark_{k}": v for k, v in bench_stats.items()})
+    timings["vectorbt"] = time.perf_counter() - t0
+
+    fold_list = [f.fold for f in folds]
+    return BacktestResult(
+        name=spec.name,
+        spec_hash=spec_hash(spec),
+        order_hash=order_hash(trading.orders),
+        start=market.sessions[first],
+        end=market.sessions[last],
+        equity=equity,
+        positions=positions,
+        fills=trading.fills,
+        orders=trading.orders,
+        stats=stats,
+        fold_metrics=fold_metrics(fold_list, market.sessions, raw, calibrated, market.y),
+        coverage=rolling_coverage(market.sessions, raw, calibrated, market.y, first),
+        factor_contrib=trading.factors,
+        breakers=_breakers(trips),
+        parity=parity,
+        timings=timings,
+    )
+
+
+def run_on_db(
+    spec: BacktestSpec, db: Path, executor: Executor = "local", ray_address: str | None = None
+) -> BacktestResult:
+    """Open the store at ``db`` read only and run ``spec`` (a sweep variant's Ray task)."""
+    with Store.open(db, read_only=True) as store:
+        return run_backtest(spec, store, executor=executor, ray_address=ray_address)
