@@ -73,12 +73,21 @@ def test_fills_follow_decisions_at_the_next_open(result, synth_db):
     assert (fills["ts"] > fills["asof"]).all()
     with duckdb.connect(str(synth_db), read_only=True) as con:
         bars = pl.from_arrow(
-            con.sql("SELECT symbol, ts, open, adj_close / close AS f FROM bars").arrow()
+            con.sql("SELECT symbol, ts, open, low, high, adj_close / close AS f FROM bars").arrow()
         )
-    joined = fills.join(bars, on=["symbol", "ts"], how="left")
+    limits = result.orders.select("client_order_id", "limit_price")
+    joined = fills.join(bars, on=["symbol", "ts"], how="left").join(limits, on="client_order_id")
     assert joined["open"].null_count() == 0  # every fill had a bar
     ref = joined["open"] * joined["f"]
-    assert ((joined["ref_price"] - ref).abs() / ref).max() < 1e-12
+    at_open = ((joined["ref_price"] - ref).abs() / ref) < 1e-12
+    # a limit order that the open did not satisfy fills at its limit, inside the bar's range
+    at_limit = (joined["ref_price"] == joined["limit_price"]) & (
+        joined["limit_price"].is_between(joined["low"] * joined["f"], joined["high"] * joined["f"])
+    )
+    assert (at_open | at_limit).all()
+    assert at_open.sum() > 0 and at_limit.sum() > 0
+    buys = joined.filter((pl.col("side") == "buy") & pl.col("limit_price").is_not_null())
+    assert (buys["ref_price"] <= buys["limit_price"] + 1e-9).all()
     hole = fills.filter(
         (pl.col("symbol") == "SYN0003")
         & pl.col("ts").is_between(date(2002, 3, 1), date(2002, 3, 20))
@@ -126,7 +135,16 @@ def test_no_look_ahead(result, synth_db, tmp_path, seed):
     def upto(frame: pl.DataFrame, col: str) -> pl.DataFrame:
         return frame.filter(pl.col(col) <= cut).sort(col, "client_order_id")
 
-    assert upto(other.orders, "asof").equals(upto(result.orders, "asof"))
+    decided = ["asof", "symbol", "side", "qty", "limit_price", "client_order_id"]
+    assert (
+        upto(other.orders, "asof")
+        .select(decided)
+        .equals(upto(result.orders, "asof").select(decided))
+    )
+    # an order's outcome is known once its fill session (the next one) is at or before the cut
+    last = result.equity.filter(pl.col("ts") <= cut)["ts"].max()
+    settled = pl.col("asof") < last
+    assert other.orders.filter(settled).equals(result.orders.filter(settled))
     assert upto(other.fills, "ts").equals(upto(result.fills, "ts"))
     before = result.equity.filter(pl.col("ts") <= cut)
     assert (
@@ -235,7 +253,7 @@ def test_a_saved_model_is_refused_when_it_saw_the_test_window(synth_db, tmp_path
         json.dumps({"data_range": {"train_end": "2001-06-29", "valid_end": "2001-12-31"}})
     )
     fold = Fold(0, date(2001, 1, 2), date(2001, 12, 21), date(2002, 1, 2), date(2002, 3, 29), 5)
-    with pytest.raises(ValueError, match="look-ahead: the artifact .* saw data up to 2001-12-31"):
+    with pytest.raises(ValueError, match=r"look-ahead: the artifact .* saw data up to 2001-12-31"):
         load_for_fold("ewma", directory, fold)
     ok = Fold(0, date(2001, 1, 2), date(2002, 1, 4), date(2002, 1, 14), date(2002, 3, 29), 5)
     assert isinstance(load_for_fold("ewma", directory, ok), EwmaNormal)

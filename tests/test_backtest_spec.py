@@ -92,7 +92,7 @@ def test_full_spec_loads(tmp_path):
     assert spec.fills.at == "next_close" and spec.capital.initial_cash == 50_000.0
     settings = spec.decision_settings()
     assert type(settings.strategy) is StrategySettings
-    assert settings.strategy.strat_reco_topk == 5 and settings.strategy.strat_forecast_in_score
+    assert settings.strategy.strat_reco_topk == 10 and settings.strategy.strat_forecast_in_score
     assert settings.portfolio.pt_max_pos_pct == 0.2
     assert spec.calibration_settings().calibration_lambda == 0.05
     with pytest.raises(ValueError, match="frozen"):
@@ -362,7 +362,7 @@ def test_sp500_specs_match_their_brief():
     assert (ewma.dates.start, ewma.dates.end) == (date(2005, 1, 3), date(2022, 12, 28))
     strategy = ewma.decision_settings().strategy
     assert strategy.strat_min_market_cap == 0 and strategy.strat_min_dollar_vol == 0
-    assert strategy.strat_forecast_in_score and strategy.strat_reco_topk == 5
+    assert strategy.strat_forecast_in_score and strategy.strat_reco_topk == 10
     assert nbeats.forecaster.name == "nbeats" and nbeats.forecaster.params == {"max_steps": 300}
     # EWMA's median is 0: its spec turns the directional buy gates off, N-BEATS keeps them
     assert ewma.decision.policy == {"policy_min_abs_dev": 0.0, "policy_min_sigma_z": 0.0}

@@ -126,17 +126,29 @@ def _snapshot(
     return Snapshot(day, inputs, fc, True, active, prices, dict(last_trade))
 
 
-def _limit_ok(orders: pl.DataFrame, ref: dict[str, float]) -> pl.Series:
-    """Market orders, and limit orders whose limit the bar's price satisfies."""
-    price = orders["symbol"].replace_strict(ref, default=None, return_dtype=pl.Float64)
-    limit = orders["limit_price"]
-    ok = (
-        limit.is_null()
-        | limit.is_nan()
-        | ((orders["qty"] > 0) & (price <= limit))
-        | ((orders["qty"] < 0) & (price >= limit))
-    )
-    return ok.fill_null(False)
+def _limit_fills(
+    orders: pl.DataFrame,
+    ref: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    touch: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which orders may fill, and at what reference price (``ref`` rows follow ``orders``).
+
+    A market order takes the bar's price. A buy limit fills at that price when
+    it is at or below the limit, else at the limit when ``touch`` (a day order
+    resting through the session) and the bar's low reached it; sells mirror
+    this with the high. Without a low or high only the bar's price counts.
+    """
+    qty = orders["qty"].to_numpy()
+    limit = orders["limit_price"].fill_null(np.nan).to_numpy()
+    market = np.isnan(limit)
+    buy = qty > 0
+    at_price = np.where(buy, ref <= limit, ref >= limit)
+    touched = touch & np.where(buy, low <= limit, high >= limit)
+    ok = market | at_price | touched
+    price = np.where(market | at_price, ref, limit)
+    return ok, price
 
 
 def _within_cash(
@@ -230,17 +242,29 @@ def trade(
 
     def execute(orders_now: pl.DataFrame, i: int) -> None:
         day = market.sessions[i]
+        j = np.array([col[s] for s in orders_now["symbol"].to_list()], dtype=int)
         ref_row = market.open[i] if rules.at == "next_open" else market.close[i]
-        ref = {s: float(ref_row[col[s]]) for s in orders_now["symbol"].to_list()}
-        ok = _limit_ok(orders_now, ref)
+        ok, price = _limit_fills(
+            orders_now, ref_row[j], market.low[i][j], market.high[i][j], rules.at != "close"
+        )
+        if orders_now["symbol"].is_duplicated().any():
+            raise ValueError(f"{day}: more than one order for a symbol")
+        # the session's bars, each traded symbol at its order's reference price
+        ref_col = rules.price_column
         bars = pl.DataFrame(
             {
                 "symbol": symbols,
-                "open": market.open[i],
-                "close": market.close[i],
+                ref_col: ref_row,
                 "volume": market.volume[i],
             }
-        ).with_columns(pl.col(c).fill_nan(None) for c in ("open", "close", "volume"))
+        ).with_columns(pl.col(ref_col, "volume").fill_nan(None))
+        overrides = pl.DataFrame({"symbol": orders_now["symbol"], "_ref": price})
+        bars = (
+            bars.join(overrides, on="symbol", how="left")
+            .with_columns(pl.coalesce(pl.col("_ref").fill_nan(None), ref_col).alias(ref_col))
+            .drop("_ref")
+        )
+        ok = pl.Series(ok)
         done, unfilled = fill_orders(orders_now.filter(ok), bars, rules)
         done, short = _within_cash(done, book.cash, rules.commission)
         unfilled = pl.concat([unfilled.select("client_order_id", "reason"), short])
@@ -249,7 +273,9 @@ def trade(
         for s in done["symbol"].to_list():
             last_trade[s] = at
         fills.append(done.with_columns(ts=pl.lit(day, pl.Date)))
-        status = orders_now.select("asof", "symbol", "qty", "client_order_id", "side").join(
+        status = orders_now.select(
+            "asof", "symbol", "qty", "limit_price", "client_order_id", "side"
+        ).join(
             done.group_by("client_order_id").agg(filled_qty=pl.col("qty").abs().sum()),
             on="client_order_id",
             how="left",
@@ -258,7 +284,7 @@ def trade(
             pl.col("reason").str.join("; ")
         )
         limit_missed = orders_now.filter(~ok).select(
-            "client_order_id", reason=pl.lit("limit not reached at the fill price")
+            "client_order_id", reason=pl.lit("limit not reached during the session")
         )
         orders.append(
             status.join(pl.concat([reasons, limit_missed]), on="client_order_id", how="left")
@@ -358,6 +384,7 @@ def _orders_frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
         "symbol",
         "side",
         qty=wanted,
+        limit_price=pl.col("limit_price").fill_nan(None),
         client_order_id="client_order_id",
         status=pl.when(pl.col("filled_qty") >= wanted)
         .then(pl.lit("filled"))

@@ -33,7 +33,7 @@ _REFERENCE_TABLES = {
 class Market:
     """Bars of the universe on one session calendar, ``[session, symbol]`` arrays.
 
-    Prices are adjusted (``adj_close``, and the open times the bar's
+    Prices are adjusted (``adj_close``, and open, high, low times the bar's
     ``adj_close / close``), so corporate actions are no profit or loss;
     ``mark`` is ``close`` carried forward (for valuing a book on a day a symbol
     has no bar); ``y`` is the log return of the session (NaN when missing).
@@ -43,6 +43,8 @@ class Market:
     symbols: list[str]
     sectors: dict[str, str | None]
     open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
     mark: np.ndarray
@@ -134,7 +136,8 @@ def load_market(store: Store, symbols: list[str], end: date) -> Market:
     # show up as profits and losses): the open scaled by the bar's adjustment
     factor = pl.when(pl.col("close") > 0).then(pl.col("adj_close") / pl.col("close"))
     bars = readers.prices(store, end, symbols).with_columns(
-        open=pl.col("open") * factor.fill_null(1.0), close=pl.col("adj_close")
+        *(pl.col(c) * factor.fill_null(1.0) for c in ("open", "high", "low")),
+        close=pl.col("adj_close"),
     )
     if bars.is_empty():
         raise ValueError(f"no bars up to {end} for {symbols}")
@@ -148,6 +151,8 @@ def load_market(store: Store, symbols: list[str], end: date) -> Market:
         symbols=symbols,
         sectors={s: sectors.get(s) for s in symbols},
         open=_wide(bars, "open", sessions, symbols),
+        high=_wide(bars, "high", sessions, symbols),
+        low=_wide(bars, "low", sessions, symbols),
         close=close,
         volume=_wide(bars, "volume", sessions, symbols),
         mark=carry_forward(close),

@@ -41,6 +41,7 @@ ORDERS_SCHEMA = {
     "symbol": pl.String,
     "side": pl.String,
     "qty": pl.Float64,
+    "limit_price": pl.Float64,  # null for market orders
     "client_order_id": pl.String,
     "status": pl.String,  # filled | partial | unfilled
     "filled_qty": pl.Float64,
