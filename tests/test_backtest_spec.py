@@ -92,7 +92,7 @@ def test_full_spec_loads(tmp_path):
     assert spec.fills.at == "next_close" and spec.capital.initial_cash == 50_000.0
     settings = spec.decision_settings()
     assert type(settings.strategy) is StrategySettings
-    assert settings.strategy.strat_reco_topk == 10 and settings.strategy.strat_forecast_in_score
+    assert settings.strategy.strat_reco_topk == 5 and settings.strategy.strat_forecast_in_score
     assert settings.portfolio.pt_max_pos_pct == 0.2
     assert spec.calibration_settings().calibration_lambda == 0.05
     with pytest.raises(ValueError, match="frozen"):
