@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.kronos-installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 # torch/OpenMP threads spin while waiting; on 2 shared cores that stalls training badly
 export OMP_WAIT_POLICY ?= PASSIVE
+DEMO_STEPS ?= 200
 
 .PHONY: install test demo lab mlflow lint clean-venv
 
@@ -27,10 +28,23 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# The whole pipeline on the bundled data, each step a notebook run by papermill
+# through `kronos run` and tracked in MLflow (experiments/runs/ holds the
+# executed notebooks).
 demo: install
-	$(BIN)/kronos data ingest --source bundled
-	$(BIN)/kronos data validate
-	$(BIN)/kronos data info
+	@echo "== 1/5 ingest the bundled data and check it (00_data)"
+	$(BIN)/kronos run 00_data --name demo-data
+	@echo "== 2/5 retrain a small N-BEATS and gate it against EWMA (10_retrain)"
+	$(BIN)/kronos run 10_retrain -p model=nbeats -p max_steps=$(DEMO_STEPS) --name demo-retrain
+	@echo "== 3/5 walk-forward backtest of the EWMA spec, 2005-2022 (20_walkforward)"
+	$(BIN)/kronos run 20_walkforward -p spec=backtests/sp500_ewma_weekly.yaml --name demo-walkforward
+	@echo "== 4/5 nightly calibration of the N-BEATS forecasts (40_calibrate)"
+	$(BIN)/kronos run 40_calibrate -p model=nbeats --name demo-calibrate
+	@echo "== 5/5 paper-trading step against the simulated broker (30_paper_trading)"
+	$(BIN)/kronos run 30_paper_trading -p model=nbeats -p broker=sim --name demo-paper
+	$(BIN)/kronos runs list --max 5
+	@echo "Executed notebooks: experiments/runs/demo-*/   Backtest report: data/backtests/sp500_ewma_weekly/*/report.html"
+	@echo "Compare runs: make mlflow (http://127.0.0.1:5000), kronos runs compare RUN RUN, or notebooks/50_compare_runs.ipynb"
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -102,13 +102,15 @@ def read_snapshot(
 ) -> Snapshot:
     """Read every input of the decision at ``asof`` (nothing known later)."""
     inputs = strategist_inputs(store, asof, symbols, settings.strategy, data_settings=settings.data)
-    forecasts, calibrated = pl.DataFrame(), False
+    # the newest origin wins; at that origin calibrated rows are preferred (an
+    # older calibrated forecast never beats a fresher raw one)
+    forecasts, calibrated, newest = pl.DataFrame(), False, None
     for want in (True, False):
         rows = readers.forecasts(store, asof, model=model, calibrated=want)
         rows = rows.filter((pl.col("asof") == pl.col("asof").max()) & (pl.col("step") == 1))
-        if rows.height:
+        if rows.height and (newest is None or rows["asof"][0] > newest):
             forecasts, calibrated = rows.select("symbol", "p05", "p50", "p95"), want
-            break
+            newest = rows["asof"][0]
     if forecasts.is_empty():
         forecasts = pl.DataFrame(
             schema={"symbol": pl.String, "p05": pl.Float64, "p50": pl.Float64, "p95": pl.Float64}

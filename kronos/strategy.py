@@ -584,17 +584,23 @@ class RegimeKnobs:
 
 
 def regime(inputs: pl.DataFrame, settings: StrategySettings) -> RegimeKnobs:
-    """Breadth and median ``z_rev`` of large caps -> risk-on/off and ``threshold_bps``."""
-    large = inputs.filter(pl.col("market_cap") >= settings.strat_min_market_cap)
+    """Breadth and median ``z_rev`` of large caps -> risk-on/off and ``threshold_bps``.
+
+    With the size filter off (``STRAT_MIN_MARKET_CAP`` 0) every name counts, a
+    missing market cap included. Without any ``z_rev`` (a price-only universe)
+    breadth alone decides; without breadth the regime is off.
+    """
+    cap = pl.col("market_cap")
+    min_cap = settings.strat_min_market_cap
+    large = inputs.filter((cap >= min_cap) | (cap.is_null() & pl.lit(min_cap <= 0)))
     mom = large["mom_60"].drop_nulls().drop_nans()
     zrev = large["z_rev"].drop_nulls().drop_nans()
     breadth = float((mom > 0).mean()) if mom.len() else None
     median = float(zrev.median()) if zrev.len() else None
     on = (
         breadth is not None
-        and median is not None
         and breadth >= settings.strat_breadth_on
-        and median >= 0
+        and (median is None or median >= 0)
     )
     b = "unknown" if breadth is None else f"{breadth:.3f}"
     m = "unknown" if median is None else f"{median:+.3f}"

@@ -218,7 +218,7 @@ def test_cli_backtest_writes_report_frames_and_mlflow_run(
     assert (report.parent / "equity.parquet").exists() and (report.parent / "equity.png").exists()
     client = MlflowClient(mlflow_settings.tracking_uri())
     run = client.get_run(row["mlflow_run_id"])
-    assert run.data.tags["spec_hash"] == row["spec_hash"]
+    assert run.data.tags["backtest_spec_hash"] == row["spec_hash"]
     assert run.data.tags["order_hash"] == row["order_hash"]
     assert run.data.tags["data_start"] == row["start"] and "git_commit" in run.data.tags
     assert run.data.params["costs.commission_bps"] == "3.0"

@@ -126,3 +126,27 @@ def _decide_open(store, asof):
     return decide(
         asof, store, book, Account(nav=5e6, cash=4e6), model="bench", now=session_close(asof)
     )
+
+
+def test_a_fresher_raw_forecast_beats_an_older_calibrated_one(world, tmp_path):
+    from kronos.decision import DecisionSettings, read_snapshot
+
+    path, asof, symbols = world
+    copy = tmp_path / "k.duckdb"
+    copy.write_bytes(path.read_bytes())
+    newer = asof + timedelta(days=1)
+    while newer.weekday() >= 5:
+        newer += timedelta(days=1)
+    raw = _forecasts(symbols, newer, np.random.default_rng(9)).with_columns(
+        calibrated=pl.lit(False)
+    )
+    with Store.open(copy) as s:
+        ingest(s, "forecasts", [raw], source="t", origin="t")
+        later = read_snapshot(s, newer, "bench", DecisionSettings(), session_close(newer))
+        same_day = read_snapshot(s, asof, "bench", DecisionSettings(), session_close(asof))
+    # the raw forecast from the newer session wins over the calibrated one from the day before
+    assert not later.calibrated
+    first = raw.filter(pl.col("step") == 1).sort("symbol")
+    assert later.forecasts.sort("symbol")["p50"].to_list() == first["p50"].to_list()
+    # at the calibrated forecast's own session it is still the one used
+    assert same_day.calibrated

@@ -76,6 +76,7 @@ def result() -> BacktestResult:
             "symbol": [SYMBOLS[i % k] for i in range(30)],
             "side": ["buy", "sell"] * 15,
             "qty": [10.0] * 30,
+            "limit_price": [None, 101.5] * 15,
             "client_order_id": [f"o{i}" for i in range(30)],
             "status": statuses,
             "filled_qty": [{"filled": 10.0, "partial": 4.0, "unfilled": 0.0}[s] for s in statuses],

@@ -323,7 +323,7 @@ def test_standardize_clips_at_three():
 # ---------------------------------------------------------------- regime
 
 
-def regime_inputs(moms: list[float | None], zrevs: list[float | None], caps: list[float]):
+def regime_inputs(moms: list[float | None], zrevs: list[float | None], caps: list[float | None]):
     return inputs(
         [
             {"symbol": f"S{i}", "mom_60": m, "z_rev": z, "market_cap": c}
@@ -364,6 +364,19 @@ def test_regime_risk_off_on_weak_breadth_or_negative_revisions():
     none = regime_inputs([0.1], [1.0], [1e9])
     k = S.regime(none, strat())
     assert k.risk_regime == "off" and k.breadth is None and k.median_z_rev is None
+
+
+def test_regime_of_a_price_only_universe_follows_breadth():
+    # no market caps, no z_rev (skfolio's prices): with the size filter off,
+    # every name counts and breadth alone decides
+    strong = regime_inputs([0.1, 0.2, -0.1], [None, None, None], [None, None, None])
+    k = S.regime(strong, strat(strat_min_market_cap=0))
+    assert k.risk_regime == "on" and math.isclose(k.breadth, 2 / 3, rel_tol=RTOL)
+    assert k.median_z_rev is None and "median z_rev unknown" in k.reason
+    weak = regime_inputs([0.1, -0.2, -0.1], [None, None, None], [None, None, None])
+    assert S.regime(weak, strat(strat_min_market_cap=0)).risk_regime == "off"
+    # with the filter on, names without a market cap are not large caps
+    assert S.regime(strong, strat()).breadth is None
 
 
 def test_knob_rows():

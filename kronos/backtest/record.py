@@ -32,7 +32,7 @@ def log_backtest(
     recorder.log_params(flatten_params(spec.model_dump(mode="json")))
     recorder.set_tags(
         {
-            "spec_hash": result.spec_hash,
+            "backtest_spec_hash": result.spec_hash,
             "order_hash": result.order_hash,
             "data_start": str(result.start),
             "data_end": str(result.end),

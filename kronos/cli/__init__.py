@@ -10,6 +10,7 @@ from kronos.cli import bench, breakers, data, train
 from kronos.cli.backtest import backtest
 from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
+from kronos.cli.run import run, runs_app, schedule
 
 app = typer.Typer(
     help="Kronos research workbench.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -21,6 +22,9 @@ app.add_typer(breakers.app, name="breakers")
 app.command("forecast")(forecast)
 app.command("calibrate")(calibrate)
 app.command("backtest")(backtest)
+app.command("run")(run)
+app.add_typer(runs_app, name="runs")
+app.command("schedule")(schedule)
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ def calibrate(
     as_json: JsonOption = False,
 ) -> None:
     """Update the calibrator night by night up to --asof; idempotent, catches up in order."""
-    from kronos.cli.forecast import fallback_or_fail
     from kronos.features.returns import returns_panel
+    from kronos.forecasting import fallback
     from kronos.models.artifacts import load_promoted
     from kronos.nightly import import_json, nightly_calibrate
 
@@ -52,7 +52,7 @@ def calibrate(
 
             def forecaster():
                 loaded = load_promoted(
-                    model_dir or ModelSettings().model_dir, model, fallback_or_fail(model, panel)
+                    model_dir or ModelSettings().model_dir, model, fallback(model, panel)
                 )
                 err.print(loaded.message, highlight=False)
                 return loaded.forecaster

@@ -1,0 +1,93 @@
+"""Forecasts for a session from the promoted model, calibrated when a state exists, stored.
+
+What ``kronos forecast``, the calibration job and the notebooks share: load the
+promoted artifact (or fit the lightweight fallback and say so), predict from
+the origin, apply the newest calibration state, and write raw and calibrated
+rows to ``forecasts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from kronos.config import CalibrationSettings
+from kronos.data import readers
+from kronos.data.ingest import ingest
+from kronos.data.store import Store
+from kronos.models.artifacts import load_promoted
+from kronos.models.base import Forecaster
+from kronos.nightly import load_calibrator
+
+
+def fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
+    """What to fit when no artifact is promoted (TFT: nothing).
+
+    The lightweight N-BEATS (whitepaper section 3), or a baseline on ``panel``.
+    """
+    from kronos.models.registry import forecaster_class
+    from kronos.models.split import train_valid_split
+
+    if name == "tft":
+        return None
+
+    def fit() -> Forecaster:
+        if name == "nbeats":
+            from kronos.models.nbeats import lightweight_nbeats
+
+            return lightweight_nbeats().fit(*train_valid_split(panel))
+        return forecaster_class(name)().fit(panel)
+
+    return fit
+
+
+@dataclass(frozen=True)
+class Produced:
+    """Forecasts of one origin and how they were made."""
+
+    origin: date
+    raw: pl.DataFrame
+    calibrated: pl.DataFrame | None  # None without a calibration state (or when disabled)
+    calibration_night: date | None
+    source: str  # "artifact" or "fallback"
+    message: str
+
+    @property
+    def best(self) -> pl.DataFrame:
+        """The calibrated forecasts when there are some, else the raw ones."""
+        return self.calibrated if self.calibrated is not None else self.raw
+
+
+def forecast_and_store(
+    store: Store,
+    model: str,
+    panel: pl.DataFrame,
+    model_dir: Path,
+    *,
+    symbols: Sequence[str] | None = None,
+    settings: CalibrationSettings | None = None,
+    write: bool = True,
+) -> Produced:
+    """Forecast steps 1-5 from the panel's last session; calibrate; store (idempotent)."""
+    settings = settings or CalibrationSettings()
+    origin = panel["ts"].max()
+    loaded = load_promoted(model_dir, model, fallback(model, panel))
+    raw = loaded.forecaster.predict(panel, origin, symbols)
+    calibrated, night = None, None
+    if settings.calibration_enabled:
+        names = sorted(raw["symbol"].unique().to_list())
+        profiles = readers.profiles(store, origin, names)
+        sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+        calibrator, night = load_calibrator(store, model, origin, names, sectors, settings)
+        if night is not None:
+            calibrated = calibrator.apply(raw)
+    if write:
+        frames = [raw.with_columns(calibrated=pl.lit(False))]
+        if calibrated is not None:
+            frames.append(calibrated.with_columns(calibrated=pl.lit(True)))
+        ingest(store, "forecasts", frames, source=model, origin=f"forecast {model} {origin}")
+    return Produced(origin, raw, calibrated, night, loaded.source, loaded.message)

@@ -1,0 +1,244 @@
+"""Execute a notebook with papermill as one MLflow run (see :mod:`kronos.runner`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from kronos.config import DataSettings, TrackingSettings, config_hash, resolve_db_path
+from kronos.runner.base import DEFAULT_EXPERIMENT, KERNEL, RUN_ID_PARAMETER, WORKFLOWS, RunnerError
+from kronos.runner.params import checked_parameters, redact, redact_notebook, secret_values
+from kronos.tracking import MlflowRecorder, experiment_id, git_state
+
+# ------------------------------------------------------------------ execution
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one notebook execution produced."""
+
+    status: Literal["FINISHED", "FAILED"]
+    output: Path  # the executed (or partial) notebook
+    run_id: str
+    experiment: str
+    error: str | None
+    seconds: float
+
+
+def _experiment_id(client: MlflowClient, name: str, settings: TrackingSettings) -> str:
+    try:
+        return experiment_id(client, name, settings)
+    except MlflowException:
+        # another process created it between our lookup and create
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def ensure_experiments(settings: TrackingSettings | None = None) -> dict[str, str]:
+    """Create every workflow experiment now, so parallel runs never race to create one."""
+    settings = settings or TrackingSettings()
+    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    return {name: _experiment_id(client, name, settings) for name in WORKFLOWS.values()}
+
+
+def _reserve(directory: Path) -> Path:
+    """A new ``<UTC stamp>.ipynb`` in ``directory``, created empty so no other run takes it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        path = directory / (f"{stamp}.ipynb" if n == 0 else f"{stamp}-{n}.ipynb")
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            continue
+    raise RunnerError(f"too many runs in {directory} at {stamp}")
+
+
+def _data_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """The store a notebook reads (its ``db`` parameter) and the span of its bars."""
+    if "db" not in params:
+        return {}
+    value = params["db"]
+    db = resolve_db_path(value if isinstance(value, str) and value else None, DataSettings())
+    tags = {"db": str(db)}
+    if not db.is_file():
+        return tags
+    import duckdb
+
+    try:  # read-only and best effort: another process may hold the file for writing
+        with duckdb.connect(str(db), read_only=True) as con:
+            first, last, symbols = con.execute(
+                "SELECT min(ts), max(ts), count(DISTINCT symbol) FROM bars"
+            ).fetchone()
+    except duckdb.Error:
+        return tags
+    if first is not None:
+        tags.update(data_range=f"{first}..{last}", data_symbols=str(symbols))
+    return tags
+
+
+def _describe_failure(exc: BaseException, timeout: int | None) -> str:
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return f"{exc.ename}: {exc.evalue} (cell In [{exc.exec_count}]: {_first_line(exc.source)})"
+    if isinstance(exc, CellTimeoutError):
+        return f"CellTimeoutError: a cell ran past the timeout of {timeout} s"
+    if isinstance(exc, DeadKernelError):
+        return "DeadKernelError: the kernel died while running a cell (killed, out of memory?)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _first_line(source: str) -> str:
+    return next((ln.strip() for ln in source.splitlines() if ln.strip()), "")[:80]
+
+
+def _mark_stopped_cell(path: Path, message: str) -> str:
+    """Mark a timeout or dead kernel on the cell that was running; returns its description.
+
+    papermill leaves that cell looking completed, with no error output.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    started = [c for c in nb.cells if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started:
+        return ""
+    cell = started[-1]
+    cell.outputs.append(
+        nbformat.v4.new_output("error", ename="RunnerError", evalue=message, traceback=[message])
+    )
+    cell.metadata.papermill.update(exception=True, status="failed")
+    nb.metadata.setdefault("papermill", {})["exception"] = True
+    nbformat.write(nb, str(path))
+    return f" (cell In [{cell.get('execution_count')}]: {_first_line(cell.source)})"
+
+
+def run_notebook(
+    notebook: Path,
+    params: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    experiment: str | None = None,
+    timeout: int | None = None,
+    out_root: Path = Path("experiments/runs"),
+    settings: TrackingSettings | None = None,
+    tags: Mapping[str, object] | None = None,
+    progress: bool = False,
+    on_start: Callable[[str, Path], None] | None = None,
+) -> RunOutcome:
+    """Execute ``notebook`` with ``params`` as one MLflow run, in the current directory.
+
+    Bad parameters raise :class:`RunnerError` before anything runs. A failing
+    cell, a timeout (``timeout`` seconds per cell) or a dead kernel returns a
+    FAILED outcome with the partial notebook saved and logged. ``on_start``
+    receives the run id and output path once the run exists.
+    """
+    import papermill
+
+    started = time.monotonic()
+    notebook = Path(notebook)
+    declared, values = checked_parameters(notebook, params)
+    # what the notebook runs with, defaults included, so runs compare and hash alike
+    effective = {k: p.default for k, p in declared.items() if k != RUN_ID_PARAMETER} | values
+    name = name or notebook.stem
+    experiment = experiment or WORKFLOWS.get(notebook.stem, DEFAULT_EXPERIMENT)
+    settings = settings or TrackingSettings()
+    repo = Path.cwd()
+    try:
+        shown = notebook.resolve().relative_to(repo).as_posix()
+    except ValueError:
+        shown = str(notebook)
+
+    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    secrets = sorted(secret_values(), key=len, reverse=True)
+    run = client.create_run(
+        _experiment_id(client, experiment, settings),
+        run_name=name,
+        tags={
+            **git_state(repo),
+            "notebook": shown,
+            "spec_hash": config_hash({"notebook": shown, "parameters": effective}),
+            "argv": redact(" ".join(sys.argv), secrets)[:5000],
+            **{k: str(v) for k, v in (tags or {}).items()},
+        },
+    )
+    run_id = run.info.run_id
+    recorder = MlflowRecorder(client, run_id)
+    output: Path | None = None
+    error: str | None = None
+    status: Literal["FINISHED", "FAILED"] = "FINISHED"
+    try:
+        recorder.log_params(effective)
+        output = _reserve(Path(out_root) / name)
+        recorder.set_tags({"output_notebook": str(output)})
+        if on_start is not None:
+            on_start(run_id, output)
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters={**values, RUN_ID_PARAMETER: run_id},
+                kernel_name=KERNEL,
+                execution_timeout=timeout,
+                cwd=str(repo),
+                progress_bar=progress,
+                log_output=False,
+                # the kernel process logs its plumbing (TCP warning, shutdown races): noise here
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
+        except Exception as exc:
+            status, error = "FAILED", _describe_failure(exc, timeout)
+            if not isinstance(exc, papermill.PapermillExecutionError) and _saved(output):
+                error += _mark_stopped_cell(output, error)
+            error = redact(error, secrets)
+        end_tags = _data_tags(effective)
+        if error is not None:
+            end_tags["error"] = error[:5000]
+        recorder.set_tags(end_tags)
+        _keep_notebook(client, run_id, output)
+    except BaseException:
+        # Ctrl-C or a broken store: redact and keep what ran, never leave the run RUNNING
+        if output is not None:
+            with contextlib.suppress(Exception):
+                _keep_notebook(client, run_id, output)
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    client.set_terminated(run_id, status=status)
+    return RunOutcome(
+        status=status,
+        output=output,
+        run_id=run_id,
+        experiment=experiment,
+        error=error,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _saved(output: Path) -> bool:
+    return output.is_file() and output.stat().st_size > 0
+
+
+def _keep_notebook(client: MlflowClient, run_id: str, output: Path) -> None:
+    """Redact the output notebook and log it as an artifact of the run."""
+    if not _saved(output):
+        output.unlink(missing_ok=True)  # the kernel never started: nothing was written
+        return
+    if redact_notebook(output):
+        client.set_tag(run_id, "secrets_redacted", "true")
+    client.log_artifact(run_id, str(output), "notebook")
