@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -189,3 +190,19 @@ class PolicySettings(BaseSettings):
     planner_limit_notional: float = Field(25_000, ge=0, description="notional above: limit order")
     planner_bracket_price_max: float = Field(500, ge=0, description="brackets only below price")
     planner_cooldown_mins: float = Field(60, ge=0, description="per-symbol cooldown")
+
+
+def chdir_project(start: Path | None = None) -> Path:
+    """Work from the project root (relative paths such as ``data/`` start there).
+
+    JupyterLab starts a notebook's kernel in ``notebooks/``; papermill runs
+    start at the root. Walks up from ``start`` (default: the working directory)
+    to the first directory holding ``pyproject.toml`` and ``kronos/``; stays
+    put when there is none (an installed package used elsewhere).
+    """
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "kronos").is_dir():
+            os.chdir(candidate)
+            return candidate
+    return here

@@ -209,3 +209,31 @@ def test_backtest_report_is_written_and_compared(executed, mlflow_settings):
     assert "report/equity.parquet" in logged
     compare = client.get_run(_outcome(executed, "50_compare_runs").run_id).data.metrics
     assert compare["runs_compared"] >= 1 and compare["equity_curves"] >= 1
+
+
+def test_notebooks_work_from_the_project_root_under_jupyterlab(tmp_path, monkeypatch):
+    """JupyterLab starts kernels in notebooks/: chdir_project moves to the root."""
+    from kronos.config import chdir_project
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='kronos'\n")
+    (tmp_path / "kronos").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert chdir_project() == tmp_path.resolve()
+    assert Path.cwd() == tmp_path.resolve()
+    monkeypatch.chdir("/")
+    assert chdir_project() == Path("/")  # no project above: stays put
+    for path in NOTEBOOKS:
+        assert "chdir_project()" in path.read_text(), path.name
+
+
+def test_the_notebook_kernel_is_this_environment():
+    """`make lab` and papermill start the `python3` kernel with the project's interpreter."""
+    import sys
+
+    from jupyter_client.manager import KernelManager
+
+    cmd = KernelManager(kernel_name="python3").format_kernel_cmd()
+    assert Path(cmd[0]).resolve() == Path(sys.executable).resolve()
+    for path in NOTEBOOKS:
+        assert nbformat.read(path, as_version=4).metadata.kernelspec.name == "python3"
