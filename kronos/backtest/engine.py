@@ -247,8 +247,11 @@ def trade(
         ok, price = _limit_fills(
             orders_now, ref_row[j], market.low[i][j], market.high[i][j], rules.at != "close"
         )
-        if orders_now["symbol"].is_duplicated().any():
-            raise ValueError(f"{day}: more than one order for a symbol")
+        # the planner may send a rebalance and a replacement sell of one name:
+        # both rest at the same limit, so they share the reference price
+        overrides = pl.DataFrame({"symbol": orders_now["symbol"], "_ref": price}).unique()
+        if overrides["symbol"].is_duplicated().any():
+            raise ValueError(f"{day}: orders of one symbol at different reference prices")
         # the session's bars, each traded symbol at its order's reference price
         ref_col = rules.price_column
         bars = pl.DataFrame(
@@ -258,7 +261,6 @@ def trade(
                 "volume": market.volume[i],
             }
         ).with_columns(pl.col(ref_col, "volume").fill_nan(None))
-        overrides = pl.DataFrame({"symbol": orders_now["symbol"], "_ref": price})
         bars = (
             bars.join(overrides, on="symbol", how="left")
             .with_columns(pl.coalesce(pl.col("_ref").fill_nan(None), ref_col).alias(ref_col))
