@@ -63,7 +63,7 @@ def run(
     ] = None,
     timeout: Annotated[
         int | None,
-        typer.Option(help="Seconds each cell may run (default: the spec's, else no limit)."),
+        typer.Option(help="Seconds each cell may run (default: the spec's, else 3600)."),
     ] = None,
     name: Annotated[
         str | None,
@@ -80,6 +80,7 @@ def run(
 ) -> None:
     """Execute a notebook with papermill as one MLflow run; exit 1 if a cell failed."""
     from kronos.runner import RunnerError, load_run_spec, run_notebook
+    from kronos.runner.base import DEFAULT_CELL_TIMEOUT
 
     notebook, spec_path = _target(target)
     params: dict[str, Any] = {}
@@ -105,7 +106,7 @@ def run(
             params,
             name=name,
             experiment=experiment,
-            timeout=timeout,
+            timeout=timeout or DEFAULT_CELL_TIMEOUT,
             out_root=out_dir,
             tags=tags,
             progress=err.is_terminal,

@@ -21,6 +21,7 @@ SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
 MIN_SECRET_LENGTH = 8  # shorter values ("1", "true") would match innocent text
 REDACTED = "***"
 KERNEL = "python3"
+DEFAULT_CELL_TIMEOUT = 3600  # seconds a cell may run under `kronos run` unless told otherwise
 
 
 class RunnerError(ValueError):
