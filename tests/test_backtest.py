@@ -260,3 +260,41 @@ def test_a_saved_model_is_refused_when_it_saw_the_test_window(synth_db, tmp_path
     # and through a spec: the first fold trains up to late December 2001
     with pytest.raises(ValueError, match="look-ahead"):
         _run(synth_db, forecaster={"name": "ewma", "artifact": str(directory)})
+
+
+def test_fail_safe_replay_trips_what_the_controller_trips_on_full_windows():
+    """The screen and the slimmed frames change nothing: same breakers as judging every
+    session with every symbol's whole window (no missing bars here)."""
+    import numpy as np
+
+    from kronos.backtest.monitor import Quantiles, _long, _long_y, failsafe
+    from kronos.config import DataSettings, RiskSettings
+    from kronos.risk import FailSafeController
+
+    rng = np.random.default_rng(3)
+    n_days, n = 90, 24
+    sessions = [date(2021, 1, 4) + timedelta(days=i) for i in range(200)]
+    sessions = [d for d in sessions if d.weekday() < 5][:n_days]
+    symbols = [f"S{j:02d}" for j in range(n)]
+    sectors = {s: ("Energy", "Utilities", "Financials")[j % 3] for j, s in enumerate(symbols)}
+    width = np.where(np.arange(n) % 4 == 0, 0.006, 0.02)  # a quarter far too narrow
+    p50 = rng.normal(0, 0.001, (n_days, n))
+    q = Quantiles(p50 - 1.645 * width, p50, p50 + 1.645 * width)
+    y = rng.normal(0, 0.012, (n_days, n))
+    y[40] = -0.09  # a crash day: everyone breaches
+    y[60, :9] = 0.08  # one sector and more
+    settings, data = RiskSettings(), DataSettings()
+    got = failsafe(None, sessions, symbols, sectors, q, y, 1, settings, data, with_news=False)
+    ctl = FailSafeController(settings, data)
+    sector_frame = pl.DataFrame({"symbol": symbols, "sector": [sectors[s] for s in symbols]})
+    everything = np.arange(n)
+    want = []
+    for i in range(1, n_days):
+        lo = max(0, i - 2 * settings.failsafe_coverage_window - 2)
+        fc = _long(sessions[lo:i], symbols, q, lo, i, everything)
+        real = _long_y(sessions[lo : i + 1], symbols, y[lo : i + 1], everything)
+        want += ctl.evaluate(sessions[i], fc, real, sector_frame)
+    assert [b.breaker_id for b in got] == [b.breaker_id for b in want]
+    scopes = {b.scope for b in got}
+    assert {"global", "sector", "symbol"} <= scopes
+    assert any("coverage drift" in b.reason for b in got)

@@ -68,8 +68,8 @@ def inside(q: Quantiles, y: np.ndarray) -> np.ndarray:
 
 
 def _coverage_alarm(hit: np.ndarray, window: int, floor: float) -> np.ndarray:
-    """Per session: does some symbol's last ``window`` scored sessions fall below ``floor``."""
-    alarm = np.zeros(hit.shape[0], dtype=bool)
+    """``[session, symbol]``: is the last ``window`` scored sessions' coverage below ``floor``."""
+    alarm = np.zeros(hit.shape, dtype=bool)
     for j in range(hit.shape[1]):
         rows = np.flatnonzero(np.isfinite(hit[:, j]))
         if len(rows) < window:
@@ -77,8 +77,23 @@ def _coverage_alarm(hit: np.ndarray, window: int, floor: float) -> np.ndarray:
         misses = np.concatenate([[0.0], np.cumsum(1.0 - hit[rows, j])])
         last = misses[window:] - misses[:-window]  # misses in the window ending at rows[k]
         low = (window - last) / window < floor
-        alarm[rows[window - 1 :][low]] = True
+        alarm[rows[window - 1 :][low], j] = True
     return alarm
+
+
+def _known_counts(
+    headlines: pl.DataFrame, day: date, baseline_days: int, data_settings: DataSettings
+) -> pl.DataFrame:
+    """``symbol, day, n_news`` as :func:`kronos.data.readers.news_counts` gives them at ``day``."""
+    cutoff = readers.PointInTime.at(day, data_settings).cutoff
+    return (
+        headlines.filter(
+            (pl.col("available_at") <= cutoff)
+            & (pl.col("day") >= day - timedelta(days=baseline_days))
+        )
+        .group_by("symbol", "day")
+        .agg(n_news=pl.len())
+    )
 
 
 def failsafe(
@@ -93,7 +108,14 @@ def failsafe(
     data_settings: DataSettings,
     with_news: bool,
 ) -> list[Breaker]:
-    """Every breaker the controller trips on sessions ``first`` onwards, in order."""
+    """Every breaker the controller trips on sessions ``first`` onwards, in order.
+
+    The controller sees, per judged session, every symbol's return of the
+    session against its forecast from the previous session (the residual and
+    many-at-once rules), the coverage window only of symbols whose window the
+    screen found below the floor (the only ones the coverage rule can trip),
+    and the headline counts known at that session's close.
+    """
     ctl = FailSafeController(settings, data_settings)
     sigma = (calibrated.p95 - calibrated.p05) / (2 * Z90)
     z = np.full(y.shape, np.nan)
@@ -102,13 +124,27 @@ def failsafe(
     # a hair below the threshold, so float rounding never hides a breach from the screen
     flagged = np.nan_to_num(np.abs(z), nan=0.0).max(axis=1) > settings.failsafe_resid_z * (1 - 1e-9)
     window = settings.failsafe_coverage_window
-    flagged |= _coverage_alarm(inside(calibrated, y), window, settings.failsafe_coverage_min)
-    news = None
+    alarm = _coverage_alarm(inside(calibrated, y), window, settings.failsafe_coverage_min)
+    flagged |= alarm.any(axis=1)
+    headlines = None
     if with_news:
-        # counts of headlines known by the end: a superset of what each day knew
-        news = readers.news_counts(store, sessions[-1], symbols, start=sessions[first])
-        busy = set(news.filter(pl.col("n_news") >= settings.headline_min_count)["day"].to_list())
-        flagged |= np.array([d in busy for d in sessions])
+        # read once; each judged session counts what was known at its close
+        headlines = readers.headline_days(
+            store,
+            sessions[-1],
+            symbols,
+            start=sessions[first] - timedelta(days=settings.headline_baseline_days),
+            settings=data_settings,
+        )
+        busy = (
+            headlines.group_by("symbol", "day")
+            .agg(n=pl.len())
+            .filter(pl.col("n") >= settings.headline_min_count)["day"]
+            .unique()
+            .to_list()
+        )
+        busy_days = set(busy)
+        flagged |= np.array([d in busy_days for d in sessions])
     sector_frame = pl.DataFrame(
         {"symbol": symbols, "sector": [sectors.get(s) for s in symbols]},
         schema={"symbol": pl.String, "sector": pl.String},
@@ -117,42 +153,69 @@ def failsafe(
     span = 2 * window + 2
     for i in np.flatnonzero(flagged[first:]) + first:
         lo = max(0, i - span)
-        fc = _long(sessions[lo:i], symbols, calibrated, lo, i)
-        real = _long_y(sessions[lo : i + 1], symbols, y[lo : i + 1])
+        deep = np.flatnonzero(alarm[i])
+        # everyone's last step; the whole window for symbols in a coverage alarm
+        fc = pl.concat(
+            [
+                _long(sessions[i - 1 : i], symbols, calibrated, i - 1, i, None),
+                _long(sessions[lo : i - 1], symbols, calibrated, lo, i - 1, deep),
+            ]
+        )
+        real = pl.concat(
+            [
+                _long_y(sessions[i - 1 : i + 1], symbols, y[i - 1 : i + 1], None),
+                _long_y(sessions[lo : i - 1], symbols, y[lo : i - 1], deep),
+            ]
+        )
         counts = None
-        if news is not None:
-            day = sessions[i]
-            counts = readers.news_counts(
-                store,
-                day,
-                symbols,
-                start=day - timedelta(days=settings.headline_baseline_days),
-                settings=data_settings,
+        if headlines is not None:
+            counts = _known_counts(
+                headlines, sessions[i], settings.headline_baseline_days, data_settings
             )
         out += ctl.evaluate(sessions[i], fc, real, sector_frame, counts)
     return out
 
 
-def _long(days: list[date], symbols: list[str], q: Quantiles, lo: int, hi: int) -> pl.DataFrame:
-    n = len(symbols)
+def _long(
+    days: list[date],
+    symbols: list[str],
+    q: Quantiles,
+    lo: int,
+    hi: int,
+    columns: np.ndarray | None,
+) -> pl.DataFrame:
+    cols = np.arange(len(symbols)) if columns is None else columns
+    names = [symbols[j] for j in cols]
     frame = pl.DataFrame(
         {
-            "symbol": symbols * len(days),
-            "asof": np.repeat(np.array(days, dtype="datetime64[D]"), n),
-            "p05": q.p05[lo:hi].ravel(),
-            "p50": q.p50[lo:hi].ravel(),
-            "p95": q.p95[lo:hi].ravel(),
-        }
+            "symbol": names * len(days),
+            "asof": np.repeat(np.array(days, dtype="datetime64[D]"), len(cols)),
+            "p05": q.p05[lo:hi][:, cols].ravel(),
+            "p50": q.p50[lo:hi][:, cols].ravel(),
+            "p95": q.p95[lo:hi][:, cols].ravel(),
+        },
+        schema={
+            "symbol": pl.String,
+            "asof": pl.Date,
+            "p05": pl.Float64,
+            "p50": pl.Float64,
+            "p95": pl.Float64,
+        },
     )
     return frame.filter(pl.col("p50").is_not_nan())
 
 
-def _long_y(days: list[date], symbols: list[str], y: np.ndarray) -> pl.DataFrame:
+def _long_y(
+    days: list[date], symbols: list[str], y: np.ndarray, columns: np.ndarray | None
+) -> pl.DataFrame:
+    cols = np.arange(len(symbols)) if columns is None else columns
+    names = [symbols[j] for j in cols]
     frame = pl.DataFrame(
         {
-            "symbol": symbols * len(days),
-            "ts": np.repeat(np.array(days, dtype="datetime64[D]"), len(symbols)),
-            "y": y.ravel(),
-        }
+            "symbol": names * len(days),
+            "ts": np.repeat(np.array(days, dtype="datetime64[D]"), len(cols)),
+            "y": y[:, cols].ravel(),
+        },
+        schema={"symbol": pl.String, "ts": pl.Date, "y": pl.Float64},
     )
     return frame.filter(pl.col("y").is_not_nan())

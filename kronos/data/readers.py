@@ -269,6 +269,30 @@ def news(
     )
 
 
+def headline_days(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    start: date | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """``symbol, day, available_at`` of each headline known at ``asof`` (day: market-local).
+
+    The rows behind :func:`news_counts`: counting those with ``available_at``
+    up to an earlier cutoff gives the counts known then (a replay reads once).
+    """
+    settings = settings or DataSettings()
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        "SELECT * FROM (SELECT symbol, CAST(timezone(?, published_at) AS DATE) AS day, "
+        f"available_at FROM fmp_news WHERE available_at <= ?{where}) "
+        "WHERE day >= ? ORDER BY symbol, day",
+        [settings.market_tz, pit.cutoff, *params, start or date(1, 1, 1)],
+    )
+
+
 def news_counts(
     store: Store,
     asof: Asof,
