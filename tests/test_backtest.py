@@ -225,6 +225,7 @@ def test_cli_backtest_writes_report_frames_and_mlflow_run(
     assert abs(run.data.metrics["sharpe"] - row["stats"]["sharpe"]) < 1e-12
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert "report/report.html" in names
+    assert "spec.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     bad = CliRunner().invoke(app, [*args, "--set", "costs.comission_bps=3"])
     assert bad.exit_code == 2

@@ -96,7 +96,7 @@ def _snapshot(
     market: Market,
     i: int,
     forecasts: Quantiles,
-    breakers: list[Breaker],
+    breakers: list[Breaker],  # those active at ``now``
     last_trade: dict[str, datetime],
     settings: DecisionSettings,
     now: datetime,
@@ -122,8 +122,7 @@ def _snapshot(
     prices = pl.DataFrame({"symbol": market.symbols, "price": market.mark[i]}).filter(
         pl.col("price").is_not_nan() & (pl.col("price") > 0)
     )
-    active = [b for b in breakers if b.tripped_at <= now and b.is_active(now)]
-    return Snapshot(day, inputs, fc, True, active, prices, dict(last_trade))
+    return Snapshot(day, inputs, fc, True, breakers, prices, dict(last_trade))
 
 
 def _limit_fills(
@@ -238,6 +237,9 @@ def trade(
     last_trade: dict[str, datetime] = {}
     pending: pl.DataFrame | None = None
     decisions = 0
+    # breakers by trip time, newest first (popped from the end as time passes)
+    upcoming = sorted(breakers, key=lambda b: b.tripped_at, reverse=True)
+    live: list[Breaker] = []
     sim_s = decide_s = 0.0
 
     def execute(orders_now: pl.DataFrame, i: int) -> None:
@@ -308,7 +310,10 @@ def trade(
             continue
         t0 = time.perf_counter()
         now = session_close(day, settings.data)
-        snap = _snapshot(store, market, i, forecasts, breakers, last_trade, settings, now)
+        while upcoming and upcoming[-1].tripped_at <= now:
+            live.append(upcoming.pop())
+        live = [b for b in live if b.is_active(now)]
+        snap = _snapshot(store, market, i, forecasts, live, last_trade, settings, now)
         held = pl.DataFrame(
             {"symbol": symbols, "qty": qty[k]}, schema={"symbol": pl.String, "qty": pl.Float64}
         ).filter(pl.col("qty") != 0)

@@ -55,4 +55,5 @@ def log_backtest(
             _finite({k: row[k] for k in ("mae", "coverage", "crps")}, f"fold_{stage}_"),
             step=row["fold"],
         )
+    recorder.log_dict(spec.model_dump(mode="json"), "spec.json")
     recorder.log_artifacts(report_dir, "report")

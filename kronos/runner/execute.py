@@ -164,7 +164,7 @@ def run_notebook(
     except ValueError:
         shown = str(notebook)
 
-    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    ensure_experiments(settings)  # every workflow's, up front: parallel runs never race
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     secrets = sorted(secret_values(), key=len, reverse=True)
     run = client.create_run(
