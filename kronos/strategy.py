@@ -268,6 +268,43 @@ def combine_revisions(view: pl.DataFrame, local: pl.DataFrame | None) -> pl.Data
     )
 
 
+@dataclass(frozen=True)
+class Prefetched:
+    """Reads a replay makes once, then slices point in time at each decision.
+
+    ``profiles``: every profile row of the universe (with ``available_at``);
+    ``returns``: ``symbol, ts, log_ret`` over the whole history. Sliced, they
+    equal the per-decision reads, except that a return after a trading halt
+    longer than ``readers.RETURN_MARGIN_DAYS`` is present here and missing there.
+    """
+
+    profiles: pl.DataFrame
+    returns: pl.DataFrame
+
+
+def prefetch(
+    store: Store, symbols: Sequence[str], end: date, data_settings: DataSettings | None = None
+) -> Prefetched:
+    """The profile and return history of ``symbols`` known at ``end``."""
+    return Prefetched(
+        readers.profile_history(store, end, symbols, data_settings),
+        readers.returns(store, end, symbols, settings=data_settings).select(
+            "symbol", "ts", "log_ret"
+        ),
+    )
+
+
+def _profiles_at(pre: Prefetched, pit: PointInTime, symbols: Sequence[str] | None) -> pl.DataFrame:
+    rows = pre.profiles.filter(pl.col("available_at") <= pit.cutoff)
+    if symbols is not None:
+        rows = rows.filter(pl.col("symbol").is_in(list(symbols)))
+    return (
+        rows.sort("symbol", "available_at", descending=[False, True])
+        .unique("symbol", keep="first", maintain_order=True)
+        .sort("symbol")
+    )
+
+
 def strategist_inputs(
     store: Store,
     asof: readers.Asof,
@@ -276,20 +313,26 @@ def strategist_inputs(
     *,
     data_settings: DataSettings | None = None,
     skip: Collection[str] = (),
+    prefetched: Prefetched | None = None,
 ) -> pl.DataFrame:
     """Raw strategist inputs known at ``asof``: one row per symbol, :data:`INPUT_SCHEMA`.
 
     ``symbols=None`` takes every equity with a company profile known at ``asof``.
     ``skip`` names reference datasets (of :data:`REFERENCE_READS`) the caller
     knows hold no row for these symbols (a backtest checks once instead of
-    querying them at every rebalance); their columns stay null.
+    querying them at every rebalance); their columns stay null. ``prefetched``
+    replaces the profile and return reads by slices of histories read once.
     """
     unknown = set(skip) - set(REFERENCE_READS)
     if unknown:
         raise ValueError(f"unknown reference datasets to skip: {sorted(unknown)}")
     settings = settings or StrategySettings()
     pit = PointInTime.at(asof, data_settings)
-    prof = readers.profiles(store, asof, symbols, data_settings)
+    prof = (
+        readers.profiles(store, asof, symbols, data_settings)
+        if prefetched is None
+        else _profiles_at(prefetched, pit, symbols)
+    )
     if symbols is None:
         names = prof.filter(pl.col("asset_type") == "equity")["symbol"].to_list()
     else:
@@ -302,13 +345,14 @@ def strategist_inputs(
         "mom_60": REGIME_MOM_DAYS,
     }
     longest = max(horizons.values())
-    rets = readers.returns(
-        store,
-        asof,
-        names,
-        start=pit.bar_date - timedelta(days=2 * longest + 10),
-        settings=data_settings,
-    ).select("symbol", "ts", "log_ret")
+    first_day = pit.bar_date - timedelta(days=2 * longest + 10)
+    if prefetched is None:
+        rets = readers.returns(store, asof, names, start=first_day, settings=data_settings)
+    else:
+        rets = prefetched.returns.filter(
+            pl.col("ts").is_between(first_day, pit.bar_date), pl.col("symbol").is_in(names)
+        )
+    rets = rets.select("symbol", "ts", "log_ret")
     for name, days in horizons.items():
         out = out.join(_momentum(rets, pit.bar_date, days, name), on="symbol", how="left")
 

@@ -109,6 +109,7 @@ def _snapshot(
         settings.strategy,
         data_settings=settings.data,
         skip=[a for a in market.absent if a in REFERENCE_READS],
+        prefetched=market.prefetched,
     )
     fc = pl.DataFrame(
         {

@@ -16,6 +16,7 @@ import polars as pl
 
 from kronos.data import readers
 from kronos.data.store import Store
+from kronos.strategy import Prefetched, prefetch
 
 # reference dataset of the strategist -> (table, column that must be present)
 _REFERENCE_TABLES = {
@@ -52,6 +53,7 @@ class Market:
     panel: pl.DataFrame  # symbol, ts, y: the forecasters' input
     has_open: bool
     absent: tuple[str, ...]  # reference datasets with no row for the universe
+    prefetched: Prefetched  # profile and return histories the decisions slice
 
     def index_of(self, day: date) -> int:
         """Position of session ``day`` in :attr:`sessions`."""
@@ -160,4 +162,5 @@ def load_market(store: Store, symbols: list[str], end: date) -> Market:
         panel=rets.filter(pl.col("y").is_not_null()).sort("symbol", "ts"),
         has_open=bool(bars["open"].is_not_null().any()),
         absent=absent_reference(store, symbols, end),
+        prefetched=prefetch(store, symbols, end),
     )

@@ -174,6 +174,23 @@ def profiles(
     )
 
 
+def profile_history(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Every company-profile row known at ``asof`` (a replay slices it per date)."""
+    pit = PointInTime.at(asof, settings)
+    where, params = _symbol_filter(symbols)
+    return _query(
+        store,
+        f"SELECT * FROM dim_company_profile WHERE available_at <= ?{where} "
+        "ORDER BY symbol, available_at",
+        [pit.cutoff, *params],
+    )
+
+
 STATEMENT_TABLES = (
     "fmp_income_statement",
     "fmp_balance_sheet",
