@@ -273,7 +273,8 @@ class Prefetched:
     """Reads a replay makes once, then slices point in time at each decision.
 
     ``profiles``: every profile row of the universe (with ``available_at``);
-    ``returns``: ``symbol, ts, log_ret`` over the whole history. Sliced, they
+    ``returns``: ``symbol, ts, log_ret`` over the whole history, sorted by
+    ``ts`` (see :func:`prefetch`). Sliced, they
     equal the per-decision reads, except that a return after a trading halt
     longer than ``readers.RETURN_MARGIN_DAYS`` is present here and missing there.
     """
@@ -288,9 +289,9 @@ def prefetch(
     """The profile and return history of ``symbols`` known at ``end``."""
     return Prefetched(
         readers.profile_history(store, end, symbols, data_settings),
-        readers.returns(store, end, symbols, settings=data_settings).select(
-            "symbol", "ts", "log_ret"
-        ),
+        readers.returns(store, end, symbols, settings=data_settings)
+        .select("symbol", "ts", "log_ret")
+        .sort("ts", "symbol"),
     )
 
 
@@ -349,9 +350,11 @@ def strategist_inputs(
     if prefetched is None:
         rets = readers.returns(store, asof, names, start=first_day, settings=data_settings)
     else:
-        rets = prefetched.returns.filter(
-            pl.col("ts").is_between(first_day, pit.bar_date), pl.col("symbol").is_in(names)
-        )
+        # the history is sorted by date: slice the window, then pick the names
+        ts = prefetched.returns["ts"]
+        lo = ts.search_sorted(first_day, side="left")
+        hi = ts.search_sorted(pit.bar_date, side="right")
+        rets = prefetched.returns.slice(lo, hi - lo).filter(pl.col("symbol").is_in(names))
     rets = rets.select("symbol", "ts", "log_ret")
     for name, days in horizons.items():
         out = out.join(_momentum(rets, pit.bar_date, days, name), on="symbol", how="left")

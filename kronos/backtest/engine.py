@@ -22,6 +22,7 @@ the decision's session.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,50 +251,54 @@ def trade(
         ok, price = _limit_fills(
             orders_now, ref_row[j], market.low[i][j], market.high[i][j], rules.at != "close"
         )
-        # the planner may send a rebalance and a replacement sell of one name:
-        # both rest at the same limit, so they share the reference price
-        overrides = pl.DataFrame({"symbol": orders_now["symbol"], "_ref": price}).unique()
-        if overrides["symbol"].is_duplicated().any():
-            raise ValueError(f"{day}: orders of one symbol at different reference prices")
-        # the session's bars, each traded symbol at its order's reference price
-        ref_col = rules.price_column
+        # the session's bar of each traded symbol, at its order's reference price; the
+        # planner may send a rebalance and a replacement sell of one name: both rest
+        # at the same limit, so they share it
+        syms = orders_now["symbol"].to_list()
+        ref: dict[str, float] = {}
+        for s, px, good in zip(syms, price.tolist(), ok.tolist(), strict=True):
+            seen = ref.setdefault(s, px) if good else px
+            if seen != px and not (math.isnan(seen) and math.isnan(px)):
+                raise ValueError(f"{day}: orders of {s} at different reference prices")
         bars = pl.DataFrame(
             {
-                "symbol": symbols,
-                ref_col: ref_row,
-                "volume": market.volume[i],
-            }
-        ).with_columns(pl.col(ref_col, "volume").fill_nan(None))
-        bars = (
-            bars.join(overrides, on="symbol", how="left")
-            .with_columns(pl.coalesce(pl.col("_ref").fill_nan(None), ref_col).alias(ref_col))
-            .drop("_ref")
-        )
-        ok = pl.Series(ok)
-        done, unfilled = fill_orders(orders_now.filter(ok), bars, rules)
+                "symbol": list(ref),
+                rules.price_column: list(ref.values()),
+                "volume": [float(market.volume[i, col[s]]) for s in ref],
+            },
+            schema={"symbol": pl.String, rules.price_column: pl.Float64, "volume": pl.Float64},
+        ).with_columns(pl.col(rules.price_column, "volume").fill_nan(None))
+        done, unfilled = fill_orders(orders_now.filter(pl.Series(ok)), bars, rules)
         done, short = _within_cash(done, book.cash, rules.commission)
-        unfilled = pl.concat([unfilled.select("client_order_id", "reason"), short])
         book.apply(done)
         at = _fill_time(day, rules.at, settings)
         for s in done["symbol"].to_list():
             last_trade[s] = at
         fills.append(done.with_columns(ts=pl.lit(day, pl.Date)))
-        status = orders_now.select(
-            "asof", "symbol", "qty", "limit_price", "client_order_id", "side"
-        ).join(
-            done.group_by("client_order_id").agg(filled_qty=pl.col("qty").abs().sum()),
-            on="client_order_id",
-            how="left",
-        )
-        reasons = unfilled.group_by("client_order_id", maintain_order=True).agg(
-            pl.col("reason").str.join("; ")
-        )
-        limit_missed = orders_now.filter(~ok).select(
-            "client_order_id", reason=pl.lit("limit not reached during the session")
-        )
-        orders.append(
-            status.join(pl.concat([reasons, limit_missed]), on="client_order_id", how="left")
-        )
+        filled: dict[str, float] = {}
+        for cid, q in zip(done["client_order_id"].to_list(), done["qty"].to_list(), strict=True):
+            filled[cid] = filled.get(cid, 0.0) + abs(q)
+        why: dict[str, list[str]] = {}
+        for frame in (unfilled, short):
+            for cid, r in zip(
+                frame["client_order_id"].to_list(), frame["reason"].to_list(), strict=True
+            ):
+                why.setdefault(cid, []).append(r)
+        ids = orders_now["client_order_id"].to_list()
+        for cid, good in zip(ids, ok.tolist(), strict=True):
+            if not good:
+                why.setdefault(cid, []).append("limit not reached during the session")
+        for row in zip(
+            orders_now["asof"].to_list(),
+            syms,
+            orders_now["side"].to_list(),
+            orders_now["qty"].to_list(),
+            orders_now["limit_price"].to_list(),
+            ids,
+            strict=True,
+        ):
+            cid = row[5]
+            orders.append((*row, filled.get(cid, 0.0), "; ".join(why[cid]) if cid in why else None))
 
     for k in range(n_days):
         i = first + k
@@ -380,11 +385,23 @@ def _fills_frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
     ).cast(FILLS_SCHEMA)
 
 
-def _orders_frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    if not parts:
+def _orders_frame(records: list[tuple]) -> pl.DataFrame:
+    """Order records ``(asof, symbol, side, signed qty, limit, id, filled, reason)``."""
+    if not records:
         return pl.DataFrame(schema=ORDERS_SCHEMA)
-    frame = pl.concat(parts, how="diagonal_relaxed").with_columns(
-        filled_qty=pl.col("filled_qty").fill_null(0.0)
+    frame = pl.DataFrame(
+        records,
+        schema=[
+            "asof",
+            "symbol",
+            "side",
+            "qty",
+            "limit_price",
+            "client_order_id",
+            "filled_qty",
+            "reason",
+        ],
+        orient="row",
     )
     wanted = pl.col("qty").abs()
     return frame.select(
