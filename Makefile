@@ -46,8 +46,10 @@ demo: install
 	@echo "Executed notebooks: experiments/runs/demo-*/   Backtest report: data/backtests/sp500_ewma_weekly/*/report.html"
 	@echo "Compare runs: make mlflow (http://127.0.0.1:5000), kronos runs compare RUN RUN, or notebooks/50_compare_runs.ipynb"
 
+# JupyterLab on 127.0.0.1 with this environment's python3 kernel (root, as in
+# containers, needs --allow-root)
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
