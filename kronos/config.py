@@ -7,9 +7,11 @@ the environment at import time.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field
@@ -206,3 +208,12 @@ def chdir_project(start: Path | None = None) -> Path:
             os.chdir(candidate)
             return candidate
     return here
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A hint for an unknown name: the closest choice, else the list of choices."""
+    names = sorted(choices)
+    close = difflib.get_close_matches(word, names, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (one of: {', '.join(names)})" if names else ""

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kronos.config import TrackingSettings
@@ -85,7 +86,14 @@ def experiment_id(client: MlflowClient, name: str, settings: TrackingSettings) -
     if found is not None:
         return found.experiment_id
     location = None if settings.mlflow_tracking_uri else f"{settings.artifact_root()}/{name}"
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # another process created it between our lookup and create
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 @contextmanager

@@ -268,7 +268,7 @@ def test_fail_safe_replay_trips_what_the_controller_trips_on_full_windows():
     session with every symbol's whole window (no missing bars here)."""
     import numpy as np
 
-    from kronos.backtest.monitor import Quantiles, _long, _long_y, failsafe
+    from kronos.backtest.monitor import Quantiles, _forecasts, _realized, failsafe
     from kronos.config import DataSettings, RiskSettings
     from kronos.risk import FailSafeController
 
@@ -292,8 +292,8 @@ def test_fail_safe_replay_trips_what_the_controller_trips_on_full_windows():
     want = []
     for i in range(1, n_days):
         lo = max(0, i - 2 * settings.failsafe_coverage_window - 2)
-        fc = _long(sessions[lo:i], symbols, q, lo, i, everything)
-        real = _long_y(sessions[lo : i + 1], symbols, y[lo : i + 1], everything)
+        fc = _forecasts(sessions[lo:i], symbols, q, lo, i, everything)
+        real = _realized(sessions[lo : i + 1], symbols, y[lo : i + 1], everything)
         want += ctl.evaluate(sessions[i], fc, real, sector_frame)
     assert [b.breaker_id for b in got] == [b.breaker_id for b in want]
     scopes = {b.scope for b in got}

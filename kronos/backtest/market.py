@@ -8,6 +8,7 @@ book (fills at or after the decision) and the forecasts (fitted per fold).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -112,14 +113,25 @@ def absent_reference(store: Store, symbols: list[str], end: date) -> tuple[str, 
     return tuple(out)
 
 
-def _wide(frame: pl.DataFrame, column: str, sessions: list[date], symbols: list[str]) -> np.ndarray:
-    grid = (
-        pl.DataFrame({"ts": sessions})
-        .join(pl.DataFrame({"symbol": symbols}), how="cross")
-        .join(frame.select("ts", "symbol", column), on=["ts", "symbol"], how="left")
-    )
-    values = grid[column].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    return values.reshape(len(sessions), len(symbols))
+def wide(
+    frame: pl.DataFrame, column: str, sessions: Sequence[date], symbols: Sequence[str]
+) -> np.ndarray:
+    """``frame`` (``ts, symbol, column``) as a sessions x symbols array, NaN where absent.
+
+    Rows of other sessions or symbols are ignored.
+    """
+    out = np.full((len(sessions), len(symbols)), np.nan)
+    if frame.height == 0:
+        return out
+    ts_idx = {d: i for i, d in enumerate(sessions)}
+    sym_idx = {s: j for j, s in enumerate(symbols)}
+    rows = frame.select(
+        pl.col("ts").replace_strict(ts_idx, return_dtype=pl.Int64, default=None).alias("i"),
+        pl.col("symbol").replace_strict(sym_idx, return_dtype=pl.Int64, default=None).alias("j"),
+        pl.col(column).cast(pl.Float64),
+    ).drop_nulls(["i", "j"])
+    out[rows["i"].to_numpy(), rows["j"].to_numpy()] = rows[column].fill_null(np.nan).to_numpy()
+    return out
 
 
 def carry_forward(values: np.ndarray) -> np.ndarray:
@@ -145,20 +157,20 @@ def load_market(store: Store, symbols: list[str], end: date) -> Market:
         raise ValueError(f"no bars up to {end} for {symbols}")
     sessions = sorted(bars["ts"].unique().to_list())
     rets = readers.returns(store, end, symbols).select("symbol", "ts", y="log_ret")
-    close = _wide(bars, "close", sessions, symbols)
+    close = wide(bars, "close", sessions, symbols)
     profiles = readers.profiles(store, end, symbols)
     sectors = dict(zip(profiles["symbol"].to_list(), profiles["sector"].to_list(), strict=True))
     return Market(
         sessions=sessions,
         symbols=symbols,
         sectors={s: sectors.get(s) for s in symbols},
-        open=_wide(bars, "open", sessions, symbols),
-        high=_wide(bars, "high", sessions, symbols),
-        low=_wide(bars, "low", sessions, symbols),
+        open=wide(bars, "open", sessions, symbols),
+        high=wide(bars, "high", sessions, symbols),
+        low=wide(bars, "low", sessions, symbols),
         close=close,
-        volume=_wide(bars, "volume", sessions, symbols),
+        volume=wide(bars, "volume", sessions, symbols),
         mark=carry_forward(close),
-        y=_wide(rets, "y", sessions, symbols),
+        y=wide(rets, "y", sessions, symbols),
         panel=rets.filter(pl.col("y").is_not_null()).sort("symbol", "ts"),
         has_open=bool(bars["open"].is_not_null().any()),
         absent=absent_reference(store, symbols, end),

@@ -157,14 +157,14 @@ def failsafe(
         # everyone's last step; the whole window for symbols in a coverage alarm
         fc = pl.concat(
             [
-                _long(sessions[i - 1 : i], symbols, calibrated, i - 1, i, None),
-                _long(sessions[lo : i - 1], symbols, calibrated, lo, i - 1, deep),
+                _forecasts(sessions[i - 1 : i], symbols, calibrated, i - 1, i, None),
+                _forecasts(sessions[lo : i - 1], symbols, calibrated, lo, i - 1, deep),
             ]
         )
         real = pl.concat(
             [
-                _long_y(sessions[i - 1 : i + 1], symbols, y[i - 1 : i + 1], None),
-                _long_y(sessions[lo : i - 1], symbols, y[lo : i - 1], deep),
+                _realized(sessions[i - 1 : i + 1], symbols, y[i - 1 : i + 1], None),
+                _realized(sessions[lo : i - 1], symbols, y[lo : i - 1], deep),
             ]
         )
         counts = None
@@ -179,43 +179,39 @@ def failsafe(
 def _long(
     days: list[date],
     symbols: list[str],
-    q: Quantiles,
-    lo: int,
-    hi: int,
     columns: np.ndarray | None,
+    date_name: str,
+    values: dict[str, np.ndarray],
 ) -> pl.DataFrame:
+    """``[day, symbol]`` arrays (of ``columns``, default all) as a long frame, NaN rows dropped."""
     cols = np.arange(len(symbols)) if columns is None else columns
     names = [symbols[j] for j in cols]
     frame = pl.DataFrame(
         {
             "symbol": names * len(days),
-            "asof": np.repeat(np.array(days, dtype="datetime64[D]"), len(cols)),
-            "p05": q.p05[lo:hi][:, cols].ravel(),
-            "p50": q.p50[lo:hi][:, cols].ravel(),
-            "p95": q.p95[lo:hi][:, cols].ravel(),
+            date_name: np.repeat(np.array(days, dtype="datetime64[D]"), len(cols)),
+            **{k: v[:, cols].ravel() for k, v in values.items()},
         },
-        schema={
-            "symbol": pl.String,
-            "asof": pl.Date,
-            "p05": pl.Float64,
-            "p50": pl.Float64,
-            "p95": pl.Float64,
-        },
+        schema={"symbol": pl.String, date_name: pl.Date, **dict.fromkeys(values, pl.Float64)},
     )
-    return frame.filter(pl.col("p50").is_not_nan())
+    return frame.filter(pl.col(next(iter(values))).is_not_nan())
 
 
-def _long_y(
+def _forecasts(
+    days: list[date], symbols: list[str], q: Quantiles, lo: int, hi: int, columns: np.ndarray | None
+) -> pl.DataFrame:
+    """Step-1 quantiles from sessions ``lo..hi-1`` (``asof`` = origin)."""
+    return _long(
+        days,
+        symbols,
+        columns,
+        "asof",
+        {"p50": q.p50[lo:hi], "p05": q.p05[lo:hi], "p95": q.p95[lo:hi]},
+    ).select("symbol", "asof", "p05", "p50", "p95")
+
+
+def _realized(
     days: list[date], symbols: list[str], y: np.ndarray, columns: np.ndarray | None
 ) -> pl.DataFrame:
-    cols = np.arange(len(symbols)) if columns is None else columns
-    names = [symbols[j] for j in cols]
-    frame = pl.DataFrame(
-        {
-            "symbol": names * len(days),
-            "ts": np.repeat(np.array(days, dtype="datetime64[D]"), len(cols)),
-            "y": y[:, cols].ravel(),
-        },
-        schema={"symbol": pl.String, "ts": pl.Date, "y": pl.Float64},
-    )
-    return frame.filter(pl.col("y").is_not_nan())
+    """Realized returns ``symbol, ts, y``."""
+    return _long(days, symbols, columns, "ts", {"y": y})

@@ -15,7 +15,7 @@ from kronos.backtest.analysis import fold_metrics, rolling_coverage
 from kronos.backtest.engine import Trading, order_hash, rebalance_days, trade
 from kronos.backtest.executor import Executor, map_calls
 from kronos.backtest.forecasts import STEP1_SCHEMA, FoldForecasts, fold_forecasts
-from kronos.backtest.market import Market, load_market, resolve_universe
+from kronos.backtest.market import Market, load_market, resolve_universe, wide
 from kronos.backtest.monitor import Quantiles, calibrate, failsafe
 from kronos.backtest.result import BREAKERS_SCHEMA, EQUITY_SCHEMA, POSITIONS_SCHEMA, BacktestResult
 from kronos.backtest.spec import BacktestSpec, spec_hash
@@ -48,18 +48,6 @@ def _window(market: Market, start: date, end: date) -> tuple[int, int]:
     if first > last:
         raise ValueError(f"no session of the universe between {start} and {end}")
     return first, last
-
-
-def _wide(frame: pl.DataFrame, market: Market, column: str) -> np.ndarray:
-    out = np.full((len(market.sessions), len(market.symbols)), np.nan)
-    if frame.is_empty():
-        return out
-    row = {d: i for i, d in enumerate(market.sessions)}
-    col = {s: j for j, s in enumerate(market.symbols)}
-    i = np.array([row[d] for d in frame["asof"].to_list()])
-    j = np.array([col[s] for s in frame["symbol"].to_list()])
-    out[i, j] = frame[column].to_numpy()
-    return out
 
 
 def forecasts_by_fold(
@@ -161,7 +149,10 @@ def run_backtest(
     timings["forecasts"] = time.perf_counter() - t0
     say(f"{len(folds)} folds fitted and forecast with {spec.forecaster.name}")
     frame = pl.concat([f.forecasts for f in folds]) if folds else pl.DataFrame(schema=STEP1_SCHEMA)
-    raw = Quantiles(*(_wide(frame, market, c) for c in ("p05", "p50", "p95")))
+    by_origin = frame.rename({"asof": "ts"})
+    raw = Quantiles(
+        *(wide(by_origin, c, market.sessions, market.symbols) for c in ("p05", "p50", "p95"))
+    )
 
     t0 = time.perf_counter()
     settings = spec.decision_settings()

@@ -8,7 +8,6 @@ environment variables or ``.env``, so a spec reproduces its run.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import itertools
 import re
@@ -38,6 +37,7 @@ from kronos.config import (
     RiskSettings,
     StrategySettings,
     config_hash,
+    did_you_mean,
 )
 from kronos.decision import DecisionSettings
 from kronos.models.registry import FORECASTERS
@@ -109,7 +109,7 @@ class ForecasterSpec(_Section):
     @classmethod
     def _registered(cls, value: str) -> str:
         if value not in FORECASTERS:
-            raise ValueError(f"unknown forecaster {value!r}{_suggest(value, FORECASTERS)}")
+            raise ValueError(f"unknown forecaster {value!r}{did_you_mean(value, FORECASTERS)}")
         return value
 
 
@@ -369,15 +369,7 @@ def _node(keys: Sequence[str], source: str) -> Any:
 
 def _unknown(path: Sequence[Any], allowed: Sequence[str] | Mapping[str, Any]) -> str:
     dotted = _dotted(path)
-    return f"unknown key {dotted!r}{_suggest(str(path[-1]), allowed)}"
-
-
-def _suggest(key: str, allowed: Sequence[str] | Mapping[str, Any]) -> str:
-    names = list(allowed)
-    close = difflib.get_close_matches(key, names, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (one of: {', '.join(names)})"
+    return f"unknown key {dotted!r}{did_you_mean(str(path[-1]), allowed)}"
 
 
 def _dotted(path: Sequence[Any]) -> str:

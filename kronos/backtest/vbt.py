@@ -14,6 +14,7 @@ import pandas as pd
 import polars as pl
 import vectorbt
 
+from kronos.backtest.market import wide
 from kronos.backtest.result import STAT_NAMES
 from kronos.execution.fills import FillRules
 
@@ -25,24 +26,6 @@ _YEAR_FREQ = f"{YEAR_SESSIONS} days"  # with freq="1D": one row is one session
 
 def _sessions(close: pl.DataFrame) -> pl.Series:
     return close["ts"].unique().sort()
-
-
-def _wide(
-    frame: pl.DataFrame, value: str, sessions: pl.Series, symbols: Sequence[str]
-) -> np.ndarray:
-    """``frame`` (ts, symbol, value) as a sessions x symbols array, NaN where absent."""
-    out = np.full((len(sessions), len(symbols)), np.nan)
-    if frame.height == 0:
-        return out
-    ts_idx = {d: i for i, d in enumerate(sessions.to_list())}
-    sym_idx = {s: j for j, s in enumerate(symbols)}
-    rows = frame.select(
-        pl.col("ts").replace_strict(ts_idx, return_dtype=pl.Int64, default=None).alias("i"),
-        pl.col("symbol").replace_strict(sym_idx, return_dtype=pl.Int64, default=None).alias("j"),
-        pl.col(value).cast(pl.Float64),
-    ).drop_nulls(["i", "j"])
-    out[rows["i"].to_numpy(), rows["j"].to_numpy()] = rows[value].fill_null(np.nan).to_numpy()
-    return out
 
 
 def _index(sessions: pl.Series) -> pd.DatetimeIndex:
@@ -101,13 +84,13 @@ def replay(
     def frame(a: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(a, index=index, columns=pd.Index(symbols, name="symbol"))
 
-    marks = frame(_wide(close, "close", sessions, symbols)).ffill().fillna(0.0)
+    marks = frame(wide(close, "close", sessions.to_list(), symbols)).ffill().fillna(0.0)
     return vectorbt.Portfolio.from_orders(
         close=marks,
-        size=frame(_wide(cells, "qty", sessions, symbols)),
+        size=frame(wide(cells, "qty", sessions.to_list(), symbols)),
         size_type="amount",
         direction="both",
-        price=frame(_wide(cells, "ref_price", sessions, symbols)),
+        price=frame(wide(cells, "ref_price", sessions.to_list(), symbols)),
         fees=rules.commission,
         fixed_fees=0.0,
         slippage=rules.slippage,
@@ -160,7 +143,7 @@ def parity(
     assets = pf.assets()
     symbols = sorted(set(assets.columns) | set(harness_positions["symbol"].to_list()))
     vbt_qty = assets.reindex(columns=symbols, fill_value=0.0).to_numpy(dtype=np.float64)
-    qty = np.nan_to_num(_wide(harness_positions, "qty", sessions, symbols), nan=0.0)
+    qty = np.nan_to_num(wide(harness_positions, "qty", sessions.to_list(), symbols), nan=0.0)
     return {
         "nav": _max_rel(equity["nav"].to_numpy(), pf.value().to_numpy()),
         # cash can sit at a few dollars after a buy: its gap is measured against

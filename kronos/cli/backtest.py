@@ -130,14 +130,13 @@ def backtest(
     if as_json:
         out.print_json(json.dumps(summary if many else summary[0], default=str))
         return
-    names = STAT_NAMES
     for row in summary:
         s = row["stats"]
         out.print(
             table(
                 f"{row['name']}  {row['start']}..{row['end']}  spec {row['spec_hash']}",
                 ["statistic", "strategy", "buy-and-hold"],
-                [[n, _fmt(n, s.get(n)), _fmt(n, s.get(f"benchmark_{n}"))] for n in names],
+                [[n, _fmt(n, s.get(n)), _fmt(n, s.get(f"benchmark_{n}"))] for n in STAT_NAMES],
             )
         )
         worst = max(row["parity"].values()) if row["parity"] else float("nan")

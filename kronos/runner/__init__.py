@@ -12,7 +12,8 @@ into the output notebook. Notebooks read them from the environment, and any
 secret value a cell prints is redacted from the saved notebook.
 """
 
-from kronos.runner.base import WORKFLOWS, RunnerError, did_you_mean
+from kronos.config import did_you_mean
+from kronos.runner.base import WORKFLOWS, RunnerError
 from kronos.runner.execute import RunOutcome, ensure_experiments, run_notebook
 from kronos.runner.params import (
     Parameter,

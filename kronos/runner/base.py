@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 # notebook stem -> the MLflow experiment its runs land in
 WORKFLOWS: dict[str, str] = {
@@ -36,12 +35,3 @@ class RunnerError(ValueError):
     def at(self, source: str) -> RunnerError:
         """The same problems, attributed to ``source``."""
         return RunnerError(self.problems, source)
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A hint for an unknown name: the closest choice, else the list of choices."""
-    names = sorted(choices)
-    close = difflib.get_close_matches(word, names, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (one of: {', '.join(names)})" if names else ""

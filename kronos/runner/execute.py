@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kronos.config import DataSettings, TrackingSettings, config_hash, resolve_db_path
@@ -34,23 +33,12 @@ class RunOutcome:
     seconds: float
 
 
-def _experiment_id(client: MlflowClient, name: str, settings: TrackingSettings) -> str:
-    try:
-        return experiment_id(client, name, settings)
-    except MlflowException:
-        # another process created it between our lookup and create
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
 def ensure_experiments(settings: TrackingSettings | None = None) -> dict[str, str]:
     """Create every workflow experiment now, so parallel runs never race to create one."""
     settings = settings or TrackingSettings()
     settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=settings.tracking_uri())
-    return {name: _experiment_id(client, name, settings) for name in WORKFLOWS.values()}
+    return {name: experiment_id(client, name, settings) for name in WORKFLOWS.values()}
 
 
 def _reserve(directory: Path) -> Path:
@@ -168,7 +156,7 @@ def run_notebook(
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     secrets = sorted(secret_values(), key=len, reverse=True)
     run = client.create_run(
-        _experiment_id(client, experiment, settings),
+        experiment_id(client, experiment, settings),
         run_name=name,
         tags={
             **git_state(repo),

@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
+from kronos.config import did_you_mean
 from kronos.runner.base import (
     MIN_SECRET_LENGTH,
     REDACTED,
     RUN_ID_PARAMETER,
     SECRET_NAME,
     RunnerError,
-    did_you_mean,
 )
 
 # ------------------------------------------------------------------ parameters

@@ -11,7 +11,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from kronos.runner.base import RunnerError, did_you_mean
+from kronos.config import did_you_mean
+from kronos.runner.base import RunnerError
 
 # ------------------------------------------------------------------ querying runs
 

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kronos.runner.base import WORKFLOWS, RunnerError, did_you_mean
+from kronos.config import did_you_mean
+from kronos.runner.base import WORKFLOWS, RunnerError
 from kronos.runner.params import checked_parameters
 
 # ------------------------------------------------------------------ run specs
