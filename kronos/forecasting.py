@@ -19,7 +19,7 @@ from kronos.config import CalibrationSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
-from kronos.models.artifacts import load_promoted
+from kronos.models.artifacts import Loaded, load_promoted
 from kronos.models.base import Forecaster
 from kronos.nightly import load_calibrator
 
@@ -62,6 +62,33 @@ class Produced:
         return self.calibrated if self.calibrated is not None else self.raw
 
 
+def forecast_with(
+    store: Store,
+    loaded: Loaded,
+    model: str,
+    panel: pl.DataFrame,
+    *,
+    symbols: Sequence[str] | None = None,
+    settings: CalibrationSettings | None = None,
+) -> Produced:
+    """Forecast steps 1-5 from the panel's last session with a loaded model; calibrate.
+
+    Writes nothing; the service calls this with the model it loaded once.
+    """
+    settings = settings or CalibrationSettings()
+    origin = panel["ts"].max()
+    raw = loaded.forecaster.predict(panel, origin, symbols)
+    calibrated, night = None, None
+    if settings.calibration_enabled:
+        names = sorted(raw["symbol"].unique().to_list())
+        profiles = readers.profiles(store, origin, names)
+        sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+        calibrator, night = load_calibrator(store, model, origin, names, sectors, settings)
+        if night is not None:
+            calibrated = calibrator.apply(raw)
+    return Produced(origin, raw, calibrated, night, loaded.source, loaded.message)
+
+
 def forecast_and_store(
     store: Store,
     model: str,
@@ -73,21 +100,16 @@ def forecast_and_store(
     write: bool = True,
 ) -> Produced:
     """Forecast steps 1-5 from the panel's last session; calibrate; store (idempotent)."""
-    settings = settings or CalibrationSettings()
-    origin = panel["ts"].max()
     loaded = load_promoted(model_dir, model, fallback(model, panel))
-    raw = loaded.forecaster.predict(panel, origin, symbols)
-    calibrated, night = None, None
-    if settings.calibration_enabled:
-        names = sorted(raw["symbol"].unique().to_list())
-        profiles = readers.profiles(store, origin, names)
-        sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
-        calibrator, night = load_calibrator(store, model, origin, names, sectors, settings)
-        if night is not None:
-            calibrated = calibrator.apply(raw)
+    made = forecast_with(store, loaded, model, panel, symbols=symbols, settings=settings)
     if write:
-        frames = [raw.with_columns(calibrated=pl.lit(False))]
-        if calibrated is not None:
-            frames.append(calibrated.with_columns(calibrated=pl.lit(True)))
-        ingest(store, "forecasts", frames, source=model, origin=f"forecast {model} {origin}")
-    return Produced(origin, raw, calibrated, night, loaded.source, loaded.message)
+        store_forecasts(store, model, made)
+    return made
+
+
+def store_forecasts(store: Store, model: str, made: Produced) -> None:
+    """Write raw and (when made) calibrated rows to ``forecasts`` (idempotent)."""
+    frames = [made.raw.with_columns(calibrated=pl.lit(False))]
+    if made.calibrated is not None:
+        frames.append(made.calibrated.with_columns(calibrated=pl.lit(True)))
+    ingest(store, "forecasts", frames, source=model, origin=f"forecast {model} {made.origin}")

@@ -37,7 +37,7 @@ from kronos.backtest.monitor import Quantiles
 from kronos.backtest.result import FILLS_SCHEMA, ORDERS_SCHEMA
 from kronos.data.store import Store
 from kronos.decision import Decision, DecisionSettings, Snapshot, decide_from, run_id_for
-from kronos.execution.fills import Book, FillRules, fill_orders
+from kronos.execution.fills import Book, FillRules, fill_orders, limit_fills, within_cash
 from kronos.portfolio import Account
 from kronos.risk import Breaker, session_close
 from kronos.strategy import CONTRIBUTIONS, REFERENCE_READS, strategist_inputs
@@ -127,77 +127,6 @@ def _snapshot(
     return Snapshot(day, inputs, fc, True, breakers, prices, dict(last_trade))
 
 
-def _limit_fills(
-    orders: pl.DataFrame,
-    ref: np.ndarray,
-    low: np.ndarray,
-    high: np.ndarray,
-    touch: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Which orders may fill, and at what reference price (``ref`` rows follow ``orders``).
-
-    A market order takes the bar's price. A buy limit fills at that price when
-    it is at or below the limit, else at the limit when ``touch`` (a day order
-    resting through the session) and the bar's low reached it; sells mirror
-    this with the high. Without a low or high only the bar's price counts.
-    """
-    qty = orders["qty"].to_numpy()
-    limit = orders["limit_price"].fill_null(np.nan).to_numpy()
-    market = np.isnan(limit)
-    buy = qty > 0
-    at_price = np.where(buy, ref <= limit, ref >= limit)
-    touched = touch & np.where(buy, low <= limit, high >= limit)
-    ok = market | at_price | touched
-    price = np.where(market | at_price, ref, limit)
-    return ok, price
-
-
-def _within_cash(
-    fills: pl.DataFrame, cash: float, commission: float
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Sells first, then buys in order, each cut to the whole shares the cash left pays for.
-
-    The planner sized buys at the decision's close; at the fill price (another
-    bar, plus slippage and commission) they may cost more than the cash there is.
-    Returns the fills and ``client_order_id, reason`` of the buys cut.
-    """
-    qty = fills["qty"].to_numpy().copy()
-    price = fills["price"].to_numpy()
-    sells = qty < 0
-    left = (
-        cash
-        - float(np.sum(qty[sells] * price[sells]))
-        - float(np.sum(np.abs(qty[sells]) * price[sells] * commission))
-    )
-    cut = []
-    for k in np.flatnonzero(~sells):
-        unit = price[k] * (1 + commission)
-        if qty[k] * unit > left:
-            affordable = max(np.floor(left / unit), 0.0)
-            # leave a hair of cash so float rounding never overdraws it
-            while (
-                affordable > 0 and affordable * price[k] + affordable * price[k] * commission > left
-            ):
-                affordable -= 1
-            cut.append(
-                (
-                    fills["client_order_id"][int(k)],
-                    f"cash: {affordable:.0f} of {qty[k]:.0f} shares affordable",
-                )
-            )
-            qty[k] = affordable
-        left -= qty[k] * price[k] + qty[k] * price[k] * commission
-    out = (
-        fills.with_columns(qty=pl.Series(qty))
-        .with_columns(fee=(pl.col("qty").abs() * pl.col("price")) * commission)
-        .filter(pl.col("qty") != 0)
-    )
-    reasons = pl.DataFrame(
-        cut, schema={"client_order_id": pl.String, "reason": pl.String}, orient="row"
-    )
-    return out, reasons
-
-
 def _factor_rows(decision: Decision) -> pl.DataFrame:
     targets = decision.allocation.targets.select("symbol", "target_weight")
     joined = targets.join(decision.scored.select("symbol", *CONTRIBUTIONS), on="symbol")
@@ -248,7 +177,7 @@ def trade(
         day = market.sessions[i]
         j = np.array([col[s] for s in orders_now["symbol"].to_list()], dtype=int)
         ref_row = market.open[i] if rules.at == "next_open" else market.close[i]
-        ok, price = _limit_fills(
+        ok, price = limit_fills(
             orders_now, ref_row[j], market.low[i][j], market.high[i][j], rules.at != "close"
         )
         # the session's bar of each traded symbol, at its order's reference price; the
@@ -269,7 +198,7 @@ def trade(
             schema={"symbol": pl.String, rules.price_column: pl.Float64, "volume": pl.Float64},
         ).with_columns(pl.col(rules.price_column, "volume").fill_nan(None))
         done, unfilled = fill_orders(orders_now.filter(pl.Series(ok)), bars, rules)
-        done, short = _within_cash(done, book.cash, rules.commission)
+        done, short = within_cash(done, book.cash, rules.commission)
         book.apply(done)
         at = _fill_time(day, rules.at, settings)
         for s in done["symbol"].to_list():

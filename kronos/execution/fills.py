@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Book", "FillRules", "fill_orders"]
+__all__ = ["Book", "FillRules", "fill_orders", "limit_fills", "within_cash"]
 
 FILL_COLUMNS = ("symbol", "qty", "ref_price", "price", "fee")
 UNFILLED_COLUMNS = ("symbol", "qty", "filled_qty", "reason")
@@ -172,6 +172,77 @@ def fill_orders(
     )
     unfilled = frame.filter(pl.col("reason").is_not_null()).select(*UNFILLED_COLUMNS, *passthrough)
     return fills, unfilled
+
+
+def limit_fills(
+    orders: pl.DataFrame,
+    ref: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    touch: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which orders may fill, and at what reference price (``ref`` rows follow ``orders``).
+
+    A market order takes the bar's price. A buy limit fills at that price when
+    it is at or below the limit, else at the limit when ``touch`` (a day order
+    resting through the session) and the bar's low reached it; sells mirror
+    this with the high. Without a low or high only the bar's price counts.
+    """
+    qty = orders["qty"].to_numpy()
+    limit = orders["limit_price"].fill_null(np.nan).to_numpy()
+    market = np.isnan(limit)
+    buy = qty > 0
+    at_price = np.where(buy, ref <= limit, ref >= limit)
+    touched = touch & np.where(buy, low <= limit, high >= limit)
+    ok = market | at_price | touched
+    price = np.where(market | at_price, ref, limit)
+    return ok, price
+
+
+def within_cash(
+    fills: pl.DataFrame, cash: float, commission: float
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Sells first, then buys in order, each cut to the whole shares the cash left pays for.
+
+    The planner sized buys at the decision's close; at the fill price (another
+    bar, plus slippage and commission) they may cost more than the cash there is.
+    Returns the fills and ``client_order_id, reason`` of the buys cut.
+    """
+    qty = fills["qty"].to_numpy().copy()
+    price = fills["price"].to_numpy()
+    sells = qty < 0
+    left = (
+        cash
+        - float(np.sum(qty[sells] * price[sells]))
+        - float(np.sum(np.abs(qty[sells]) * price[sells] * commission))
+    )
+    cut = []
+    for k in np.flatnonzero(~sells):
+        unit = price[k] * (1 + commission)
+        if qty[k] * unit > left:
+            affordable = max(np.floor(left / unit), 0.0)
+            # leave a hair of cash so float rounding never overdraws it
+            while (
+                affordable > 0 and affordable * price[k] + affordable * price[k] * commission > left
+            ):
+                affordable -= 1
+            cut.append(
+                (
+                    fills["client_order_id"][int(k)],
+                    f"cash: {affordable:.0f} of {qty[k]:.0f} shares affordable",
+                )
+            )
+            qty[k] = affordable
+        left -= qty[k] * price[k] + qty[k] * price[k] * commission
+    out = (
+        fills.with_columns(qty=pl.Series(qty))
+        .with_columns(fee=(pl.col("qty").abs() * pl.col("price")) * commission)
+        .filter(pl.col("qty") != 0)
+    )
+    reasons = pl.DataFrame(
+        cut, schema={"client_order_id": pl.String, "reason": pl.String}, orient="row"
+    )
+    return out, reasons
 
 
 class Book:

@@ -13,7 +13,7 @@ a repr, a log line or an error message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,29 +48,39 @@ ENV_KEY_ID = "APCA_API_KEY_ID"
 ENV_SECRET_KEY = "APCA_API_SECRET_KEY"
 ENV_DATA_URL = "APCA_DATA_URL"
 ENV_DATA_FEED = "APCA_DATA_FEED"
-_ENV_NAMES = frozenset({ENV_KEY_ID, ENV_SECRET_KEY, ENV_DATA_URL, ENV_DATA_FEED})
 
 
 class AlpacaConfigError(ValueError):
     """Alpaca settings are missing or invalid; the message names the variables."""
 
 
-def _own_variables_only(
-    source: PydanticBaseSettingsSource,
-) -> Callable[[], dict[str, Any]]:
-    """Wrap a ``.env`` source so it yields only the ``APCA_*`` variables declared here.
+class OwnVariablesSettings(BaseSettings):
+    """Settings read by variable name that take from ``.env`` only the variables they declare.
 
-    A project ``.env`` holds other providers' keys too; with ``extra="forbid"`` those
-    would otherwise fail validation.
+    A project ``.env`` holds other providers' keys too; with ``extra="forbid"``
+    those would otherwise fail validation. The declared names are the fields'
+    ``validation_alias`` values.
     """
 
-    def read() -> dict[str, Any]:
-        return {name: value for name, value in source().items() if name in _ENV_NAMES}
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[Any, ...]:
+        """Keyword arguments, then environment, then only our variables from ``.env``."""
+        names = {f.validation_alias for f in settings_cls.model_fields.values()}
 
-    return read
+        def own_dotenv() -> dict[str, Any]:
+            return {k: v for k, v in dotenv_settings().items() if k in names}
+
+        return (init_settings, env_settings, own_dotenv, file_secret_settings)
 
 
-class AlpacaDataSettings(BaseSettings):
+class AlpacaDataSettings(OwnVariablesSettings):
     """Connection settings for the Alpaca market-data API.
 
     Populated from the environment or ``.env`` by variable name (the field names are
@@ -108,23 +118,6 @@ class AlpacaDataSettings(BaseSettings):
         if value not in known:
             raise ValueError(f"unknown Alpaca data feed {value!r}; expected one of {known}")
         return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[Any, ...]:
-        """Keyword arguments, then environment, then only our variables from ``.env``."""
-        return (
-            init_settings,
-            env_settings,
-            _own_variables_only(dotenv_settings),
-            file_secret_settings,
-        )
 
 
 def load_alpaca_settings() -> AlpacaDataSettings:

@@ -1,0 +1,240 @@
+"""``kronos paper``: the paper-trading loop (run, status) and its fault-injection run (chaos)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+import typer
+
+from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
+from kronos.config import ModelSettings, resolve_db_path
+from kronos.data.errors import KronosDataError
+from kronos.data.store import Store
+
+app = typer.Typer(help="Paper trading: the live loop on a simulated or Alpaca broker.")
+EXPERIMENT = "kronos-paper"
+
+
+def universe(store: Store, source: str | None) -> list[str]:
+    """Symbols of ``source``; by default the bundled equities, else synthetic, else all."""
+    found = {r[0] for r in store.con.execute("SELECT DISTINCT source FROM bars").fetchall()}
+    if source is None:
+        source = next((s for s in ("skfolio.sp500", "synthetic") if s in found), None)
+    elif source not in found:
+        fail(f"no bars with source {source!r}; stored: {', '.join(sorted(found)) or 'none'}")
+    sql = "SELECT DISTINCT symbol FROM bars" + (" WHERE source = ?" if source else "")
+    rows = store.con.execute(sql + " ORDER BY 1", [source] if source else []).fetchall()
+    if not rows:
+        fail(f"no bars in {store.path}: run 'kronos data ingest' first")
+    return [r[0] for r in rows]
+
+
+def _moment(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"cannot read {text!r} as an ISO date or datetime")
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _sleeper(interval: float, until: datetime | None):
+    """Wait between live cycles: ``interval`` seconds, or until the next open when closed."""
+
+    def wait(clock) -> None:
+        if interval <= 0:
+            return
+        pause = interval
+        if clock is not None and not clock.is_open:
+            pause = max((clock.next_open - clock.now).total_seconds(), interval)
+        if until is not None:
+            pause = min(pause, max((until - datetime.now(UTC)).total_seconds(), 0))
+        time.sleep(pause)
+
+    return wait
+
+
+@app.command("run")
+def paper_run(
+    broker: Annotated[str, typer.Option(help="sim (stored bars) or alpaca (paper account).")] = (
+        "sim"
+    ),
+    cycles: Annotated[int | None, typer.Option(help="Stop after this many cycles.")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Stop once the broker's clock passes this ISO time (UTC).")
+    ] = None,
+    account: Annotated[str, typer.Option(help="Account label: runs, orders, state.")] = "paper",
+    model: Annotated[str, typer.Option(help="Forecaster feeding the decision.")] = "nbeats",
+    source: Annotated[
+        str | None, typer.Option(help="Universe: bars of this source [default: bundled equities].")
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="sim: first session of a new account [default: a year back]."),
+    ] = None,
+    cash: Annotated[float, typer.Option(help="sim: starting cash of a new account (USD).")] = (
+        1_000_000.0
+    ),
+    fill_at: Annotated[str, typer.Option(help="sim: next_open or next_close.")] = "next_open",
+    commission_bps: Annotated[float, typer.Option(help="sim: commission, bps.")] = 0.0,
+    slippage_bps: Annotated[float, typer.Option(help="sim: slippage, bps.")] = 0.0,
+    volume_share: Annotated[
+        float | None, typer.Option(help="sim: largest share of a session's volume per order.")
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(help="alpaca: seconds between cycles (0: no waiting).")
+    ] = 900.0,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the paper-trading loop: reconcile, decide, submit, follow fills, record.
+
+    With the simulated broker each cycle moves its clock one phase (a session's
+    open, then its close); its state lives in the store, so a later run of the
+    same --account continues. With Alpaca, keys come from the environment or
+    .env (APCA_PAPER_API_KEY_ID, APCA_PAPER_API_SECRET_KEY).
+    """
+    if broker not in ("sim", "alpaca"):
+        fail(f"--broker must be sim or alpaca, got {broker!r}")
+    if fill_at not in ("next_open", "next_close"):
+        fail(f"--fill-at must be next_open or next_close, got {fill_at!r}")
+    if cycles is None and until is None:
+        fail("give --cycles N or --until TIME")
+    if cycles is not None and cycles < 1:
+        fail("--cycles must be at least 1")
+    stop = _moment(until)
+    try:
+        store = Store.open(resolve_db_path(db))
+    except (KronosDataError, FileNotFoundError) as exc:
+        fail(str(exc))
+    with store, contextlib.ExitStack() as stack:
+        from kronos.execution.paper import PaperConfig, PaperLoop
+
+        symbols = universe(store, source)
+        if broker == "sim":
+            the_broker, wait = _sim(store, account, symbols, start, cash, fill_at,
+                                    commission_bps, slippage_bps, volume_share)  # fmt: skip
+        else:
+            the_broker, wait = _alpaca(), _sleeper(interval, stop)
+        config = PaperConfig(
+            account=account,
+            model=model,
+            model_dir=ModelSettings().model_dir,
+            symbols=tuple(symbols),
+        )
+        recorder = None
+        if not no_mlflow:
+            from kronos.tracking import mlflow_run
+
+            tags = {"broker": broker, "account": account, "model": model}
+            recorder = stack.enter_context(mlflow_run(EXPERIMENT, f"paper-{account}", tags))
+        say = (lambda m: err.print(m, highlight=False)) if as_json else print
+        loop = PaperLoop(store, the_broker, config, recorder, say=say)
+        try:
+            reports = loop.run(cycles=cycles, until=stop, wait=wait)
+        except RuntimeError as exc:  # the simulated broker at the end of the stored bars
+            fail(str(exc))
+    summary = {
+        "broker": broker,
+        "account": account,
+        "cycles": len(reports),
+        "submitted": sum(r.submitted for r in reports),
+        "rejected": sum(r.rejected for r in reports),
+        "fills": sum(r.fills for r in reports),
+        "differences": sum(r.differences for r in reports),
+        "nav": reports[-1].nav if reports else None,
+        "cash": reports[-1].cash if reports else None,
+        "mlflow_run_id": recorder.run_id if recorder is not None else None,
+    }
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        out.print(
+            f"{summary['cycles']} cycle(s): {summary['submitted']} order(s) submitted, "
+            f"{summary['fills']} fill(s), {summary['differences']} difference(s); "
+            f"NAV {summary['nav'] or 0:,.2f}",
+            highlight=False,
+        )
+
+
+def _sim(store, account, symbols, start, cash, fill_at, commission, slippage, volume_share):
+    from kronos.execution.brokers.sim import SimBroker
+    from kronos.execution.fills import FillRules
+
+    rules = FillRules(
+        at=fill_at, commission_bps=commission, slippage_bps=slippage, volume_share=volume_share
+    )
+    sim = SimBroker(store, account, rules, symbols)
+    if start is not None:
+        try:
+            first = date.fromisoformat(start)
+        except ValueError:
+            fail(f"cannot read --start {start!r} as YYYY-MM-DD")
+    else:
+        first = sim.sessions[max(len(sim.sessions) - 253, 0)]
+    try:
+        if sim.start(first, cash):
+            print(f"simulated account {account!r} opened at the close of {first} with {cash:,.2f}")
+        else:
+            print(f"simulated account {account!r} continues at {sim.clock().now:%Y-%m-%d %H:%M}Z")
+    except ValueError as exc:
+        fail(str(exc))
+    return sim, lambda _clock: sim.advance()
+
+
+def _alpaca():
+    from kronos.execution.brokers.alpaca import AlpacaBroker, load_alpaca_trading_settings
+
+    try:
+        return AlpacaBroker(load_alpaca_trading_settings())
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@app.command("status")
+def paper_status(
+    account: Annotated[str, typer.Option(help="Account label.")] = "paper",
+    last: Annotated[int, typer.Option(help="Show this many recent cycles.")] = 10,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent cycles, current positions and open orders of an account, from the store."""
+    try:
+        with Store.open(resolve_db_path(db), read_only=True) as store:
+            cycles = store.con.execute(
+                'SELECT cycle, status, broker_now, market_open, "asof", submitted, fills, '
+                "differences, nav, cash, message FROM paper_cycles WHERE account = ? "
+                "ORDER BY cycle DESC LIMIT ?",
+                [account, last],
+            ).fetchall()
+            positions = store.con.execute(
+                "SELECT symbol, qty, avg_price, market_value FROM positions WHERE account = ? "
+                'AND symbol <> \'\' AND "asof" = (SELECT max("asof") FROM positions '
+                "WHERE account = ?) ORDER BY symbol",
+                [account, account],
+            ).fetchall()
+    except (KronosDataError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"cycles": cycles, "positions": positions}, default=str))
+        return
+    if not cycles:
+        out.print(f"no cycles for account {account!r}")
+        return
+    rows = [
+        [str(c[0]), c[1], f"{c[2]:%Y-%m-%d %H:%M}" if c[2] else "", "open" if c[3] else "closed",
+         str(c[4] or ""), str(c[5]), str(c[6]), str(c[7]), f"{c[8] or 0:,.0f}",
+         f"{c[9] or 0:,.0f}"]
+        for c in cycles
+    ]  # fmt: skip
+    cols = ["cycle", "status", "broker now", "market", "session", "sent", "fills", "diffs", "NAV",
+            "cash"]  # fmt: skip
+    out.print(table(f"paper account {account}: last {len(rows)} cycles", cols, rows, left=5))
+    prow = [[s, f"{q:g}", f"{a or 0:,.2f}", f"{v or 0:,.0f}"] for s, q, a, v in positions]
+    out.print(table("positions", ["symbol", "qty", "avg price", "value"], prow))

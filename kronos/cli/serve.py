@@ -1,0 +1,48 @@
+"""``kronos serve``: the forecast service over HTTP (whitepaper section 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kronos.cli._common import DbOption, err, fail
+from kronos.config import DataSettings, ModelSettings, resolve_db_path
+from kronos.data.errors import KronosDataError
+from kronos.models.base import ForecastError
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    db: DbOption = None,
+    model: Annotated[str, typer.Option(help="Forecaster to serve (nbeats, tft, ewma, ...).")] = (
+        "nbeats"
+    ),
+    model_dir: Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")] = None,
+    source: Annotated[
+        str, typer.Option(help="Bars source the fallback is fitted on when no artifact exists.")
+    ] = "skfolio.sp500",
+    max_symbols: Annotated[int, typer.Option(help="Most symbols per request.")] = 100,
+) -> None:
+    """Serve /health, /forecast and /version (FastAPI, docs at /docs) until interrupted."""
+    import uvicorn
+
+    from kronos.serve import ServiceConfig, create_app
+
+    config = ServiceConfig(
+        db=resolve_db_path(db, DataSettings()),
+        model=model,
+        model_dir=model_dir or ModelSettings().model_dir,
+        fit_source=source,
+        max_symbols=max_symbols,
+    )
+    try:
+        app = create_app(config)
+    except (ForecastError, KronosDataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    service = app.state.service
+    err.print(service.loaded.message, highlight=False)
+    err.print(f"serving {model} on http://{host}:{port} (docs at /docs)", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="info")

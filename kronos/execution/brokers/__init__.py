@@ -1,0 +1,1 @@
+"""Brokers behind one contract (:mod:`kronos.execution.brokers.base`): simulated and Alpaca."""

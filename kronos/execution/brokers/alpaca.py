@@ -1,0 +1,593 @@
+"""The Alpaca broker: the :class:`~kronos.execution.brokers.base.Broker` contract over alpaca-py.
+
+Settings (environment or ``.env``, see :class:`AlpacaTradingSettings`): paper keys
+``APCA_PAPER_API_KEY_ID`` / ``APCA_PAPER_API_SECRET_KEY``, live keys
+``APCA_LIVE_API_KEY_ID`` / ``APCA_LIVE_API_SECRET_KEY``, ``KRONOS_ALPACA_MODE``
+(``paper`` by default; ``live`` is refused unless ``KRONOS_ALLOW_LIVE_TRADING=true``),
+``KRONOS_ALPACA_TRADING_URL`` (base URL override) and ``KRONOS_ALPACA_TIMEOUT_S``
+(per request, default 10). Keys are :class:`~pydantic.SecretStr`: they never
+show in a repr, an error message or a log line.
+
+Retries are ours, not alpaca-py's (it would retry 429/504 after a fixed 3 s with
+no timeout): every request carries the timeout and is sent once; then
+
+* reads (``GET``) retry timeouts, connection errors and 5xx with exponential
+  backoff, and 429 after ``Retry-After`` (capped), and raise
+  :class:`BrokerUnavailable` once the attempts are spent;
+* ``POST /v2/orders`` retries only what surely did not reach Alpaca (429,
+  connection refused); a timeout, a lost connection or a 5xx (504 included)
+  raises :class:`AmbiguousOutcome` (look the order up by ``client_order_id``);
+  403 and other 4xx raise :class:`OrderRejected` with Alpaca's message, a 422
+  "client_order_id must be unique" raises :class:`DuplicateOrder`;
+* a cancel of an order that is unknown or no longer open is a no-op; a timeout
+  or 5xx raises :class:`AmbiguousOutcome`.
+
+Fills come from the ``FILL`` account activities (their ids are stable); an
+activity names its order by id only, so each new order id is looked up once for
+its ``client_order_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, TypeVar
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
+from alpaca.trading.models import Clock as AlpacaClock
+from alpaca.trading.models import Order, Position, TradeAccount, TradeActivity
+from alpaca.trading.requests import (
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    StopLossRequest,
+    TakeProfitRequest,
+)
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
+from urllib3.exceptions import NewConnectionError
+
+from kronos.data.sources.alpaca import AlpacaConfigError, OwnVariablesSettings
+from kronos.execution.brokers.base import (
+    AccountState,
+    AmbiguousOutcome,
+    BrokerError,
+    BrokerFill,
+    BrokerOrder,
+    BrokerPosition,
+    BrokerUnavailable,
+    Clock,
+    DuplicateOrder,
+    OrderRejected,
+    OrderRequest,
+)
+
+__all__ = [
+    "AlpacaBroker",
+    "AlpacaConfigError",
+    "AlpacaTradingSettings",
+    "load_alpaca_trading_settings",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_PAPER_KEY_ID = "APCA_PAPER_API_KEY_ID"
+ENV_PAPER_SECRET = "APCA_PAPER_API_SECRET_KEY"
+ENV_LIVE_KEY_ID = "APCA_LIVE_API_KEY_ID"
+ENV_LIVE_SECRET = "APCA_LIVE_API_SECRET_KEY"
+ENV_MODE = "KRONOS_ALPACA_MODE"
+ENV_ALLOW_LIVE = "KRONOS_ALLOW_LIVE_TRADING"
+ENV_URL = "KRONOS_ALPACA_TRADING_URL"
+ENV_TIMEOUT = "KRONOS_ALPACA_TIMEOUT_S"
+_DUPLICATE = "client_order_id must be unique"
+_PAGE = 500  # GET /v2/orders maximum
+_FILL_PAGE = 100  # GET /v2/account/activities maximum
+_T = TypeVar("_T")
+
+# Alpaca order statuses -> the contract's; what is not listed is "accepted" (working).
+_STATUS = {
+    "new": "new",
+    "partially_filled": "partially_filled",
+    "filled": "filled",
+    "canceled": "canceled",
+    "expired": "expired",
+    "rejected": "rejected",
+    "replaced": "canceled",  # replaced by another order: this one is over
+}
+
+
+# --- settings -----------------------------------------------------------------------
+
+
+class AlpacaTradingSettings(OwnVariablesSettings):
+    """Connection settings for the Alpaca trading API.
+
+    Populated from the environment or ``.env`` by variable name (field names are
+    not read); pass the same names as keywords to build one directly, e.g.
+    ``AlpacaTradingSettings(APCA_PAPER_API_KEY_ID=..., APCA_PAPER_API_SECRET_KEY=...)``.
+    Which keys are needed depends on the mode; :class:`AlpacaBroker` checks.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_file=".env",
+        env_file_encoding="utf-8",
+    )
+
+    paper_key_id: SecretStr | None = Field(default=None, validation_alias=ENV_PAPER_KEY_ID)
+    paper_secret_key: SecretStr | None = Field(default=None, validation_alias=ENV_PAPER_SECRET)
+    live_key_id: SecretStr | None = Field(default=None, validation_alias=ENV_LIVE_KEY_ID)
+    live_secret_key: SecretStr | None = Field(default=None, validation_alias=ENV_LIVE_SECRET)
+    mode: Literal["paper", "live"] = Field(default="paper", validation_alias=ENV_MODE)
+    allow_live: bool = Field(default=False, validation_alias=ENV_ALLOW_LIVE)
+    trading_url: str | None = Field(
+        default=None,
+        validation_alias=ENV_URL,
+        description="Base URL override (tests, the fake); alpaca-py appends /v2/...",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, validation_alias=ENV_TIMEOUT)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _lower_mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("trading_url")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip().rstrip("/")
+        return value or None
+
+
+def _credentials(settings: AlpacaTradingSettings) -> tuple[str, str]:
+    """The key pair for the settings' mode; refuses live trading without the flag."""
+    if settings.mode == "live":
+        if not settings.allow_live:
+            raise AlpacaConfigError(
+                f"live trading is refused: {ENV_MODE}=live needs {ENV_ALLOW_LIVE}=true "
+                "(real money); use paper mode otherwise"
+            )
+        names = (ENV_LIVE_KEY_ID, ENV_LIVE_SECRET)
+        pair = (settings.live_key_id, settings.live_secret_key)
+    else:
+        names = (ENV_PAPER_KEY_ID, ENV_PAPER_SECRET)
+        pair = (settings.paper_key_id, settings.paper_secret_key)
+    values = [p.get_secret_value().strip() if p is not None else "" for p in pair]
+    missing = [name for name, value in zip(names, values, strict=True) if not value]
+    if missing:
+        raise AlpacaConfigError(
+            f"Alpaca {settings.mode} trading: set {', '.join(missing)} (environment or .env)"
+        )
+    return values[0], values[1]
+
+
+def load_alpaca_trading_settings() -> AlpacaTradingSettings:
+    """Read :class:`AlpacaTradingSettings` from the environment / ``.env`` and check them.
+
+    Raises:
+        AlpacaConfigError: a value is invalid, the mode's keys are unset, or live
+            mode lacks ``KRONOS_ALLOW_LIVE_TRADING=true``; the message names the
+            variables and never includes a secret.
+
+    """
+    try:
+        settings = AlpacaTradingSettings()
+    except ValidationError as exc:
+        invalid = [
+            f"{error['loc'][0] if error['loc'] else '?'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        raise AlpacaConfigError("Alpaca trading settings: invalid " + "; ".join(invalid)) from None
+    _credentials(settings)
+    return settings
+
+
+# --- the client ---------------------------------------------------------------------
+
+
+class _Client(TradingClient):
+    """alpaca-py's client, sending each request once and with a timeout.
+
+    alpaca-py 0.44 retries 429/504 itself (``RESTClient._one_request`` raises
+    ``RetryException`` while ``retry > 0``) and passes no timeout to ``requests``;
+    passing ``retry=0`` makes every error surface as :class:`APIError`.
+    """
+
+    def __init__(self, *, timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._timeout_s = timeout_s
+
+    def _one_request(self, method: str, url: str, opts: dict, retry: int) -> dict:
+        return super()._one_request(method, url, {**opts, "timeout": self._timeout_s}, 0)
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """The request cannot have reached the server (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, NewConnectionError | ConnectionRefusedError):
+            return True
+        stack += [err.__cause__, err.__context__, getattr(err, "reason", None)]
+        stack += [a for a in err.args if isinstance(a, BaseException)]
+    return False
+
+
+def _api_message(exc: APIError) -> str:
+    """Alpaca's error message, or the start of the body when it is not JSON."""
+    try:
+        return str(exc.message)
+    except (ValueError, KeyError, TypeError):
+        text = str(exc).strip().replace("\n", " ")
+        return text[:200] or "no message"
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _f(value: Any, default: float = 0.0) -> float:
+    return default if value is None or value == "" else float(value)
+
+
+def _qty(qty: float) -> float | int:
+    """Whole shares as ``int``; fractional quantities as they are."""
+    whole = round(qty)
+    return int(whole) if abs(qty - whole) < 1e-9 else qty
+
+
+# --- the broker ---------------------------------------------------------------------
+
+
+class AlpacaBroker:
+    """The broker contract over Alpaca's trading API (paper or live).
+
+    Args:
+        settings: keys, mode, URL override and timeout.
+        attempts: tries per request for retryable failures (reads; 429 everywhere).
+        backoff_s: first wait before retrying a read after a timeout or 5xx (doubles).
+        max_wait_s: cap on any wait, ``Retry-After`` included.
+        sleep: how to wait (tests pass a recorder).
+
+    Raises:
+        AlpacaConfigError: keys missing for the mode, or live mode without permission.
+
+    """
+
+    name = "alpaca"
+
+    def __init__(
+        self,
+        settings: AlpacaTradingSettings,
+        *,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        key_id, secret = _credentials(settings)
+        self.mode = settings.mode
+        self.url = settings.trading_url
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+        self._max_wait_s = max_wait_s
+        self._sleep = sleep
+        self._client = _Client(
+            timeout_s=settings.timeout_s,
+            api_key=key_id,
+            secret_key=secret,
+            paper=settings.mode == "paper",
+            url_override=settings.trading_url,
+        )
+        self._client_ids: dict[str, str] = {}  # broker order id -> client_order_id
+
+    def __repr__(self) -> str:
+        return f"AlpacaBroker(mode={self.mode!r}, url={self.url or 'alpaca default'!r})"
+
+    # --- questions ------------------------------------------------------------------
+
+    def account(self) -> AccountState:
+        """NAV (equity), cash and buying power."""
+        acct = TradeAccount(**self._get("GET /v2/account", "/account"))
+        nav = _f(acct.equity, _f(acct.portfolio_value))
+        return AccountState(nav=nav, cash=_f(acct.cash), buying_power=_f(acct.buying_power))
+
+    def positions(self) -> list[BrokerPosition]:
+        """Every open position, by symbol; shorts have negative ``qty``."""
+        raw = self._get("GET /v2/positions", "/positions")
+        out = []
+        for item in raw or []:
+            p = Position(**item)
+            qty = abs(_f(p.qty)) * (-1.0 if p.side == "short" else 1.0)
+            out.append(
+                BrokerPosition(
+                    symbol=p.symbol,
+                    qty=qty,
+                    avg_price=_f(p.avg_entry_price),
+                    market_value=_f(p.market_value),
+                )
+            )
+        return sorted(out, key=lambda p: p.symbol)
+
+    def order(self, client_order_id: str) -> BrokerOrder | None:
+        """The order with this ``client_order_id``, or ``None``."""
+        raw = self._get(
+            f"GET order {client_order_id}",
+            "/orders:by_client_order_id",
+            {"client_order_id": client_order_id},
+            missing_ok=True,
+        )
+        return None if raw is None else self._order(Order(**raw))
+
+    def open_orders(self) -> list[BrokerOrder]:
+        """Every working order, oldest first (bracket legs rolled up into their parent)."""
+        seen: dict[str, BrokerOrder] = {}
+        after: datetime | None = None
+        while True:
+            request = GetOrdersRequest(
+                status=QueryOrderStatus.OPEN, limit=_PAGE, direction="asc", nested=True, after=after
+            )
+            raw = self._get("GET /v2/orders", "/orders", request.to_request_fields())
+            page = [Order(**item) for item in raw or []]
+            fresh = [o for o in page if str(o.id) not in seen]
+            for o in fresh:
+                seen[str(o.id)] = self._order(o)
+            if len(page) < _PAGE or not fresh:
+                break
+            # Alpaca's "after" is exclusive: step back 1 µs so ties are not lost.
+            after = _utc(page[-1].submitted_at) - timedelta(microseconds=1)
+        return sorted(seen.values(), key=lambda o: (o.submitted_at, o.client_order_id))
+
+    def fills_since(self, since: datetime) -> list[BrokerFill]:
+        """Executions at or after ``since``, oldest first."""
+        if since.tzinfo is None:
+            raise ValueError(f"since={since} is naive; give a time zone")
+        since = _utc(since)
+        params: dict[str, Any] = {
+            "after": (since - timedelta(seconds=1)).isoformat(),  # "after" is exclusive
+            "direction": "asc",
+            "page_size": _FILL_PAGE,
+        }
+        activities: list[TradeActivity] = []
+        while True:
+            raw = self._get("GET fill activities", "/account/activities/FILL", dict(params))
+            page = [TradeActivity(**item) for item in raw or []]
+            activities += page
+            if len(page) < params["page_size"]:
+                break
+            params["page_token"] = page[-1].id
+        fills = []
+        for a in activities:
+            at = _utc(a.transaction_time)
+            if at < since:
+                continue
+            order_id = str(a.order_id)
+            fills.append(
+                BrokerFill(
+                    fill_id=a.id,
+                    client_order_id=self._client_order_id(order_id),
+                    broker_order_id=order_id,
+                    symbol=a.symbol,
+                    side="buy" if a.side == OrderSide.BUY else "sell",
+                    qty=float(a.qty),
+                    price=float(a.price),
+                    commission=0.0,
+                    filled_at=at,
+                )
+            )
+        return sorted(fills, key=lambda f: (f.filled_at, f.fill_id))
+
+    def clock(self) -> Clock:
+        """Alpaca's clock, in UTC."""
+        c = AlpacaClock(**self._get("GET /v2/clock", "/clock"))
+        return Clock(
+            now=_utc(c.timestamp),
+            is_open=c.is_open,
+            next_open=_utc(c.next_open),
+            next_close=_utc(c.next_close),
+        )
+
+    # --- commands -------------------------------------------------------------------
+
+    def submit(self, order: OrderRequest) -> BrokerOrder:
+        """Place ``order`` once; see the module docstring for the errors."""
+        request = self._order_request(order)
+        what = f"submit {order.client_order_id}"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return self._order(Order(**self._client.post("/orders", request)))
+            except APIError as exc:
+                status = exc.status_code
+                message = _api_message(exc)
+                if status == 429:
+                    wait = self._retry_after(exc)
+                elif status is None or status >= 500:
+                    raise AmbiguousOutcome(
+                        f"{what}: HTTP {status} ({message}); look the order up before resubmitting"
+                    ) from None
+                elif status == 422 and _DUPLICATE in message:
+                    raise DuplicateOrder(f"{what}: {message}") from None
+                else:
+                    raise OrderRejected(f"{what}: HTTP {status}: {message}") from None
+            except requests.RequestException as exc:
+                if not _never_sent(exc):
+                    raise AmbiguousOutcome(
+                        f"{what}: {type(exc).__name__}; look the order up before resubmitting"
+                    ) from None
+                wait = self._backoff(attempt)
+            self._pause(what, attempt, wait)
+        raise BrokerUnavailable(f"{what}: not accepted after {self._attempts} attempts")
+
+    def cancel(self, client_order_id: str) -> None:
+        """Cancel an open order; an unknown or already terminal order is left alone."""
+        current = self.order(client_order_id)
+        if current is None or current.is_terminal:
+            return
+        what = f"cancel {client_order_id}"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                self._client.delete(f"/orders/{current.broker_order_id}")
+                return
+            except APIError as exc:
+                status = exc.status_code
+                if status in (404, 422):  # gone, or no longer cancelable (filled meanwhile)
+                    return
+                if status == 429:
+                    wait = self._retry_after(exc)
+                elif status is None or status >= 500:
+                    raise AmbiguousOutcome(f"{what}: HTTP {status}; look the order up") from None
+                else:
+                    raise BrokerError(f"{what}: HTTP {status}: {_api_message(exc)}") from None
+            except requests.RequestException as exc:
+                if not _never_sent(exc):
+                    raise AmbiguousOutcome(
+                        f"{what}: {type(exc).__name__}; look the order up"
+                    ) from None
+                wait = self._backoff(attempt)
+            self._pause(what, attempt, wait)
+        raise BrokerUnavailable(f"{what}: not done after {self._attempts} attempts")
+
+    # --- internals ------------------------------------------------------------------
+
+    def _get(
+        self,
+        what: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        missing_ok: bool = False,
+    ) -> Any:
+        """A read with retries; ``None`` on 404 when ``missing_ok``."""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return self._client.get(path, params)
+            except APIError as exc:
+                status = exc.status_code
+                if status == 404 and missing_ok:
+                    return None
+                if status == 429:
+                    wait, reason = self._retry_after(exc), "HTTP 429"
+                elif status is None or status >= 500:
+                    wait, reason = self._backoff(attempt), f"HTTP {status}"
+                else:
+                    raise BrokerError(f"{what}: HTTP {status}: {_api_message(exc)}") from None
+            except requests.RequestException as exc:
+                wait, reason = self._backoff(attempt), type(exc).__name__
+            if attempt == self._attempts:
+                raise BrokerUnavailable(f"{what}: {reason} after {self._attempts} attempts")
+            self._pause(what, attempt, wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, what: str, attempt: int, wait: float) -> None:
+        if attempt < self._attempts:
+            log.warning(
+                "alpaca %s: retrying in %.2fs (attempt %d/%d)", what, wait, attempt, self._attempts
+            )
+            self._sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self._backoff_s * 2 ** (attempt - 1), self._max_wait_s)
+
+    def _retry_after(self, exc: APIError) -> float:
+        """The ``Retry-After`` of a 429 in seconds (capped); the backoff when absent."""
+        response = exc.response
+        header = response.headers.get("Retry-After") if response is not None else None
+        wait: float | None = None
+        if header:
+            try:
+                wait = float(header)
+            except ValueError:
+                try:
+                    wait = (parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds()
+                except (TypeError, ValueError):
+                    wait = None
+        if wait is None or not math.isfinite(wait):
+            wait = self._backoff_s
+        return min(max(wait, 0.0), self._max_wait_s)
+
+    def _client_order_id(self, order_id: str) -> str:
+        if order_id not in self._client_ids:
+            raw = self._get(f"GET order {order_id}", f"/orders/{order_id}")
+            self._client_ids[order_id] = Order(**raw).client_order_id
+        return self._client_ids[order_id]
+
+    def _order(self, o: Order) -> BrokerOrder:
+        """alpaca-py's order as the contract's."""
+        status = _STATUS.get(str(o.status.value), "accepted")
+        filled = _f(o.filled_qty)
+        if status == "accepted" and filled > 0:
+            status = "partially_filled"
+        order_type = o.type or o.order_type
+        if o.order_class == OrderClass.BRACKET:
+            kind = "bracket"
+        elif order_type is not None and order_type.value in ("limit", "stop_limit"):
+            kind = "limit"
+        else:
+            kind = "market"
+        self._client_ids[str(o.id)] = o.client_order_id
+        return BrokerOrder(
+            client_order_id=o.client_order_id,
+            broker_order_id=str(o.id),
+            symbol=o.symbol or "",
+            side="sell" if o.side == OrderSide.SELL else "buy",
+            qty=_f(o.qty),
+            filled_qty=filled,
+            filled_avg_price=_f(o.filled_avg_price) if filled > 0 else None,
+            status=status,  # type: ignore[arg-type]  # values of _STATUS
+            order_type=kind,  # type: ignore[arg-type]
+            limit_price=None if o.limit_price is None else _f(o.limit_price),
+            submitted_at=_utc(o.submitted_at),
+            updated_at=_utc(o.updated_at),
+        )
+
+    @staticmethod
+    def _order_request(order: OrderRequest) -> dict[str, Any]:
+        """The ``POST /v2/orders`` body, built (and validated) by alpaca-py's request models."""
+        qty = _qty(order.qty)
+        if isinstance(qty, float) and (
+            order.order_type != "market" or order.time_in_force != "day"
+        ):
+            raise OrderRejected(
+                f"{order.client_order_id}: fractional qty {order.qty} is only allowed for "
+                "market day orders; send whole shares"
+            )
+        common: dict[str, Any] = {
+            "symbol": order.symbol,
+            "qty": qty,
+            "side": OrderSide(order.side),
+            "time_in_force": TimeInForce(order.time_in_force),
+            "client_order_id": order.client_order_id,
+        }
+        if order.order_type == "bracket":
+            common["order_class"] = OrderClass.BRACKET
+            common["take_profit"] = TakeProfitRequest(limit_price=order.take_profit)
+            common["stop_loss"] = StopLossRequest(stop_price=order.stop_loss)
+        try:
+            if order.limit_price is not None and order.order_type != "market":
+                request: MarketOrderRequest | LimitOrderRequest = LimitOrderRequest(
+                    **common, limit_price=order.limit_price
+                )
+            else:
+                request = MarketOrderRequest(**common)
+        except ValidationError as exc:
+            reasons = "; ".join(
+                e["msg"] for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise OrderRejected(f"{order.client_order_id}: {reasons}") from None
+        return request.to_request_fields()

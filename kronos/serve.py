@@ -1,0 +1,382 @@
+"""The forecast service (whitepaper section 3, "Service operation"): FastAPI on 8080.
+
+:func:`create_app` loads the promoted artifact once (or fits the lightweight
+fallback on the store and says so) and serves ``GET /health``, ``GET|POST
+/forecast``, ``GET /version`` and the OpenAPI docs at ``/docs``. Everything the
+app needs is passed in; the app keeps its state on ``app.state.service``.
+
+The store is opened read-only for each request and closed after it. DuckDB
+lets one process write a file or any number read it, never both at once: while
+a writer (``kronos data ingest``, ``kronos calibrate``, a notebook) holds the
+file, requests get 503 and may be retried; between requests a writer is free
+to open it. Forecasts at ``asof`` read only the bars known then; the model's
+parameters are those loaded (or fitted, up to the store's last bar) at start.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import date
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from kronos.config import CalibrationSettings, DataSettings
+from kronos.data.errors import KronosDataError
+from kronos.data.store import Store
+from kronos.features.returns import returns_panel
+from kronos.forecasting import fallback, forecast_with
+from kronos.models.artifacts import Loaded, latest_artifact, load_promoted
+from kronos.models.base import ForecastError
+from kronos.nightly import last_state_date
+from kronos.tracking import git_state
+
+log = logging.getLogger(__name__)
+
+
+class ServiceConfig(BaseModel):
+    """What the service serves and from where."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db: Path = Field(description="DuckDB store, opened read-only per request")
+    model: str = Field("nbeats", description="forecaster name")
+    model_dir: Path = Field(Path("data/models"), description="artifact root (MODEL_DIR)")
+    fit_source: str | None = Field(
+        "skfolio.sp500", description="bars source the fallback is fitted on (None: all bars)"
+    )
+    max_symbols: int = Field(100, ge=1, description="most symbols per forecast request")
+
+
+# ---------------------------------------------------------------- request/response models
+
+
+class ForecastRequest(BaseModel):
+    """Body of ``POST /forecast``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"symbols": ["AAPL", "KO"], "asof": "2020-03-04"}]},
+    )
+
+    symbols: list[str] = Field(description="symbols to forecast")
+    asof: date | None = Field(None, description="use bars known at this date [default: last bar]")
+    raw: bool = Field(False, description="skip the calibration")
+
+
+class QuantileRow(BaseModel):
+    """One symbol and step: daily log-return quantiles for ``target_ts``."""
+
+    symbol: str
+    step: int
+    target_ts: date
+    p05: float
+    p50: float
+    p95: float
+
+
+class ForecastResponse(BaseModel):
+    """Forecasts of one origin, and how they were made."""
+
+    asof: date = Field(description="as requested (or the last bar)")
+    origin: date = Field(description="the last session at or before asof, forecast from")
+    model: str
+    version: str
+    source: Literal["artifact", "fallback"]
+    calibrated: bool
+    calibration_night: date | None
+    forecasts: list[QuantileRow]
+
+
+class CalibrationInfo(BaseModel):
+    """Whether forecasts are calibrated, with the state of which night."""
+
+    enabled: bool
+    night: date | None = Field(description="newest stored state (what a forecast now uses)")
+
+
+class StoreInfo(BaseModel):
+    """The store and the span of its bars."""
+
+    path: str
+    first_bar: date | None
+    last_bar: date | None
+    symbols: int
+
+
+class HealthResponse(BaseModel):
+    """``GET /health``."""
+
+    status: Literal["ok"]
+    model: str
+    version: str
+    source: Literal["artifact", "fallback"]
+    message: str
+    fitted_through: date | None = Field(description="last bar the fallback was fitted on")
+    calibration: CalibrationInfo
+    store: StoreInfo
+
+
+class VersionResponse(BaseModel):
+    """``GET /version``."""
+
+    kronos: str
+    model: str
+    model_version: str
+    source: Literal["artifact", "fallback"]
+    artifact: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx the service itself raises."""
+
+    detail: str
+    symbols: list[str] | None = None
+
+
+# ---------------------------------------------------------------- the service
+
+
+class ServiceError(Exception):
+    """A request the service refuses, with its HTTP status."""
+
+    def __init__(self, status: int, detail: str, symbols: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.symbols = status, detail, symbols
+
+
+@dataclass
+class Service:
+    """The loaded model and settings one app serves with."""
+
+    config: ServiceConfig
+    loaded: Loaded
+    calibration: CalibrationSettings
+    data: DataSettings
+    fitted_through: date | None
+    lock: threading.Lock  # Lightning models are not safe to predict from two threads
+
+    def open_store(self) -> Store:
+        """The store, read-only; 503 while a writer holds it."""
+        try:
+            return Store.open(self.config.db, read_only=True)
+        except (FileNotFoundError, KronosDataError, duckdb.Error) as exc:
+            raise ServiceError(503, f"store unavailable, retry later: {exc}") from exc
+
+    def forecast(self, symbols: list[str], asof: date | None, raw: bool) -> ForecastResponse:
+        """Calibrated (or raw) quantiles of each symbol from the last session at ``asof``."""
+        names = clean_symbols(symbols, self.config.max_symbols)
+        with self.open_store() as store:
+            asof = check_request(store, names, asof, self.data)
+            panel = returns_panel(store, asof, names)
+            try:
+                with self.lock:
+                    made = forecast_with(
+                        store,
+                        self.loaded,
+                        self.config.model,
+                        panel,
+                        symbols=names,
+                        settings=self.calibration,
+                    )
+            except ForecastError as exc:
+                raise ServiceError(422, str(exc)) from exc
+        frame = made.raw if raw else made.best
+        order = {s: i for i, s in enumerate(names)}
+        frame = frame.sort(pl.col("symbol").replace_strict(order), "step")
+        return ForecastResponse(
+            asof=asof,
+            origin=made.origin,
+            model=self.config.model,
+            version=self.loaded.forecaster.version,
+            source=made.source,
+            calibrated=not raw and made.calibrated is not None,
+            calibration_night=None if raw else made.calibration_night,
+            forecasts=[
+                QuantileRow.model_validate(r)
+                for r in frame.select(list(QuantileRow.model_fields)).iter_rows(named=True)
+            ],
+        )
+
+    def health(self) -> HealthResponse:
+        """Model, calibration and store summary."""
+        with self.open_store() as store:
+            first, last, n = store.con.execute(
+                "SELECT min(ts), max(ts), count(DISTINCT symbol) FROM bars"
+            ).fetchall()[0]
+            night = None
+            if self.calibration.calibration_enabled:
+                night = last_state_date(store, self.config.model)
+        return HealthResponse(
+            status="ok",
+            model=self.config.model,
+            version=self.loaded.forecaster.version,
+            source=self.loaded.source,
+            message=self.loaded.message,
+            fitted_through=self.fitted_through,
+            calibration=CalibrationInfo(enabled=self.calibration.calibration_enabled, night=night),
+            store=StoreInfo(path=str(self.config.db), first_bar=first, last_bar=last, symbols=n),
+        )
+
+
+def clean_symbols(symbols: list[str], max_symbols: int) -> list[str]:
+    """Symbols split on commas, stripped, de-duplicated in order; 422 if none or too many."""
+    names = [p.strip() for s in symbols for p in s.split(",") if p.strip()]
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ServiceError(422, "no symbols given: pass at least one, e.g. symbols=AAPL,KO")
+    if len(names) > max_symbols:
+        raise ServiceError(422, f"too many symbols: {len(names)}, at most {max_symbols} a request")
+    return names
+
+
+def check_request(store: Store, names: list[str], asof: date | None, data: DataSettings) -> date:
+    """The request's ``asof`` (the last bar when None), or a 4xx naming the problem.
+
+    Unknown symbols are 404; asof outside the bars, a symbol without bars up to
+    asof or with its last bar too long before the session is 422.
+    """
+    known = {r[0] for r in store.con.execute("SELECT DISTINCT symbol FROM bars").fetchall()}
+    unknown = [s for s in names if s not in known]
+    if unknown:
+        hints = [
+            f"{s} (did you mean {m[0]}?)"
+            if (m := difflib.get_close_matches(s.upper(), known, n=1))
+            else s
+            for s in unknown
+        ]
+        detail = f"unknown symbols, no bars in the store: {', '.join(hints)}"
+        raise ServiceError(404, detail, unknown)
+    first, last = store.con.execute("SELECT min(ts), max(ts) FROM bars").fetchall()[0]
+    asof = asof or last
+    if asof > last:
+        raise ServiceError(422, f"asof {asof} is after the last bar in the store ({last})")
+    if asof < first:
+        raise ServiceError(422, f"asof {asof} is before the first bar in the store ({first})")
+    origin = store.con.execute("SELECT max(ts) FROM bars WHERE ts <= ?", [asof]).fetchall()[0][0]
+    rows = store.con.execute(
+        "SELECT symbol, max(ts) FROM bars "
+        "WHERE ts <= ? AND symbol IN (SELECT unnest(?::VARCHAR[])) GROUP BY symbol",
+        [asof, names],
+    ).fetchall()
+    last_bar = dict(rows)
+    missing = [s for s in names if s not in last_bar]
+    if missing:
+        raise ServiceError(422, f"no bars up to asof {asof} for: {', '.join(missing)}", missing)
+    gap = data.qa_max_gap_days
+    stale = [s for s in names if np.busday_count(last_bar[s], origin) > gap]
+    if stale:
+        detail = ", ".join(f"{s} (last bar {last_bar[s]})" for s in stale)
+        raise ServiceError(
+            422, f"no bars within {gap} weekdays before the session {origin}: {detail}", stale
+        )
+    return asof
+
+
+def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date | None]:
+    """The promoted artifact, else the fallback fitted on the store's bars (and up to when)."""
+    if latest_artifact(config.model_dir, config.model) is not None:
+        return load_promoted(config.model_dir, config.model), None
+    with Store.open(config.db, read_only=True) as store:
+        last = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
+        if last is None:
+            raise ValueError(f"no bars in {config.db} to fit the fallback {config.model} on")
+        panel = returns_panel(store, last, source=config.fit_source)
+    return load_promoted(config.model_dir, config.model, fallback(config.model, panel)), last
+
+
+def version_info(service: Service) -> VersionResponse:
+    """Package, model and code versions."""
+    try:
+        kronos_version = version("kronos")
+    except PackageNotFoundError:
+        kronos_version = "unknown"
+    git = git_state(Path(__file__).parent)
+    commit = git["git_commit"] if git["git_commit"] != "unknown" else None
+    directory = service.loaded.directory
+    return VersionResponse(
+        kronos=kronos_version,
+        model=service.config.model,
+        model_version=service.loaded.forecaster.version,
+        source=service.loaded.source,
+        artifact=str(directory) if directory else None,
+        git_commit=commit,
+        git_dirty=git["git_dirty"] == "true" if commit else None,
+    )
+
+
+# ---------------------------------------------------------------- the app
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "unknown symbol(s)"},
+    422: {"description": "invalid request (symbols, asof, or too little history)"},
+    503: {"model": ErrorResponse, "description": "store unavailable (a writer holds it)"},
+}
+
+
+def create_app(
+    config: ServiceConfig,
+    calibration: CalibrationSettings | None = None,
+    data: DataSettings | None = None,
+) -> FastAPI:
+    """The service app; loads (or fits) the model now, once."""
+    data = data or DataSettings()
+    loaded, fitted_through = load_model(config, data)
+    service = Service(
+        config,
+        loaded,
+        calibration or CalibrationSettings(),
+        data,
+        fitted_through,
+        threading.Lock(),
+    )
+    about = version_info(service)
+    app = FastAPI(
+        title="Kronos forecast service",
+        version=about.kronos,
+        description="Calibrated p05/p50/p95 daily log-return forecasts, steps 1-5.",
+    )
+    app.state.service = service
+
+    @app.exception_handler(ServiceError)
+    def _refused(request: Request, exc: ServiceError) -> JSONResponse:
+        body = ErrorResponse(detail=exc.detail, symbols=exc.symbols)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status)
+
+    @app.get("/health", responses={503: _ERRORS[503]})
+    def health() -> HealthResponse:
+        """Model, calibration state and store span."""
+        return service.health()
+
+    @app.get("/version")
+    def version_() -> VersionResponse:
+        """Package version, model version, artifact path, git commit."""
+        return about
+
+    @app.get("/forecast", responses=_ERRORS)
+    def forecast_get(
+        symbols: Annotated[list[str], Query(description="comma-separated or repeated")],
+        asof: Annotated[date | None, Query(description="YYYY-MM-DD [default: last bar]")] = None,
+        raw: Annotated[bool, Query(description="skip the calibration")] = False,
+    ) -> ForecastResponse:
+        """Quantile forecasts of steps 1-5 from the last session at or before asof."""
+        return service.forecast(symbols, asof, raw)
+
+    @app.post("/forecast", responses=_ERRORS)
+    def forecast_post(request: ForecastRequest) -> ForecastResponse:
+        """As ``GET /forecast``, with a JSON body."""
+        return service.forecast(request.symbols, request.asof, request.raw)
+
+    return app

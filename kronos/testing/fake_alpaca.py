@@ -1,0 +1,951 @@
+"""A local fake of Alpaca's REST APIs, spoken to by the real alpaca-py clients.
+
+Point a client at it with ``url_override=server.url``; alpaca-py then calls
+``{url}/v2/...`` with the ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers,
+which the fake checks (401 otherwise). Errors come in Alpaca's shape
+``{"code": int, "message": str}``, which ``alpaca.common.exceptions.APIError`` parses.
+
+**Market data** (``StockHistoricalDataClient``): ``GET /v2/stocks/bars`` (query:
+``symbols`` comma-separated, ``timeframe``, ``start``/``end`` RFC 3339,
+``adjustment``, ``feed``, ``limit``, ``page_token``, ``sort``), answering
+``{"bars": {symbol: [{"t", "o", "h", "l", "c", "v", "n", "vw"}, ...]},
+"next_page_token": str | null}``. Pages hold at most ``page_size`` bars across
+all symbols (default 3), so clients must paginate.
+
+**Trading** (``TradingClient``), served from a :class:`~kronos.testing.fake_market.FakeMarket`
+(404 when the server has none): ``GET /v2/account``, ``GET /v2/positions``,
+``GET /v2/positions/{symbol}``, ``POST /v2/orders``, ``GET /v2/orders`` (``status``
+open|closed|all, ``after``/``until`` exclusive on ``submitted_at``, ``limit`` 1..500
+default 50, ``direction`` default desc, ``nested``, ``symbols``, ``side``),
+``GET /v2/orders:by_client_order_id``, ``GET /v2/orders/{id}``,
+``DELETE /v2/orders/{id}`` (204; 422 when not open), ``GET /v2/clock``, and
+``GET /v2/account/activities/FILL`` (``after``/``until`` exclusive on
+``transaction_time``, ``direction`` default desc, ``page_size`` 1..100 default 100,
+``page_token`` = the id of the last activity of the previous page). Fill
+activities carry ``order_id`` but, as at Alpaca, no ``client_order_id``. Order
+legs of brackets are not simulated (``legs`` is null). With
+``advance_on_clock=True`` every ``GET /v2/clock`` moves the market one phase
+before answering, so a loop drives time by asking the clock.
+
+**Faults** (trading paths only; the data API is always served faithfully), drawn
+per request from a seeded :class:`random.Random` at :class:`FaultConfig` rates, or
+queued exactly with :meth:`FakeAlpacaServer.inject`:
+
+* ``"429"``: answered 429 with ``Retry-After: retry_after_s``; nothing happens.
+* ``"500"`` / ``"503"``: answered with that status; nothing happens.
+* ``"504_after_accept"`` (``POST /v2/orders`` only): the order is processed, the
+  answer is a 504 with a non-JSON body.
+* ``"timeout"``: ``POST``/``DELETE`` are processed, then the answer waits
+  ``timeout_s`` (longer than the client's timeout); a ``GET`` waits and is not
+  processed (a faulted clock request never advances the market).
+* ``"reject"`` (``POST /v2/orders`` only): 403 insufficient buying power
+  although the order would pass; nothing is booked.
+* ``"partial"``: drawn once per execution of an order with >= 2 shares left; it
+  fills ``max(1, floor(remaining * partial_fraction))`` shares only.
+
+Counts are in :attr:`FakeAlpacaServer.stats`. Use the server as a context manager,
+or ``start()`` / ``stop()``; it listens on ``127.0.0.1`` (free port by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from kronos.testing.fake_market import (
+    DailyBar,
+    FakeMarket,
+    MarketError,
+    SimFill,
+    SimOrder,
+    SimPosition,
+)
+
+__all__ = [
+    "ADJUSTMENTS",
+    "DAILY_TIMEFRAMES",
+    "FAULT_KINDS",
+    "FEEDS",
+    "DailyBar",
+    "FakeAlpacaServer",
+    "FakeBar",
+    "FakeMarket",
+    "FakeResponse",
+    "FakeStats",
+    "FaultConfig",
+    "Faults",
+    "RecordedRequest",
+    "run_alpaca_data_server",
+]
+
+ADJUSTMENTS = ("raw", "split", "dividend", "all")
+FEEDS = ("iex", "sip", "delayed_sip", "otc", "boats", "overnight")
+DAILY_TIMEFRAMES = ("1Day", "1D")
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+_BAR_FIELDS = ("o", "h", "l", "c", "v", "n", "vw")
+
+FAULT_KINDS = ("429", "500", "503", "504_after_accept", "timeout", "reject", "partial")
+_REQUEST_FAULTS = FAULT_KINDS[:-1]
+_ORDER_FAULTS = frozenset({"504_after_accept", "reject"})
+_ORDERS = "/v2/orders"
+_NS = uuid.UUID("0d5bd2f4-7c1e-4f47-8d0e-6b726f6e6f73")
+
+
+# --- requests and responses ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeBar:
+    """One daily bar as Alpaca sends it, with per-adjustment overrides.
+
+    ``t`` is an RFC 3339 UTC instant (``"2024-03-11T04:00:00Z"``). The other fields
+    are the raw (unadjusted) values; ``adjusted`` maps an adjustment name
+    (``"split"``, ``"dividend"``, ``"all"``) to the fields that differ under it.
+    """
+
+    t: str
+    o: float
+    h: float
+    l: float  # noqa: E741 - Alpaca's wire name
+    c: float
+    v: float
+    n: int
+    vw: float
+    adjusted: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.instant.tzinfo is None:
+            raise ValueError(f"FakeBar.t must carry a UTC offset: {self.t!r}")
+        unknown = set(self.adjusted) - set(ADJUSTMENTS)
+        if unknown:
+            raise ValueError(f"unknown adjustments {sorted(unknown)}")
+
+    @property
+    def instant(self) -> datetime:
+        """``t`` parsed."""
+        return datetime.fromisoformat(self.t)
+
+    def to_json(self, adjustment: str) -> dict[str, Any]:
+        """The bar's wire form under ``adjustment``."""
+        body: dict[str, Any] = {"t": self.t, **{k: getattr(self, k) for k in _BAR_FIELDS}}
+        body.update(self.adjusted.get(adjustment, {}))
+        return body
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received (headers are not kept: they hold secrets)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class FakeResponse:
+    """What a route answers: status, body (JSON-encoded; ``bytes`` as is), extra headers."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Route = Callable[[RecordedRequest], FakeResponse]
+
+
+def _error(status: int, code: int, message: str) -> FakeResponse:
+    """An error in Alpaca's shape, which ``alpaca.common.exceptions.APIError`` parses."""
+    return FakeResponse(status, {"code": code, "message": message})
+
+
+def _bad_request(message: str) -> FakeResponse:
+    return _error(400, 40010001, message)
+
+
+def _parse_instant(text: str) -> datetime:
+    """RFC 3339 or a bare date; naive values are UTC, as Alpaca reads them."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Random fault rates per kind (probability per eligible request or execution).
+
+    ``retry_after_s`` is the ``Retry-After`` of a 429; ``timeout_s`` how long a
+    ``"timeout"`` answer waits; ``partial_fraction`` the share of a partial fill.
+    """
+
+    rates: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+    retry_after_s: float = 0.0
+    timeout_s: float = 2.0
+    partial_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        unknown = set(self.rates) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        bad = {k: r for k, r in self.rates.items() if not 0.0 <= r <= 1.0}
+        if bad:
+            raise ValueError(f"fault rates must lie in [0, 1]: {bad}")
+        if sum(r for k, r in self.rates.items() if k != "partial") > 1.0:
+            raise ValueError("request fault rates add up to more than 1")
+        if self.retry_after_s < 0 or self.timeout_s < 0:
+            raise ValueError("retry_after_s and timeout_s must be >= 0")
+        if not 0.0 < self.partial_fraction < 1.0:
+            raise ValueError("partial_fraction must lie in (0, 1)")
+
+
+def _eligible(kind: str, method: str, path: str) -> bool:
+    if kind == "partial":
+        return False
+    if kind in _ORDER_FAULTS:
+        return method == "POST" and path == _ORDERS
+    return True
+
+
+@dataclass(frozen=True)
+class _Scripted:
+    kind: str
+    method: str | None
+    path: str | None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            _eligible(self.kind, method, path)
+            and self.method in (None, method)
+            and self.path in (None, path)
+        )
+
+
+class Faults:
+    """Decides which faults happen: a scripted queue first, then seeded random draws.
+
+    Thread-safe; counts every fault it hands out by kind.
+    """
+
+    def __init__(self, config: FaultConfig | None = None) -> None:
+        self.config = config or FaultConfig()
+        self._rng = random.Random(self.config.seed)
+        self._lock = threading.Lock()
+        self._queue: list[_Scripted] = []
+        self._counts: Counter[str] = Counter()
+
+    def inject(
+        self, kind: str, *, method: str | None = None, path: str | None = None, times: int = 1
+    ) -> None:
+        """Queue ``times`` faults of ``kind`` for the next matching requests (or executions).
+
+        ``method``/``path`` narrow the match (exact path, e.g. ``"/v2/account"``);
+        ``"504_after_accept"`` and ``"reject"`` only ever match ``POST /v2/orders``.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self._lock:
+            self._queue += [_Scripted(kind, method, path)] * times
+
+    def clear(self) -> None:
+        """Drop every queued fault."""
+        with self._lock:
+            self._queue.clear()
+
+    @property
+    def pending(self) -> int:
+        """How many queued faults have not happened yet."""
+        with self._lock:
+            return len(self._queue)
+
+    def draw(self, method: str, path: str) -> str | None:
+        """The fault for this request, if any."""
+        with self._lock:
+            for i, scripted in enumerate(self._queue):
+                if scripted.matches(method, path):
+                    del self._queue[i]
+                    return self._count(scripted.kind)
+            kinds = [
+                k
+                for k in _REQUEST_FAULTS
+                if self.config.rates.get(k, 0.0) > 0 and _eligible(k, method, path)
+            ]
+            if not kinds:
+                return None
+            u, total = self._rng.random(), 0.0
+            for kind in kinds:
+                total += self.config.rates[kind]
+                if u < total:
+                    return self._count(kind)
+            return None
+
+    def partial(self) -> float | None:
+        """The fraction to fill at this execution, or ``None`` for a full fill."""
+        with self._lock:
+            for i, scripted in enumerate(self._queue):
+                if scripted.kind == "partial":
+                    del self._queue[i]
+                    self._count("partial")
+                    return self.config.partial_fraction
+            rate = self.config.rates.get("partial", 0.0)
+            if rate > 0 and self._rng.random() < rate:
+                self._count("partial")
+                return self.config.partial_fraction
+            return None
+
+    def counts(self) -> dict[str, int]:
+        """Faults handed out so far, by kind."""
+        with self._lock:
+            return dict(self._counts)
+
+    def _count(self, kind: str) -> str:
+        self._counts[kind] += 1
+        return kind
+
+
+@dataclass(frozen=True)
+class FakeStats:
+    """What the server has done so far.
+
+    ``orders_refused`` counts orders the market refused on validation (buying
+    power, quantity, symbol, prices); duplicates and injected ``"reject"`` faults
+    are counted apart (``duplicates_refused``, ``faults["reject"]``).
+    """
+
+    requests: int
+    faults: Mapping[str, int]
+    orders_accepted: int
+    orders_refused: int
+    duplicates_refused: int
+    fills: int
+    partial_fills: int
+
+    @property
+    def faults_injected(self) -> int:
+        """All faults, every kind."""
+        return sum(self.faults.values())
+
+
+# --- wire formats -------------------------------------------------------------------
+
+
+def _ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _num(value: float | None) -> str | None:
+    """A decimal string as Alpaca sends (``"10"``, ``"101.5"``); exact for floats."""
+    if value is None:
+        return None
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _asset_id(symbol: str) -> str:
+    return str(uuid.uuid5(_NS, f"asset-{symbol}"))
+
+
+ACCOUNT_ID = str(uuid.uuid5(_NS, "account"))
+
+
+def _order_json(order: SimOrder) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "client_order_id": order.client_order_id,
+        "created_at": _ts(order.submitted_at),
+        "updated_at": _ts(order.updated_at),
+        "submitted_at": _ts(order.submitted_at),
+        "filled_at": _ts(order.filled_at),
+        "expired_at": _ts(order.expired_at),
+        "canceled_at": _ts(order.canceled_at),
+        "failed_at": None,
+        "replaced_at": None,
+        "replaced_by": None,
+        "replaces": None,
+        "asset_id": _asset_id(order.symbol),
+        "symbol": order.symbol,
+        "asset_class": "us_equity",
+        "notional": None,
+        "qty": _num(order.qty),
+        "filled_qty": _num(order.filled_qty),
+        "filled_avg_price": _num(order.filled_avg_price),
+        "order_class": order.order_class,
+        "order_type": order.order_type,
+        "type": order.order_type,
+        "side": order.side,
+        "time_in_force": order.time_in_force,
+        "limit_price": _num(order.limit_price),
+        "stop_price": None,
+        "status": order.status,
+        "extended_hours": False,
+        "legs": None,
+        "trail_percent": None,
+        "trail_price": None,
+        "hwm": None,
+        "position_intent": "buy_to_open" if order.side == "buy" else "sell_to_close",
+    }
+
+
+def _position_json(position: SimPosition) -> dict[str, Any]:
+    unrealized = position.market_value - position.cost_basis
+    return {
+        "asset_id": _asset_id(position.symbol),
+        "symbol": position.symbol,
+        "exchange": "NASDAQ",
+        "asset_class": "us_equity",
+        "asset_marginable": False,
+        "avg_entry_price": _num(position.avg_entry_price),
+        "qty": _num(position.qty),
+        "qty_available": _num(position.qty),
+        "side": "long",
+        "market_value": _num(position.market_value),
+        "cost_basis": _num(position.cost_basis),
+        "unrealized_pl": _num(unrealized),
+        "unrealized_plpc": _num(unrealized / position.cost_basis if position.cost_basis else 0.0),
+        "unrealized_intraday_pl": "0",
+        "unrealized_intraday_plpc": "0",
+        "current_price": _num(position.mark),
+        "lastday_price": _num(position.mark),
+        "change_today": "0",
+    }
+
+
+def _fill_json(fill: SimFill) -> dict[str, Any]:
+    return {
+        "id": fill.id,
+        "account_id": ACCOUNT_ID,
+        "activity_type": "FILL",
+        "transaction_time": _ts(fill.at),
+        "type": "partial_fill" if fill.is_partial else "fill",
+        "price": _num(fill.price),
+        "qty": _num(fill.qty),
+        "side": fill.side,
+        "symbol": fill.symbol,
+        "leaves_qty": _num(fill.leaves_qty),
+        "order_id": fill.order_id,
+        "cum_qty": _num(fill.cum_qty),
+        "order_status": fill.order_status,
+    }
+
+
+def _float_or_none(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MarketError(422, 40010001, f"invalid {name}: {value!r}") from None
+
+
+# --- the server ---------------------------------------------------------------------
+
+
+class FakeAlpacaServer:
+    """Alpaca's data and trading APIs on ``127.0.0.1``, with fault injection.
+
+    Args:
+        bars: the data API's bars per symbol (``None``: serves no bars).
+        key_id: the API key id every request must carry.
+        secret: the secret key every request must carry.
+        market: the market behind the trading API (``None``: trading paths 404).
+        faults: random fault rates, seed and timings (default: no random faults).
+        advance_on_clock: every ``GET /v2/clock`` advances the market one phase first.
+        page_size: data API bars per page.
+        host: address to listen on.
+        port: port to listen on (0: a free one).
+
+    """
+
+    def __init__(
+        self,
+        bars: Mapping[str, Sequence[FakeBar]] | None,
+        key_id: str,
+        secret: str,
+        *,
+        market: FakeMarket | None = None,
+        faults: FaultConfig | None = None,
+        advance_on_clock: bool = False,
+        page_size: int = 3,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be positive")
+        if not key_id or not secret:
+            raise ValueError("key_id and secret must be non-empty")
+        self.bars = {
+            s: sorted(series, key=lambda b: b.instant) for s, series in (bars or {}).items()
+        }
+        self.page_size = page_size
+        self.market = market
+        self.faults = Faults(faults)
+        self.advance_on_clock = advance_on_clock
+        self.url = ""  # set once listening
+        self._address = (host, port)
+        self._credentials = (key_id, secret)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._requests: list[RecordedRequest] = []
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._routes: dict[tuple[str, str], Route] = {
+            ("GET", "/v2/stocks/bars"): self._stock_bars,
+            ("GET", "/v2/account"): self._account,
+            ("GET", "/v2/positions"): self._positions,
+            ("POST", _ORDERS): self._submit,
+            ("GET", _ORDERS): self._orders,
+            ("GET", "/v2/orders:by_client_order_id"): self._order_by_client_id,
+            ("GET", "/v2/clock"): self._clock,
+        }
+        self._prefix_routes: list[
+            tuple[str, str, Callable[[RecordedRequest, str], FakeResponse]]
+        ] = [
+            ("GET", "/v2/positions/", self._position),
+            ("GET", "/v2/orders/", self._order),
+            ("DELETE", "/v2/orders/", self._cancel),
+            ("GET", "/v2/account/activities/", self._activities),
+        ]
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Listen and serve in a daemon thread; :attr:`url` is set on return."""
+        if self._httpd is not None:
+            raise RuntimeError("FakeAlpacaServer is already started")
+        self._stopping.clear()
+        httpd = _HTTPServer(self, self._address)
+        host, port = cast(tuple[str, int], httpd.server_address[:2])
+        self.url = f"http://{host}:{port}"
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-alpaca-{port}",
+            daemon=True,
+        )
+        self._httpd = httpd
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (cuts short any injected timeout still waiting)."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start() if self._httpd is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- control and inspection -----------------------------------------------------
+
+    def inject(
+        self, kind: str, *, method: str | None = None, path: str | None = None, times: int = 1
+    ) -> None:
+        """Queue exact faults; see :meth:`Faults.inject`."""
+        self.faults.inject(kind, method=method, path=path, times=times)
+
+    def advance(self) -> bool:
+        """Move the market one phase (partial-fill faults apply); ``False`` once finished."""
+        if self.market is None:
+            raise RuntimeError("this FakeAlpacaServer has no market")
+        return self.market.advance(partial=self.faults.partial)
+
+    @property
+    def stats(self) -> FakeStats:
+        """A snapshot of the counters."""
+        market = self.market
+        fills = market.fills() if market else []
+        with self._lock:
+            requests = len(self._requests)
+        return FakeStats(
+            requests=requests,
+            faults=self.faults.counts(),
+            orders_accepted=market.orders_accepted if market else 0,
+            orders_refused=market.orders_refused if market else 0,
+            duplicates_refused=market.duplicates_refused if market else 0,
+            fills=len(fills),
+            partial_fills=sum(f.is_partial for f in fills),
+        )
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        """The recorded requests for one path."""
+        return [r for r in self.requests if r.path == path]
+
+    # --- dispatch -------------------------------------------------------------------
+
+    def handle(self, request: RecordedRequest, headers: Mapping[str, str]) -> FakeResponse:
+        """Record, fault injection, authentication, routing. ``headers`` are lower-cased."""
+        with self._lock:
+            self._requests.append(request)
+        trading = not request.path.startswith("/v2/stocks/")
+        fault = self.faults.draw(request.method, request.path) if trading else None
+        if fault == "429":
+            retry_after = f"{self.faults.config.retry_after_s:g}"
+            return FakeResponse(
+                429,
+                {"code": 42910000, "message": "rate limit exceeded"},
+                {"Retry-After": retry_after},
+            )
+        if fault in ("500", "503"):
+            return _error(int(cast(str, fault)), 50010000, "internal server error (injected)")
+        if fault == "timeout" and request.method == "GET":
+            self._stopping.wait(self.faults.config.timeout_s)
+            return FakeResponse(504, b"upstream request timeout")
+        if (headers.get("apca-api-key-id"), headers.get("apca-api-secret-key")) != (
+            self._credentials
+        ):
+            return _error(401, 40110000, "request is not authorized")
+        if fault == "reject":
+            return _error(403, 40310000, "insufficient buying power")
+        response = self._route(request)
+        if fault == "504_after_accept":
+            return FakeResponse(504, b"<html><body>504 Gateway Time-out</body></html>")
+        if fault == "timeout":
+            self._stopping.wait(self.faults.config.timeout_s)
+        return response
+
+    def _route(self, request: RecordedRequest) -> FakeResponse:
+        try:
+            route = self._routes.get((request.method, request.path))
+            if route is not None:
+                return route(request)
+            for method, prefix, handler in self._prefix_routes:
+                if request.method == method and request.path.startswith(prefix):
+                    tail = unquote(request.path[len(prefix) :])
+                    if tail and "/" not in tail:
+                        return handler(request, tail)
+        except MarketError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        return _error(404, 40410000, f"endpoint not found: {request.method} {request.path}")
+
+    def _require_market(self) -> FakeMarket:
+        if self.market is None:
+            raise MarketError(404, 40410000, "this fake serves no trading market")
+        return self.market
+
+    # --- trading routes -------------------------------------------------------------
+
+    def _account(self, request: RecordedRequest) -> FakeResponse:
+        """``GET /v2/account``."""
+        acct = self._require_market().account()
+        bp = _num(acct.buying_power)
+        return FakeResponse(
+            200,
+            {
+                "id": ACCOUNT_ID,
+                "account_number": "PAFAKE0001",
+                "status": "ACTIVE",
+                "crypto_status": "INACTIVE",
+                "currency": "USD",
+                "buying_power": bp,
+                "regt_buying_power": bp,
+                "daytrading_buying_power": "0",
+                "non_marginable_buying_power": bp,
+                "options_buying_power": bp,
+                "cash": _num(acct.cash),
+                "accrued_fees": "0",
+                "pending_transfer_in": "0",
+                "portfolio_value": _num(acct.equity),
+                "pattern_day_trader": False,
+                "trading_blocked": False,
+                "transfers_blocked": False,
+                "account_blocked": False,
+                "created_at": "2020-01-02T15:00:00Z",
+                "trade_suspended_by_user": False,
+                "multiplier": "1",
+                "shorting_enabled": False,
+                "equity": _num(acct.equity),
+                "last_equity": _num(acct.last_equity),
+                "long_market_value": _num(acct.long_market_value),
+                "short_market_value": "0",
+                "initial_margin": "0",
+                "maintenance_margin": "0",
+                "last_maintenance_margin": "0",
+                "sma": "0",
+                "daytrade_count": 0,
+            },
+        )
+
+    def _positions(self, request: RecordedRequest) -> FakeResponse:
+        """``GET /v2/positions``."""
+        return FakeResponse(200, [_position_json(p) for p in self._require_market().positions()])
+
+    def _position(self, request: RecordedRequest, symbol: str) -> FakeResponse:
+        """``GET /v2/positions/{symbol}``."""
+        position = self._require_market().position(symbol)
+        if position is None:
+            return _error(404, 40410000, "position does not exist")
+        return FakeResponse(200, _position_json(position))
+
+    def _submit(self, request: RecordedRequest) -> FakeResponse:
+        """``POST /v2/orders``."""
+        market = self._require_market()
+        body = request.body if isinstance(request.body, dict) else {}
+        if body.get("notional") is not None:
+            raise MarketError(422, 40010001, "notional orders are not supported by the fake")
+        qty = _float_or_none(body.get("qty"), "qty")
+        if qty is None:
+            raise MarketError(422, 40010001, "qty is required")
+        take_profit = body.get("take_profit") or {}
+        stop_loss = body.get("stop_loss") or {}
+        order = market.submit(
+            symbol=str(body.get("symbol", "")),
+            side=str(body.get("side", "")),
+            qty=qty,
+            order_type=str(body.get("type", "")),
+            time_in_force=str(body.get("time_in_force", "")),
+            limit_price=_float_or_none(body.get("limit_price"), "limit_price"),
+            client_order_id=body.get("client_order_id"),
+            order_class=str(body.get("order_class") or "simple"),
+            take_profit=_float_or_none(take_profit.get("limit_price"), "take_profit.limit_price"),
+            stop_loss=_float_or_none(stop_loss.get("stop_price"), "stop_loss.stop_price"),
+        )
+        return FakeResponse(200, _order_json(order))
+
+    def _orders(self, request: RecordedRequest) -> FakeResponse:
+        """``GET /v2/orders``."""
+        q = request.query
+        status = q.get("status", "open")
+        if status not in ("open", "closed", "all"):
+            raise MarketError(422, 40010001, f"invalid status: {status}")
+        direction = q.get("direction", "desc")
+        if direction not in ("asc", "desc"):
+            raise MarketError(422, 40010001, f"invalid direction: {direction}")
+        try:
+            limit = int(q.get("limit", 50))
+            after = _parse_instant(q["after"]) if "after" in q else None
+            until = _parse_instant(q["until"]) if "until" in q else None
+        except ValueError as exc:
+            raise MarketError(422, 40010001, f"invalid parameter: {exc}") from None
+        if not 1 <= limit <= 500:
+            raise MarketError(422, 40010001, f"invalid limit: {limit}")
+        symbols = {s for s in q.get("symbols", "").split(",") if s}
+        orders = [
+            o
+            for o in self._require_market().orders()
+            if (status == "all" or o.is_open == (status == "open"))
+            and (after is None or o.submitted_at > after)
+            and (until is None or o.submitted_at < until)
+            and (not symbols or o.symbol in symbols)
+            and q.get("side") in (None, o.side)
+        ]
+        orders.sort(key=lambda o: o.submitted_at, reverse=direction == "desc")
+        return FakeResponse(200, [_order_json(o) for o in orders[:limit]])
+
+    def _order_by_client_id(self, request: RecordedRequest) -> FakeResponse:
+        """``GET /v2/orders:by_client_order_id?client_order_id=...``."""
+        order = self._require_market().order_by_client_id(request.query.get("client_order_id", ""))
+        if order is None:
+            return _error(404, 40410000, "order not found")
+        return FakeResponse(200, _order_json(order))
+
+    def _order(self, request: RecordedRequest, order_id: str) -> FakeResponse:
+        """``GET /v2/orders/{id}``."""
+        order = self._require_market().order(order_id)
+        if order is None:
+            return _error(404, 40410000, "order not found")
+        return FakeResponse(200, _order_json(order))
+
+    def _cancel(self, request: RecordedRequest, order_id: str) -> FakeResponse:
+        """``DELETE /v2/orders/{id}``: 204."""
+        self._require_market().cancel(order_id)
+        return FakeResponse(204, None)
+
+    def _clock(self, request: RecordedRequest) -> FakeResponse:
+        """``GET /v2/clock``; advances first when ``advance_on_clock``."""
+        market = self._require_market()
+        if self.advance_on_clock:
+            market.advance(partial=self.faults.partial)
+        clock = market.clock()
+        return FakeResponse(
+            200,
+            {
+                "timestamp": _ts(clock.now),
+                "is_open": clock.is_open,
+                "next_open": _ts(clock.next_open),
+                "next_close": _ts(clock.next_close),
+            },
+        )
+
+    def _activities(self, request: RecordedRequest, activity_type: str) -> FakeResponse:
+        """``GET /v2/account/activities/{type}``: FILL executions; other types are empty."""
+        market = self._require_market()
+        q = request.query
+        direction = q.get("direction", "desc")
+        if direction not in ("asc", "desc"):
+            raise MarketError(422, 40010001, f"invalid direction: {direction}")
+        try:
+            page_size = int(q.get("page_size", 100))
+            after = _parse_instant(q["after"]) if "after" in q else None
+            until = _parse_instant(q["until"]) if "until" in q else None
+        except ValueError as exc:
+            raise MarketError(422, 40010001, f"invalid parameter: {exc}") from None
+        if not 1 <= page_size <= 100:
+            raise MarketError(422, 40010001, f"invalid page_size: {page_size}")
+        fills = [
+            f
+            for f in (market.fills() if activity_type.upper() == "FILL" else [])
+            if (after is None or f.at > after) and (until is None or f.at < until)
+        ]
+        fills.sort(key=lambda f: (f.at, f.id), reverse=direction == "desc")
+        token = q.get("page_token")
+        if token:
+            ids = [f.id for f in fills]
+            if token not in ids:
+                raise MarketError(422, 40010001, f"invalid page_token: {token}")
+            fills = fills[ids.index(token) + 1 :]
+        return FakeResponse(200, [_fill_json(f) for f in fills[:page_size]])
+
+    # --- data routes ----------------------------------------------------------------
+
+    def _stock_bars(self, request: RecordedRequest) -> FakeResponse:
+        """``GET /v2/stocks/bars``: multi-symbol historical bars, paginated."""
+        q = request.query
+        symbols = list(dict.fromkeys(s for s in q.get("symbols", "").split(",") if s))
+        if not symbols:
+            return _bad_request("symbols is required")
+        if q.get("timeframe") not in DAILY_TIMEFRAMES:
+            return _bad_request(f"fake serves daily bars only, got timeframe={q.get('timeframe')}")
+        adjustment = q.get("adjustment", "raw")
+        if adjustment not in ADJUSTMENTS:
+            return _bad_request(f"invalid adjustment: {adjustment}")
+        if q.get("feed", "sip") not in FEEDS:
+            return _bad_request(f"invalid feed: {q['feed']}")
+        sort = q.get("sort", "asc")
+        if sort not in ("asc", "desc"):
+            return _bad_request(f"invalid sort: {sort}")
+        try:
+            now = datetime.now(UTC)
+            # Alpaca's defaults: start at the beginning of today, end now.
+            start = (
+                _parse_instant(q["start"])
+                if "start" in q
+                else now.replace(hour=0, minute=0, second=0, microsecond=0)
+            )
+            end = _parse_instant(q["end"]) if "end" in q else now
+            limit = int(q.get("limit", DEFAULT_LIMIT))
+            offset = int(base64.urlsafe_b64decode(q["page_token"])) if "page_token" in q else 0
+        except ValueError as exc:
+            return _bad_request(f"invalid parameter: {exc}")
+        if not 1 <= limit <= MAX_LIMIT:
+            return _bad_request(f"invalid limit: {limit}")
+
+        matching = []
+        for symbol in sorted(symbols):
+            series = [b for b in self.bars.get(symbol, []) if start <= b.instant <= end]
+            matching += [(symbol, b) for b in (reversed(series) if sort == "desc" else series)]
+        page = matching[offset : offset + min(limit, self.page_size)]
+        body: dict[str, list[dict[str, Any]]] = {}
+        for symbol, bar in page:
+            body.setdefault(symbol, []).append(bar.to_json(adjustment))
+        after = offset + len(page)
+        token = (
+            base64.urlsafe_b64encode(str(after).encode()).decode()
+            if after < len(matching)
+            else None
+        )
+        return FakeResponse(200, {"bars": body, "next_page_token": token})
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeAlpacaServer, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.fake = fake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hung up (injected timeouts) are expected: stay quiet."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        request = RecordedRequest(self.command, parts.path, query, body)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            response = self.server.fake.handle(request, headers)
+        except Exception as exc:  # a bug in the fake: answer 500, don't hang the client
+            response = _error(500, 50010000, f"fake server error: {exc!r}")
+        if response.status == 204:
+            payload = b""
+        elif isinstance(response.body, bytes):
+            payload = response.body
+        else:
+            payload = json.dumps(response.body).encode()
+        try:
+            self.send_response(response.status)
+            if payload:
+                kind = "text/html" if isinstance(response.body, bytes) else "application/json"
+                self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:  # the client gave up waiting (an injected timeout)
+            pass
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr log."""
+
+
+@contextmanager
+def run_alpaca_data_server(
+    bars: Mapping[str, Sequence[FakeBar]],
+    key_id: str,
+    secret: str,
+    *,
+    page_size: int = 3,
+) -> Iterator[FakeAlpacaServer]:
+    """Serve ``bars`` on ``127.0.0.1`` (free port) for the duration of the block."""
+    with FakeAlpacaServer(bars, key_id, secret, page_size=page_size) as fake:
+        yield fake

@@ -1,0 +1,714 @@
+"""A small deterministic market behind the fake Alpaca trading API.
+
+Time moves in phases over a list of sessions (trading days): session ``k`` is
+``"open"`` (the clock reads ``15:00Z`` of its date, the market is open) and then
+``"closed"`` (``21:30Z``, closed). :meth:`FakeMarket.advance` moves
+open -> closed within a session and closed -> open of the next session; the
+market starts in the closed phase of its first session unless told otherwise.
+Sessions open at ``14:30Z`` and close at ``21:00Z`` for ``next_open`` /
+``next_close`` (daylight saving time is ignored).
+
+Orders execute only when time advances, against the daily bar of the session:
+
+* entering **open** of session ``k``: a market order fills at ``open_k``; a limit
+  buy fills at ``open_k`` when ``open_k <= limit`` (a sell when ``open_k >= limit``);
+* entering **closed** of session ``k``: a market order still open fills at
+  ``close_k``; a limit buy fills when ``low_k <= limit``, at ``min(limit, open_k)``
+  (a sell when ``high_k >= limit``, at ``max(limit, open_k)``); then every
+  ``day`` order still open expires. ``gtc`` orders stay.
+
+An order submitted while the market is open does not fill at once: it waits for
+the close like any other. A symbol without a bar in a session does not trade in
+it. A bracket's entry behaves as its market or limit parent; its take-profit and
+stop-loss legs are validated but not simulated. The account is a cash account:
+buys need ``cash`` minus open buy commitments (``qty x limit``, or the last
+price for market orders), sells need shares held minus open sells; no shorting,
+no commission. A market order may fill above its commitment, so cash can end up
+slightly negative, as with a real broker.
+
+Marks (last prices) are ``open_k`` during the open phase and ``close_k`` after
+the close. Every event (submission, fill, cancel, expiry) is stamped with the
+phase's clock time plus a microsecond counter, so events sort in the order they
+happened and none is earlier than the clock reading of its phase.
+
+Every public method takes the market's lock; the HTTP server calls it from many
+threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal
+
+import polars as pl
+
+__all__ = [
+    "CLOSED_NOW",
+    "OPEN_NOW",
+    "SESSION_CLOSE",
+    "SESSION_OPEN",
+    "AccountSnapshot",
+    "DailyBar",
+    "FakeMarket",
+    "MarketClock",
+    "MarketError",
+    "SimFill",
+    "SimOrder",
+    "SimPosition",
+]
+
+Phase = Literal["open", "closed"]
+PartialSource = Callable[[], float | None]
+
+SESSION_OPEN = time(14, 30)
+SESSION_CLOSE = time(21, 0)
+OPEN_NOW = time(15, 0)
+CLOSED_NOW = time(21, 30)
+OPEN_STATUSES = frozenset({"new", "accepted", "partially_filled"})
+_EPS = 1e-9
+_NS = uuid.UUID("6b1f3b4e-5d0c-4a57-9a43-6b726f6e6f73")  # fixed: ids are reproducible
+
+
+def _at(day: date, clock_time: time) -> datetime:
+    return datetime.combine(day, clock_time, tzinfo=UTC)
+
+
+def _next_weekday(day: date) -> date:
+    day += timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
+
+
+def _ticks_ok(price: float) -> bool:
+    """Alpaca's minimum increments: $0.01 at or above $1, $0.0001 below."""
+    step = 0.01 if price >= 1.0 else 0.0001
+    return abs(price / step - round(price / step)) < 1e-6
+
+
+class MarketError(Exception):
+    """A request the market refuses, with Alpaca's HTTP status, error code and message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DailyBar:
+    """One session's prices for one symbol."""
+
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+
+
+@dataclass(frozen=True)
+class MarketClock:
+    """What ``GET /v2/clock`` reports."""
+
+    now: datetime
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+
+
+@dataclass(frozen=True)
+class SimOrder:
+    """An order in the fake (a snapshot; the market keeps its own copy)."""
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    qty: float
+    order_type: Literal["market", "limit"]
+    limit_price: float | None
+    time_in_force: Literal["day", "gtc"]
+    order_class: Literal["simple", "bracket"]
+    take_profit: float | None
+    stop_loss: float | None
+    status: str
+    submitted_at: datetime
+    updated_at: datetime
+    filled_qty: float = 0.0
+    filled_avg_price: float | None = None
+    filled_at: datetime | None = None
+    expired_at: datetime | None = None
+    canceled_at: datetime | None = None
+
+    @property
+    def remaining(self) -> float:
+        """Shares still to fill."""
+        return self.qty - self.filled_qty
+
+    @property
+    def is_open(self) -> bool:
+        """New, accepted or partially filled."""
+        return self.status in OPEN_STATUSES
+
+
+@dataclass(frozen=True)
+class SimFill:
+    """One execution; ``id`` is Alpaca's activity id (``YYYYMMDDhhmmssmmm::uuid``)."""
+
+    id: str
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    qty: float
+    price: float
+    at: datetime
+    cum_qty: float
+    leaves_qty: float
+    order_status: str
+
+    @property
+    def is_partial(self) -> bool:
+        """The order still had shares to fill after this execution."""
+        return self.leaves_qty > _EPS
+
+
+@dataclass(frozen=True)
+class SimPosition:
+    """A held symbol: shares, average entry price, last price."""
+
+    symbol: str
+    qty: float
+    avg_entry_price: float
+    mark: float
+
+    @property
+    def market_value(self) -> float:
+        """``qty x mark``."""
+        return self.qty * self.mark
+
+    @property
+    def cost_basis(self) -> float:
+        """``qty x avg_entry_price``."""
+        return self.qty * self.avg_entry_price
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """The account in USD."""
+
+    cash: float
+    buying_power: float
+    long_market_value: float
+    equity: float
+    last_equity: float
+
+
+class FakeMarket:
+    """Sessions of daily bars, a cash account, an order book and a phase clock.
+
+    Args:
+        sessions: the trading days, strictly increasing.
+        bars: per session, per symbol, its :class:`DailyBar`; a symbol missing on a
+            session does not trade on it.
+        cash: starting cash in USD.
+        start: index of the session the market starts in.
+        phase: the phase it starts in (``"closed"``: after the close of ``start``).
+        marks: last prices known before ``start`` (overridden by the start session's bar).
+
+    """
+
+    def __init__(
+        self,
+        sessions: Sequence[date],
+        bars: Mapping[date, Mapping[str, DailyBar]],
+        *,
+        cash: float = 100_000.0,
+        start: int = 0,
+        phase: Phase = "closed",
+        marks: Mapping[str, float] | None = None,
+    ) -> None:
+        self.sessions: tuple[date, ...] = tuple(sessions)
+        if not self.sessions:
+            raise ValueError("FakeMarket needs at least one session")
+        if any(b <= a for a, b in zip(self.sessions, self.sessions[1:], strict=False)):
+            raise ValueError("sessions must be strictly increasing")
+        if not 0 <= start < len(self.sessions):
+            raise ValueError(f"start={start} is not a session index (0..{len(self.sessions) - 1})")
+        if phase not in ("open", "closed"):
+            raise ValueError(f"phase must be 'open' or 'closed', got {phase!r}")
+        if not cash >= 0:
+            raise ValueError(f"cash must be >= 0, got {cash}")
+        self._bars = {day: dict(bars.get(day, {})) for day in self.sessions}
+        self.symbols: frozenset[str] = frozenset(
+            s for day_bars in self._bars.values() for s in day_bars
+        ) | frozenset(marks or {})
+        self._lock = threading.RLock()
+        self._index = start
+        self._phase: Phase = phase
+        self._tick = 0
+        self._cash = float(cash)
+        self._marks: dict[str, float] = dict(marks or {})
+        for symbol, bar in self._bars[self.sessions[start]].items():
+            self._marks[symbol] = bar.open if phase == "open" else bar.close
+        self._positions: dict[str, tuple[float, float]] = {}  # symbol -> (qty, avg price)
+        self._orders: dict[str, SimOrder] = {}  # by id, in submission order
+        self._by_client_id: dict[str, str] = {}
+        self._fills: list[SimFill] = []
+        self._last_equity = self._cash
+        self.orders_accepted = 0
+        self.orders_refused = 0
+        self.duplicates_refused = 0
+
+    @classmethod
+    def from_bars(
+        cls,
+        frame: pl.DataFrame,
+        *,
+        start: date | None = None,
+        end: date | None = None,
+        cash: float = 100_000.0,
+        phase: Phase = "closed",
+    ) -> FakeMarket:
+        """A market over the days of ``frame`` in ``start..end`` (inclusive).
+
+        ``frame`` is long: ``symbol, ts`` (date or datetime) and ``open, high, low,
+        close`` (``volume`` optional). A missing ``close`` falls back to
+        ``adj_close`` when that column exists; missing open/high/low fall back to
+        the close (close-only data: ``o = h = l = c``). Rows before ``start`` only
+        seed the last prices. The sessions are the distinct days in the range.
+        """
+        missing = {"symbol", "ts", "close"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"FakeMarket.from_bars: frame lacks columns {sorted(missing)}")
+        close = pl.col("close").cast(pl.Float64)
+        if "adj_close" in frame.columns:
+            close = pl.coalesce(close, pl.col("adj_close").cast(pl.Float64))
+        ts = pl.col("ts")
+        if frame.schema["ts"] != pl.Date():
+            ts = ts.cast(pl.Date)
+        cols = [pl.col("symbol").cast(pl.String), ts.alias("ts"), close.alias("close")]
+        for name in ("open", "high", "low"):
+            value = pl.col(name).cast(pl.Float64) if name in frame.columns else pl.lit(None)
+            cols.append(pl.coalesce(value, close).alias(name))
+        volume = pl.col("volume").cast(pl.Float64) if "volume" in frame.columns else pl.lit(0.0)
+        cols.append(volume.fill_null(0.0).alias("volume"))
+        data = frame.select(cols).filter(pl.col("close").is_not_null()).sort("ts", "symbol")
+        if end is not None:
+            data = data.filter(pl.col("ts") <= end)
+        inside = data if start is None else data.filter(pl.col("ts") >= start)
+        if inside.is_empty():
+            raise ValueError(f"FakeMarket.from_bars: no bars between {start} and {end}")
+        before = data.filter(pl.col("ts") < inside["ts"].min())
+        marks = {s: c for s, c in before.group_by("symbol").agg(pl.col("close").last()).iter_rows()}
+        bars: dict[date, dict[str, DailyBar]] = {}
+        for symbol, day, c, o, h, low, v in inside.iter_rows():
+            bars.setdefault(day, {})[symbol] = DailyBar(o, h, low, c, v)
+        return cls(sorted(bars), bars, cash=cash, phase=phase, marks=marks)
+
+    # --- clock -----------------------------------------------------------------
+
+    @property
+    def session(self) -> date:
+        """The current session's date."""
+        return self.sessions[self._index]
+
+    @property
+    def session_index(self) -> int:
+        """The current session's index in :attr:`sessions`."""
+        return self._index
+
+    @property
+    def phase(self) -> Phase:
+        """``"open"`` or ``"closed"``."""
+        return self._phase
+
+    @property
+    def now(self) -> datetime:
+        """The clock's time: ``15:00Z`` (open) or ``21:30Z`` (closed) of the session."""
+        return _at(self.session, OPEN_NOW if self._phase == "open" else CLOSED_NOW)
+
+    @property
+    def finished(self) -> bool:
+        """After the close of the last session: :meth:`advance` does nothing more."""
+        with self._lock:
+            return self._phase == "closed" and self._index == len(self.sessions) - 1
+
+    def clock(self) -> MarketClock:
+        """Now, whether open, the next open and close (past the last session: next weekday)."""
+        with self._lock:
+            following = (
+                self.sessions[self._index + 1]
+                if self._index + 1 < len(self.sessions)
+                else _next_weekday(self.session)
+            )
+            is_open = self._phase == "open"
+            return MarketClock(
+                now=self.now,
+                is_open=is_open,
+                next_open=_at(following, SESSION_OPEN),
+                next_close=_at(self.session if is_open else following, SESSION_CLOSE),
+            )
+
+    def advance(self, partial: PartialSource | None = None) -> bool:
+        """Move one phase, executing and expiring orders; ``False`` once finished.
+
+        ``partial`` is asked once per execution of an order with at least 2 shares
+        left; a fraction ``f`` fills ``max(1, floor(remaining * f))`` shares only.
+        """
+        with self._lock:
+            if self.finished:
+                return False
+            if self._phase == "closed":
+                self._index += 1
+                self._phase = "open"
+                self._tick = 0
+                day_bars = self._bars[self.session]
+                for symbol, bar in day_bars.items():
+                    self._marks[symbol] = bar.open
+                for order in self._open_orders():
+                    bar = day_bars.get(order.symbol)
+                    if bar is None:
+                        continue
+                    if order.status == "accepted":
+                        order = self._update(order, status="new")
+                    price = self._price_at_open(order, bar)
+                    if price is not None:
+                        self._execute(order, price, partial)
+            else:
+                self._phase = "closed"
+                self._tick = 0
+                day_bars = self._bars[self.session]
+                for order in self._open_orders():
+                    bar = day_bars.get(order.symbol)
+                    price = None if bar is None else self._price_in_session(order, bar)
+                    if price is not None:
+                        self._execute(order, price, partial)
+                for symbol, bar in day_bars.items():
+                    self._marks[symbol] = bar.close
+                for order in self._open_orders():
+                    if order.time_in_force == "day":
+                        stamp = self._stamp()
+                        self._update(order, status="expired", expired_at=stamp, updated_at=stamp)
+                self._last_equity = self._equity()
+            return True
+
+    # --- orders ----------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        symbol: str,
+        side: str,
+        qty: float,
+        order_type: str = "market",
+        time_in_force: str = "day",
+        limit_price: float | None = None,
+        client_order_id: str | None = None,
+        order_class: str = "simple",
+        take_profit: float | None = None,
+        stop_loss: float | None = None,
+    ) -> SimOrder:
+        """Validate and book an order, as Alpaca would; raises :class:`MarketError`."""
+        with self._lock:
+            if client_order_id is not None and client_order_id in self._by_client_id:
+                self.duplicates_refused += 1
+                raise MarketError(422, 40010001, "client_order_id must be unique")
+            try:
+                order = self._validated(
+                    symbol=symbol,
+                    side=side,
+                    qty=qty,
+                    order_type=order_type,
+                    time_in_force=time_in_force,
+                    limit_price=limit_price,
+                    client_order_id=client_order_id,
+                    order_class=order_class,
+                    take_profit=take_profit,
+                    stop_loss=stop_loss,
+                )
+            except MarketError:
+                self.orders_refused += 1
+                raise
+            self._orders[order.id] = order
+            self._by_client_id[order.client_order_id] = order.id
+            self.orders_accepted += 1
+            return order
+
+    def cancel(self, order_id: str) -> SimOrder:
+        """Cancel an open order; 404 when unknown, 422 when it is not open any more."""
+        with self._lock:
+            order = self._orders.get(order_id)
+            if order is None:
+                raise MarketError(404, 40410000, "order not found")
+            if not order.is_open:
+                raise MarketError(422, 42210000, f'order is already in "{order.status}" state')
+            stamp = self._stamp()
+            return self._update(order, status="canceled", canceled_at=stamp, updated_at=stamp)
+
+    def order(self, order_id: str) -> SimOrder | None:
+        """The order with this id, if any."""
+        with self._lock:
+            return self._orders.get(order_id)
+
+    def order_by_client_id(self, client_order_id: str) -> SimOrder | None:
+        """The order with this ``client_order_id``, if any."""
+        with self._lock:
+            order_id = self._by_client_id.get(client_order_id)
+            return None if order_id is None else self._orders[order_id]
+
+    def orders(self) -> list[SimOrder]:
+        """Every order, in submission order."""
+        with self._lock:
+            return list(self._orders.values())
+
+    def fills(self) -> list[SimFill]:
+        """Every execution, oldest first."""
+        with self._lock:
+            return list(self._fills)
+
+    # --- account ---------------------------------------------------------------
+
+    def mark(self, symbol: str) -> float | None:
+        """The last known price of ``symbol``."""
+        with self._lock:
+            return self._marks.get(symbol)
+
+    def positions(self) -> list[SimPosition]:
+        """Every held symbol, by symbol."""
+        with self._lock:
+            return [
+                SimPosition(s, q, avg, self._marks.get(s, avg))
+                for s, (q, avg) in sorted(self._positions.items())
+            ]
+
+    def position(self, symbol: str) -> SimPosition | None:
+        """The position in ``symbol``, if held."""
+        return next((p for p in self.positions() if p.symbol == symbol), None)
+
+    def account(self) -> AccountSnapshot:
+        """Cash, buying power (cash minus open buy commitments), market value, equity."""
+        with self._lock:
+            long_value = sum(p.market_value for p in self.positions())
+            return AccountSnapshot(
+                cash=self._cash,
+                buying_power=self._buying_power(),
+                long_market_value=long_value,
+                equity=self._cash + long_value,
+                last_equity=self._last_equity,
+            )
+
+    # --- internals (called with the lock held) ----------------------------------
+
+    def _validated(
+        self,
+        *,
+        symbol: str,
+        side: str,
+        qty: float,
+        order_type: str,
+        time_in_force: str,
+        limit_price: float | None,
+        client_order_id: str | None,
+        order_class: str,
+        take_profit: float | None,
+        stop_loss: float | None,
+    ) -> SimOrder:
+        if client_order_id is not None and not 0 < len(client_order_id) <= 128:
+            raise MarketError(422, 40010001, "client_order_id must be 1 to 128 characters")
+
+        def invalid(message: str) -> MarketError:
+            return MarketError(422, 40010001, message)
+
+        if symbol not in self.symbols:
+            raise invalid(f'asset "{symbol}" not found')
+        if side not in ("buy", "sell"):
+            raise invalid(f"invalid side: {side}")
+        if order_type not in ("market", "limit"):
+            raise invalid(f"order type {order_type!r} is not supported by the fake")
+        if time_in_force not in ("day", "gtc"):
+            raise invalid(f"time_in_force {time_in_force!r} is not supported by the fake")
+        if order_class not in ("simple", "bracket"):
+            raise invalid(f"order_class {order_class!r} is not supported by the fake")
+        if not (math.isfinite(qty) and qty > 0):
+            raise invalid(f"qty must be > 0, got {qty}")
+        if qty != math.floor(qty) and not (
+            order_type == "market" and time_in_force == "day" and order_class == "simple"
+        ):
+            raise MarketError(422, 42210000, "fractional orders must be simple market day orders")
+        if order_type == "limit":
+            if limit_price is None or not limit_price > 0:
+                raise invalid("limit orders require a positive limit_price")
+            if not _ticks_ok(limit_price):
+                raise MarketError(
+                    422,
+                    42210000,
+                    f"invalid limit_price {limit_price}. sub-penny increment does not "
+                    "fulfill minimum pricing criteria",
+                )
+        elif limit_price is not None:
+            raise invalid("limit_price is only allowed for limit orders")
+        price = limit_price if limit_price is not None else self._marks.get(symbol)
+        if price is None:
+            raise invalid(f'asset "{symbol}" has no price yet')
+        if order_class == "bracket":
+            self._check_bracket(side, price, take_profit, stop_loss)
+        if side == "buy":
+            if qty * price > self._buying_power() + _EPS:
+                raise MarketError(403, 40310000, "insufficient buying power")
+        else:
+            held = self._positions.get(symbol, (0.0, 0.0))[0]
+            selling = sum(
+                o.remaining for o in self._open_orders() if o.symbol == symbol and o.side == "sell"
+            )
+            available = held - selling
+            if qty > available + _EPS:
+                raise MarketError(
+                    403,
+                    40310000,
+                    f"insufficient qty available for order (requested: {qty:g}, "
+                    f"available: {max(available, 0.0):g})",
+                )
+        stamp = self._stamp()
+        n = len(self._orders)
+        return SimOrder(
+            id=str(uuid.uuid5(_NS, f"order-{n}")),
+            client_order_id=client_order_id or str(uuid.uuid5(_NS, f"client-order-{n}")),
+            symbol=symbol,
+            side=side,  # type: ignore[arg-type]  # checked above
+            qty=float(qty),
+            order_type=order_type,  # type: ignore[arg-type]
+            limit_price=limit_price,
+            time_in_force=time_in_force,  # type: ignore[arg-type]
+            order_class=order_class,  # type: ignore[arg-type]
+            take_profit=take_profit,
+            stop_loss=stop_loss,
+            status="new" if self._phase == "open" else "accepted",
+            submitted_at=stamp,
+            updated_at=stamp,
+        )
+
+    @staticmethod
+    def _check_bracket(
+        side: str, base: float, take_profit: float | None, stop_loss: float | None
+    ) -> None:
+        if take_profit is None or stop_loss is None:
+            raise MarketError(
+                422, 40010001, "bracket orders require take_profit.limit_price and stop_loss"
+            )
+        for name, price in (("take_profit.limit_price", take_profit), ("stop_loss", stop_loss)):
+            if not (price > 0 and _ticks_ok(price)):
+                raise MarketError(422, 42210000, f"invalid {name} {price}")
+        sign = 1.0 if side == "buy" else -1.0
+        if sign * (take_profit - base) < 0.01 - _EPS:
+            op = ">=" if side == "buy" else "<="
+            raise MarketError(
+                422,
+                42210000,
+                f"take_profit.limit_price must be {op} base_price {'+' if sign > 0 else '-'} 0.01",
+            )
+        if sign * (base - stop_loss) < 0.01 - _EPS:
+            op = "<=" if side == "buy" else ">="
+            raise MarketError(
+                422,
+                42210000,
+                f"stop_loss.stop_price must be {op} base_price {'-' if sign > 0 else '+'} 0.01",
+            )
+
+    def _stamp(self) -> datetime:
+        stamp = self.now + timedelta(microseconds=self._tick)
+        self._tick += 1
+        return stamp
+
+    def _open_orders(self) -> list[SimOrder]:
+        return [o for o in self._orders.values() if o.is_open]
+
+    def _update(self, order: SimOrder, **changes: object) -> SimOrder:
+        updated = replace(order, **changes)  # type: ignore[arg-type]
+        self._orders[order.id] = updated
+        return updated
+
+    def _buying_power(self) -> float:
+        committed = 0.0
+        for o in self._open_orders():
+            if o.side == "buy":
+                price = o.limit_price if o.limit_price is not None else self._marks.get(o.symbol)
+                committed += o.remaining * (price or 0.0)
+        return self._cash - committed
+
+    def _equity(self) -> float:
+        return self._cash + sum(
+            q * self._marks.get(s, avg) for s, (q, avg) in self._positions.items()
+        )
+
+    @staticmethod
+    def _price_at_open(order: SimOrder, bar: DailyBar) -> float | None:
+        limit = order.limit_price
+        if limit is None:
+            return bar.open
+        if order.side == "buy":
+            return bar.open if bar.open <= limit else None
+        return bar.open if bar.open >= limit else None
+
+    @staticmethod
+    def _price_in_session(order: SimOrder, bar: DailyBar) -> float | None:
+        limit = order.limit_price
+        if limit is None:
+            return bar.close
+        if order.side == "buy":
+            return min(limit, bar.open) if bar.low <= limit else None
+        return max(limit, bar.open) if bar.high >= limit else None
+
+    def _execute(self, order: SimOrder, price: float, partial: PartialSource | None) -> None:
+        qty = order.remaining
+        if partial is not None and qty >= 2:
+            fraction = partial()
+            if fraction is not None:
+                qty = min(qty, max(1.0, math.floor(qty * fraction)))
+        held, avg = self._positions.get(order.symbol, (0.0, 0.0))
+        if order.side == "buy":
+            self._cash -= qty * price
+            new_held = held + qty
+            self._positions[order.symbol] = (new_held, (held * avg + qty * price) / new_held)
+        else:
+            self._cash += qty * price
+            new_held = held - qty
+            if abs(new_held) < _EPS:
+                del self._positions[order.symbol]
+            else:
+                self._positions[order.symbol] = (new_held, avg)
+        filled = order.filled_qty + qty
+        avg_fill = (order.filled_qty * (order.filled_avg_price or 0.0) + qty * price) / filled
+        done = order.qty - filled < _EPS
+        stamp = self._stamp()
+        order = self._update(
+            order,
+            filled_qty=filled,
+            filled_avg_price=avg_fill,
+            status="filled" if done else "partially_filled",
+            filled_at=stamp if done else None,
+            updated_at=stamp,
+        )
+        n = len(self._fills)
+        self._fills.append(
+            SimFill(
+                id=f"{stamp:%Y%m%d%H%M%S}{stamp.microsecond // 1000:03d}::"
+                f"{uuid.uuid5(_NS, f'fill-{n}')}",
+                order_id=order.id,
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+                side=order.side,
+                qty=qty,
+                price=price,
+                at=stamp,
+                cum_qty=filled,
+                leaves_qty=max(order.qty - filled, 0.0),
+                order_status=order.status,
+            )
+        )
