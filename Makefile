@@ -40,7 +40,7 @@ demo: install
 	$(BIN)/kronos run 20_walkforward -p spec=backtests/sp500_ewma_weekly.yaml --name demo-walkforward
 	@echo "== 4/5 nightly calibration of the N-BEATS forecasts (40_calibrate)"
 	$(BIN)/kronos run 40_calibrate -p model=nbeats --name demo-calibrate
-	@echo "== 5/5 paper-trading step against the simulated broker (30_paper_trading)"
+	@echo "== 5/5 paper-trading loop, 6 cycles on the simulated broker (30_paper_trading)"
 	$(BIN)/kronos run 30_paper_trading -p model=nbeats -p broker=sim --name demo-paper
 	$(BIN)/kronos runs list --max 5
 	@echo "Executed notebooks: experiments/runs/demo-*/   Backtest report: data/backtests/sp500_ewma_weekly/*/report.html"
