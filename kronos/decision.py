@@ -25,7 +25,7 @@ from kronos.config import (
 from kronos.data import readers
 from kronos.data.store import Store
 from kronos.execution.planner import Plan, orders_table_rows, plan_orders
-from kronos.portfolio import Account, Allocation, Reviewer, allocate
+from kronos.portfolio import Account, Allocation, Reviewer, allocate, check_unique
 from kronos.risk import Breaker, active_breakers, blocked_symbols, session_close
 from kronos.strategy import (
     RegimeKnobs,
@@ -133,6 +133,34 @@ def read_snapshot(
     )
 
 
+def _book(prices: pl.DataFrame, positions: pl.DataFrame) -> pl.DataFrame:
+    """Every priced name with its holding (0 when not held), and every held name.
+
+    Columns symbol, qty, price (null where unpriced), so buys can be sized.
+    """
+    price_of = prices["symbol"].to_list()
+    held = positions["symbol"].to_list()
+    qty = positions["qty"].cast(pl.Float64).fill_null(0.0).to_list()
+    check_unique(prices["symbol"], "positions")  # as a join would give the name twice
+    check_unique(positions["symbol"], "positions")
+    held_qty = dict(zip(held, qty, strict=True))
+    priced = set(price_of)
+    symbols = [*price_of, *(x for x in held if x not in priced)]
+    return pl.DataFrame(
+        {
+            "symbol": symbols,
+            "qty": [held_qty.get(x, 0.0) for x in symbols],
+            "price": pl.concat(
+                [
+                    prices["price"].cast(pl.Float64),
+                    pl.Series([None] * (len(symbols) - len(price_of)), dtype=pl.Float64()),
+                ]
+            ),
+        },
+        schema={"symbol": pl.String(), "qty": pl.Float64(), "price": pl.Float64()},
+    )
+
+
 def decide_from(
     snapshot: Snapshot,
     positions: pl.DataFrame,
@@ -155,25 +183,38 @@ def decide_from(
     recos = recommendations(
         scored, snapshot.asof, settings.strategy, run_id, data_settings=settings.data
     )
-    # every priced name with its holding (0 when not held), so buys can be sized
-    held = positions.select("symbol", pl.col("qty").cast(pl.Float64))
-    book = (
-        snapshot.prices.join(held, on="symbol", how="full", coalesce=True)
-        .with_columns(pl.col("qty").fill_null(0.0))
-        .select("symbol", "qty", "price")
-    )
+    book = _book(snapshot.prices, positions)
     # the ideas are the strategist's buy recommendations (top-K); the rest of
     # the universe glides to zero
-    ideas = set(recos.filter(pl.col("side") == "buy")["symbol"].to_list())
-    candidates = scored.select(
-        "symbol",
-        "sector",
-        "score",
-        (pl.col("eligible") & pl.col("symbol").is_in(list(ideas))).alias("eligible"),
-        pl.when(pl.col("eligible"))
-        .then(pl.lit(f"not among the top {settings.strategy.strat_reco_topk} recommendations"))
-        .otherwise(pl.col("excluded_reason"))
-        .alias("ineligible_reason"),
+    ideas = {
+        x
+        for x, side in zip(recos["symbol"].to_list(), recos["side"].to_list(), strict=True)
+        if side == "buy"
+    }
+    eligible = scored["eligible"].to_list()
+    left_out = f"not among the top {settings.strategy.strat_reco_topk} recommendations"
+    candidates = pl.DataFrame(
+        [
+            scored["symbol"],
+            scored["sector"],
+            scored["score"],
+            pl.Series(
+                "eligible",
+                [
+                    ok and x in ideas
+                    for ok, x in zip(eligible, scored["symbol"].to_list(), strict=True)
+                ],
+                dtype=pl.Boolean(),
+            ),
+            pl.Series(
+                "ineligible_reason",
+                [
+                    left_out if ok else why
+                    for ok, why in zip(eligible, scored["excluded_reason"].to_list(), strict=True)
+                ],
+                dtype=pl.String(),
+            ),
+        ]
     )
     allocation = allocate(candidates, book, account, sectors, blocked, settings.portfolio, reviewer)
     plan = plan_orders(
@@ -190,16 +231,19 @@ def decide_from(
         settings.portfolio,
         settings.policy,
     )
-    excluded = pl.concat(
-        [
-            scored.filter(~pl.col("eligible")).select(
-                "symbol",
-                pl.lit("strategist").alias("stage"),
-                pl.col("excluded_reason").alias("reason"),
-            ),
-            allocation.excluded.select("symbol", pl.lit("allocator").alias("stage"), "reason"),
-            plan.dropped.select("symbol", pl.lit("planner").alias("stage"), "reason"),
-        ]
+    out = ~scored["eligible"].to_numpy().astype(bool)
+    stages = (
+        ("strategist", scored["symbol"].filter(out), scored["excluded_reason"].filter(out)),
+        ("allocator", allocation.excluded["symbol"], allocation.excluded["reason"]),
+        ("planner", plan.dropped["symbol"], plan.dropped["reason"]),
+    )
+    excluded = pl.DataFrame(
+        {
+            "symbol": pl.concat([names for _, names, _ in stages]),
+            "stage": [stage for stage, names, _ in stages for _ in range(len(names))],
+            "reason": pl.concat([why.cast(pl.String) for _, _, why in stages]),
+        },
+        schema={"symbol": pl.String(), "stage": pl.String(), "reason": pl.String()},
     )
     return Decision(
         snapshot.asof, run_id, snapshot, blocked, knobs, scored, recos, allocation, plan, excluded

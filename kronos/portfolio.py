@@ -231,41 +231,88 @@ def softmax(score: np.ndarray, k: float) -> np.ndarray:
     return e / e.sum()
 
 
-def _universe(scores: pl.DataFrame, positions: pl.DataFrame, sectors: pl.DataFrame) -> pl.DataFrame:
-    """Scored and held names, one row each, sorted by symbol (one collect).
+def rows_of(keys: Sequence[str], symbols: Sequence[str]) -> np.ndarray:
+    """The row of each of ``keys`` in ``symbols`` (unique), -1 where absent."""
+    at = {x: k for k, x in enumerate(symbols)}
+    return np.fromiter((at.get(x, -1) for x in keys), np.int64, len(keys))
 
-    Columns: symbol, sector, score, eligible, utility, _why, _scored, qty, price.
-    """
+
+def take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` as floats, NaN where ``rows`` is -1."""
+    out = np.full(rows.size, np.nan)
+    hit = rows >= 0
+    out[hit] = values[rows[hit]]
+    return out
+
+
+def take_list(values: Sequence, rows: np.ndarray) -> list:
+    """``values[rows]`` as a list, None where ``rows`` is -1."""
+    return [values[r] if r >= 0 else None for r in rows.tolist()]
+
+
+def sorted_union(*symbols: Sequence[str]) -> list[str]:
+    """The distinct symbols of all ``symbols``, sorted (as polars sorts strings)."""
+    return sorted(set().union(*symbols))
+
+
+@dataclass(frozen=True)
+class _Universe:
+    """Scored and held names, one row each, sorted by symbol (NaN where unknown)."""
+
+    symbol: np.ndarray  # str objects
+    sector: list[str]  # the sectors frame's, else the scores', else NO_SECTOR
+    scored: np.ndarray
+    score: np.ndarray
+    eligible: np.ndarray  # False where not scored
+    utility: np.ndarray
+    why: list[str | None]  # ineligible_reason
+    qty: np.ndarray
+    price: np.ndarray
+
+
+def _universe(scores: pl.DataFrame, positions: pl.DataFrame, sectors: pl.DataFrame) -> _Universe:
+    """Scored names and held ones (qty > 0), aligned on their sorted symbols."""
     check_unique(scores["symbol"], "scores")
     check_unique(sectors["symbol"], "sectors")
     check_positions(positions)
-    cols = scores.columns
-    optional = {
-        name: (pl.col(name) if name in cols else pl.lit(None)).cast(dtype)
-        for name, dtype in (("utility", pl.Float64), ("ineligible_reason", pl.String))
-    }
-    sc = scores.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("sector").cast(pl.String).alias("_score_sector"),
-        pl.col("score").cast(pl.Float64),
-        pl.col("eligible").cast(pl.Boolean),
-        optional["utility"].alias("utility"),
-        optional["ineligible_reason"].alias("_why"),
-        _scored=pl.lit(True),
+    scored_names = scores["symbol"].cast(pl.String).to_list()
+    qty = positions["qty"].cast(pl.Float64).to_numpy()
+    held = qty > 0  # NaN (null) is not held
+    held_names = [x for x, h in zip(positions["symbol"].to_list(), held.tolist(), strict=True) if h]
+    symbol = sorted_union(scored_names, held_names)
+    at_score = rows_of(symbol, scored_names)
+    at_held = rows_of(symbol, held_names)
+
+    def scores_column(name: str, dtype: pl.DataType) -> pl.Series:
+        if name in scores.columns:
+            return scores[name].cast(dtype)
+        return pl.Series(name, [None] * scores.height, dtype=dtype)
+
+    sector_of = dict(
+        zip(
+            sectors["symbol"].cast(pl.String).to_list(),
+            sectors["sector"].cast(pl.String).to_list(),
+            strict=True,
+        )
     )
-    held = positions.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("qty").cast(pl.Float64),
-        pl.col("price").cast(pl.Float64),
-    )
-    held = held.filter(pl.Series(held["qty"].fill_null(0.0).to_numpy() > 0))
-    sec = sectors.select(pl.col("symbol").cast(pl.String), pl.col("sector").cast(pl.String))
-    # eager on purpose: for a few thousand rows the lazy optimiser costs more than it saves
-    return (
-        sc.join(held, on="symbol", how="full", coalesce=True)
-        .join(sec, on="symbol", how="left")
-        .with_columns(sector=pl.coalesce("sector", "_score_sector", pl.lit(NO_SECTOR)))
-        .sort("symbol")
+    score_sector = take_list(scores["sector"].cast(pl.String).to_list(), at_score)
+    sector = []
+    for x, fallback in zip(symbol, score_sector, strict=True):
+        known = sector_of.get(x)
+        sector.append(
+            known if known is not None else fallback if fallback is not None else NO_SECTOR
+        )
+    eligible = take_list(scores_column("eligible", pl.Boolean()).to_list(), at_score)
+    return _Universe(
+        symbol=np.array(symbol, dtype=object),
+        sector=sector,
+        scored=at_score >= 0,
+        score=take(scores["score"].cast(pl.Float64).to_numpy(), at_score),
+        eligible=np.array([e is True for e in eligible], dtype=bool),
+        utility=take(scores_column("utility", pl.Float64()).to_numpy(), at_score),
+        why=take_list(scores_column("ineligible_reason", pl.String()).to_list(), at_score),
+        qty=take(qty[held], at_held),
+        price=take(positions["price"].cast(pl.Float64).to_numpy()[held], at_held),
     )
 
 
@@ -314,15 +361,12 @@ def allocate(
     note = getattr(reviewer, "note", None) or f"reviewer {type(reviewer).__name__}"
     budget = max(0.0, s.pt_gross_max_pct - s.pt_cash_floor_pct)
     u = _universe(scores, positions, sectors)
-    n = u.height
-    sym = u["symbol"].to_numpy()
-    score = u["score"].to_numpy()
-    scored = u["_scored"].is_not_null().to_numpy()
-    eligible = u["eligible"].fill_null(False).to_numpy().astype(bool)
+    n = u.symbol.size
+    sym, score, scored, eligible = u.symbol, u.score, u.scored, u.eligible
     positive = np.nan_to_num(score) > 0
     idea = scored & eligible & positive
     is_blocked = positions_of(sym, blocked)
-    cur = np.nan_to_num(u["qty"].to_numpy()) * np.nan_to_num(u["price"].to_numpy()) / account.nav
+    cur = np.nan_to_num(u.qty) * np.nan_to_num(u.price) / account.nav
 
     ideas = sym[idea].tolist()
     verdict = reviewer.review(ideas) if ideas else {}
@@ -333,49 +377,41 @@ def allocate(
     if in_book.any():
         p[in_book] = softmax(score[in_book], s.pt_score_exp)
     name_cap = np.where(is_blocked, np.minimum(s.pt_max_pos_pct, cur), s.pt_max_pos_pct)
-    raw, bind = waterfill(p, name_cap, codes(u["sector"]), s.pt_sector_max_pct, budget)
+    sector = pl.Series("sector", u.sector, dtype=pl.String())
+    raw, bind = waterfill(p, name_cap, codes(sector), s.pt_sector_max_pct, budget)
 
     move = raw - cur
     gross_turn = float(np.abs(move).sum())
     scale = s.pt_turnover_cap_pct / gross_turn if gross_turn > s.pt_turnover_cap_pct else 1.0
     target = cur + scale * move if scale < 1.0 else raw
-    utility = u["utility"].to_numpy()
-    utility = np.where(np.isnan(utility), score, utility)
+    utility = np.where(np.isnan(u.utility), score, u.utility)
     cost = np.where(in_book & ~np.isnan(utility), utility, -np.inf)
     target, cut = _cash_floor(target, cur, cost, s)
 
     out_book = ~in_book | (is_blocked & (cur <= 0))
-    brk = np.full(n, None, dtype=object)
-    brk[is_blocked] = [blocked[x] for x in sym[is_blocked]]
-    frame = (
-        pl.DataFrame(
-            {
-                "symbol": u["symbol"],
-                "sector": u["sector"],
-                "target_weight": target,
-                "current_weight": cur,
-                "delta_weight": target - cur,
-                "utility": pl.Series(utility, nan_to_null=True),
-                "_why": u["_why"],
-                "_brk": pl.Series(brk.tolist(), dtype=pl.String),
-                "_scored": scored,
-                "_eligible": eligible,
-                "_positive": positive,
-                "_blocked": is_blocked,
-                "_denied": denied,
-                "_in_book": in_book,
-                "_name_cap": bind == 1,
-                "_sector_cap": bind == 2,
-                "_cut": cut > 0,
-            },
-        )
-        .lazy()
-        .with_columns(_out=_out_reason())
-        .with_columns(reason=_reason(pl.col("_out"), s.pt_block_if_llm_deny))
-        .collect()
+    brk = [
+        blocked[x] if b else None for x, b in zip(sym.tolist(), is_blocked.tolist(), strict=True)
+    ]
+    flags = (scored, eligible, positive, is_blocked, denied, in_book, bind == 1, bind == 2, cut > 0)
+    out_reason, reason = _reasons(flags, u.why, brk, u.sector, s.pt_block_if_llm_deny)
+    kept = np.flatnonzero(~out_book | (cur > 0))
+    targets = pl.DataFrame(
+        {
+            "symbol": sym[kept].tolist(),
+            "sector": [u.sector[i] for i in kept.tolist()],
+            "target_weight": target[kept],
+            "current_weight": cur[kept],
+            "delta_weight": (target - cur)[kept],
+            "reason": [reason[i] for i in kept.tolist()],
+            "utility": pl.Series(utility[kept], nan_to_null=True),
+        },
+        schema=TARGETS_SCHEMA,
     )
-    targets = frame[np.flatnonzero(~out_book | (cur > 0))].select(list(TARGETS_SCHEMA))
-    excluded = frame[np.flatnonzero(out_book)].select("symbol", reason="_out")
+    out = np.flatnonzero(out_book)
+    excluded = pl.DataFrame(
+        {"symbol": sym[out].tolist(), "reason": [out_reason[i] for i in out.tolist()]},
+        schema=EXCLUDED_SCHEMA,
+    )
     return Allocation(
         targets=targets,
         excluded=excluded,
@@ -387,39 +423,70 @@ def allocate(
     )
 
 
-def _out_reason() -> pl.Expr:
-    """Why a name is kept out of the book (every rule that applies, ``"; "``-joined)."""
-    scored = pl.col("_scored")
-    return pl.concat_str(
-        pl.when(~scored).then(pl.lit("not scored")),
-        pl.when(scored & ~pl.col("_eligible")).then(
-            pl.format("not eligible: {}", pl.col("_why").fill_null("filtered by strategist"))
-        ),
-        pl.when(scored & ~pl.col("_positive")).then(pl.lit("score <= 0")),
-        pl.when(pl.col("_blocked")).then(pl.format("breaker: {}", pl.col("_brk"))),
-        pl.when(pl.col("_denied")).then(pl.lit("denied by reviewer")),
-        separator="; ",
-        ignore_nulls=True,
-    )
+# the flags a row's reasons depend on, as bits (in the order _reasons takes them)
+_SCORED, _ELIGIBLE, _POSITIVE, _BLOCKED, _DENIED, _IN_BOOK, _NAME_CAP, _SECTOR_CAP, _CUT = (
+    1 << k for k in range(9)
+)
 
 
-def _reason(out_reason: pl.Expr, block_if_deny: bool) -> pl.Expr:
-    """The reason of a target row: its cap or breaker in the book, else ``out_reason``."""
-    book = (
-        pl.when(pl.col("_blocked"))
-        .then(pl.format("breaker: {} (no new buys)", pl.col("_brk")))
-        .when(pl.col("_name_cap"))
-        .then(pl.lit("name cap"))
-        .when(pl.col("_sector_cap"))
-        .then(pl.format("sector cap: {}", pl.col("sector")))
-        .otherwise(pl.lit("softmax"))
-    )
-    if not block_if_deny:
-        denied = pl.concat_str(book, pl.lit(" (denied by reviewer; PT_BLOCK_IF_LLM_DENY=false)"))
-        book = pl.when(pl.col("_denied")).then(denied).otherwise(book)
-    plain = pl.when(pl.col("_in_book")).then(book).otherwise(out_reason)
-    cut = pl.concat_str(pl.lit("cash floor trim; "), plain)
-    return pl.when(pl.col("_cut")).then(cut).otherwise(plain)
+def _explain(
+    bits: int, why: str | None, brk: str | None, sector: str | None, block_if_deny: bool
+) -> tuple[str, str | None]:
+    """(why a name is kept out of the book, the reason of its target row).
+
+    Out of the book: every rule that applies, ``"; "``-joined. A target row: its
+    cap or breaker in the book, else the first.
+    """
+    scored = bool(bits & _SCORED)
+    parts = []
+    if not scored:
+        parts.append("not scored")
+    if scored and not bits & _ELIGIBLE:
+        parts.append(f"not eligible: {why if why is not None else 'filtered by strategist'}")
+    if scored and not bits & _POSITIVE:
+        parts.append("score <= 0")
+    if bits & _BLOCKED and brk is not None:
+        parts.append(f"breaker: {brk}")
+    if bits & _DENIED:
+        parts.append("denied by reviewer")
+    out = "; ".join(parts)
+    if not bits & _IN_BOOK:
+        plain: str | None = out
+    elif bits & _BLOCKED:
+        plain = None if brk is None else f"breaker: {brk} (no new buys)"
+    elif bits & _NAME_CAP:
+        plain = "name cap"
+    elif bits & _SECTOR_CAP:
+        plain = None if sector is None else f"sector cap: {sector}"
+    else:
+        plain = "softmax"
+    if bits & _IN_BOOK and bits & _DENIED and not block_if_deny and plain is not None:
+        plain += " (denied by reviewer; PT_BLOCK_IF_LLM_DENY=false)"
+    if bits & _CUT and plain is not None:
+        plain = "cash floor trim; " + plain
+    return out, plain
+
+
+def _reasons(
+    flags: Sequence[np.ndarray],
+    why: Sequence[str | None],
+    brk: Sequence[str | None],
+    sector: Sequence[str | None],
+    block_if_deny: bool,
+) -> tuple[list[str], list[str | None]]:
+    """:func:`_explain` per row (each distinct row explained once)."""
+    bits = np.zeros(len(why), dtype=np.int64)
+    for k, flag in enumerate(flags):
+        bits |= flag.astype(np.int64) << k
+    seen: dict[tuple, tuple[str, str | None]] = {}
+    out, reason = [], []
+    for key in zip(bits.tolist(), why, brk, sector, strict=True):
+        hit = seen.get(key)
+        if hit is None:
+            hit = seen[key] = _explain(*key, block_if_deny)
+        out.append(hit[0])
+        reason.append(hit[1])
+    return out, reason
 
 
 def _cash_floor(

@@ -45,6 +45,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import polars as pl
 
 from kronos.config import DataSettings, RiskSettings
@@ -144,9 +145,10 @@ def session_close(day: date, data_settings: DataSettings | None = None) -> datet
 
 
 def _unique(frame: pl.DataFrame, keys: list[str], what: str) -> None:
-    dup = frame.filter(frame.select(keys).is_duplicated())
-    if dup.height:
-        raise ValueError(f"{what}: duplicate rows for {dup.select(keys).row(0)}")
+    rows = frame.select(keys)
+    duplicated = rows.is_duplicated()
+    if duplicated.any():
+        raise ValueError(f"{what}: duplicate rows for {rows.filter(duplicated).row(0)}")
 
 
 class FailSafeController:
@@ -180,10 +182,10 @@ class FailSafeController:
         sigma = (pl.col("p95") - pl.col("p05")) / (2 * Z90)
         return (
             real.join(fc, on=["symbol", "origin"], how="inner")
-            .with_columns(sigma=sigma)
-            .filter(pl.col("sigma") > 0)
+            .filter(sigma > 0)
             .with_columns(
-                z=(pl.col("y") - pl.col("p50")) / pl.col("sigma"),
+                sigma=sigma,
+                z=(pl.col("y") - pl.col("p50")) / sigma,
                 inside=(pl.col("y") >= pl.col("p05")) & (pl.col("y") <= pl.col("p95")),
             )
             .sort("symbol", "ts")
@@ -242,15 +244,27 @@ class FailSafeController:
         self, asof: date, scored: pl.DataFrame, today: pl.DataFrame, at: datetime
     ) -> list[Breaker]:
         window, floor = self.settings.failsafe_coverage_window, self.settings.failsafe_coverage_min
-        recent = (
-            scored.join(today.select("symbol"), on="symbol", how="semi")
-            .group_by("symbol")
-            .tail(window)
-            .group_by("symbol")
-            .agg(n=pl.len(), inside=pl.col("inside").sum(), first=pl.col("ts").min())
-            .filter(pl.col("n") == window, pl.col("inside") / window < floor)
-            .sort("symbol")
-        )
+        if scored.is_empty():
+            return []
+        recent = []
+        # scored is sorted by symbol, then ts: each symbol's rows are one run
+        symbol = scored["symbol"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, symbol[1:] != symbol[:-1]])
+        ends = [*starts[1:], symbol.size]
+        hit = scored["inside"]
+        hit = hit.fill_null(False) if hit.has_nulls() else hit
+        inside = np.concatenate([[0], np.cumsum(hit.to_numpy())])
+        judged = set(today["symbol"].to_list())
+        days = scored["ts"]
+        for lo, hi in zip(starts, ends, strict=True):
+            first = max(lo, hi - window)  # the last `window` scored sessions
+            if symbol[lo] not in judged or hi - first != window:
+                continue
+            n_in = int(inside[hi] - inside[first])
+            # the share as polars computed it (times the reciprocal), so a boundary
+            # case trips exactly as before
+            if n_in * (1.0 / window) < floor:
+                recent.append({"symbol": symbol[lo], "inside": n_in, "first": days[int(first)]})
         return [
             Breaker.new(
                 "symbol",
@@ -269,7 +283,7 @@ class FailSafeController:
                     "threshold": floor,
                 },
             )
-            for r in recent.iter_rows(named=True)
+            for r in recent
         ]
 
     def _many_at_once(
@@ -283,9 +297,10 @@ class FailSafeController:
         sec = sectors.select("symbol", "sector").filter(pl.col("sector").is_not_null())
         _unique(sec, ["symbol"], "sectors")
         by_sector = today.join(sec, on="symbol", how="inner")
-        for (name,), group in by_sector.sort("sector").group_by("sector", maintain_order=True):
-            k, n = int(group["breach"].sum()), group.height
+        counts = by_sector.group_by("sector").agg(n=pl.len(), k=pl.col("breach").sum())
+        for name, n, k in sorted(counts.iter_rows()):
             if n >= s.failsafe_min_sector_size and k / n >= s.failsafe_sector_breach_frac:
+                group = by_sector.filter(pl.col("sector") == name)
                 out.append(self._group("sector", name, asof, group, at))
         return out
 

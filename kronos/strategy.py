@@ -66,12 +66,13 @@ Rules
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import polars as pl
 
 from kronos.config import DataSettings, StrategySettings
@@ -123,16 +124,16 @@ REVISION_LOOKBACK_DAYS = 30
 REGIME_MOM_DAYS = 60
 CONTRIBUTIONS = (*(f"c_{k}" for k in BLEND), "c_forecast", "c_tilt")
 REFERENCE_READS = ("factors", "liquidity", "revisions", "estimates", "ratings", "social")
-_FACTOR_SCHEMA = {
-    "symbol": pl.String(),
-    **{c: pl.Float64() for c in ("z_roe", "z_roa", "z_gm", "z_dta", "z_rev")},
-    "sector": pl.String(),
-    "market_cap": pl.Float64(),
-}
 _REVISION_SCHEMA = {
     "symbol": pl.String(),
     "rev_eps_chg": pl.Float64(),
     "z_rev_eps": pl.Float64(),
+}
+_COMBINED_SCHEMA = {  # combine_revisions
+    "symbol": pl.String(),
+    "revisions": pl.Float64(),
+    "rev_eps_chg": pl.Float64(),
+    "rev_source": pl.String(),
 }
 
 INPUT_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType(
@@ -189,18 +190,19 @@ def _local_date(asof: readers.Asof, data_settings: DataSettings | None) -> date:
     return asof
 
 
-def _momentum(rets: pl.DataFrame, last: date, days: int, name: str) -> pl.DataFrame:
-    """Sum of each symbol's last ``days`` log returns inside ``2 days + 10`` calendar days."""
-    start = last - timedelta(days=2 * days + 10)
-    return (
-        rets.filter(pl.col("ts") >= start)
-        .group_by("symbol")
-        .agg(
-            pl.when(pl.col("log_ret").count() >= days)
-            .then(pl.col("log_ret").sort_by("ts").tail(days).sum())
-            .alias(name)
-        )
-    )
+def _momentum(rets: pl.DataFrame, last: date, horizons: Mapping[str, int]) -> pl.DataFrame:
+    """Per symbol, for each ``name -> days`` of ``horizons``, its momentum (one pass).
+
+    The sum of the symbol's last ``days`` log returns inside ``2 days + 10``
+    calendar days; null with fewer.
+    """
+    sums = []
+    for name, days in horizons.items():
+        recent = pl.col("ts") >= last - timedelta(days=2 * days + 10)
+        x = pl.col("log_ret").filter(recent)
+        latest = x.sort_by(pl.col("ts").filter(recent)).tail(days).sum()
+        sums.append(pl.when(x.count() >= days).then(latest).alias(name))
+    return rets.group_by("symbol").agg(sums)
 
 
 def local_revisions(now: pl.DataFrame, prev: pl.DataFrame, asof: date) -> pl.DataFrame:
@@ -272,15 +274,55 @@ def combine_revisions(view: pl.DataFrame, local: pl.DataFrame | None) -> pl.Data
 class Prefetched:
     """Reads a replay makes once, then slices point in time at each decision.
 
-    ``profiles``: every profile row of the universe (with ``available_at``);
-    ``returns``: ``symbol, ts, log_ret`` over the whole history, sorted by
-    ``ts`` (see :func:`prefetch`). Sliced, they
-    equal the per-decision reads, except that a return after a trading halt
-    longer than ``readers.RETURN_MARGIN_DAYS`` is present here and missing there.
+    ``profiles``: every profile row of the universe (with ``available_at``),
+    kept sorted by symbol, newest first; ``returns``: ``symbol, ts, log_ret``
+    over the whole history, kept sorted by ``ts`` (see :func:`prefetch`).
+    Sliced, they equal the per-decision reads, except that a return after a
+    trading halt longer than ``readers.RETURN_MARGIN_DAYS`` is present here and
+    missing there.
     """
 
     profiles: pl.DataFrame
     returns: pl.DataFrame
+    # the sort keys as arrays, so a decision slices without a polars sort or search
+    _profile_symbols: np.ndarray = field(init=False, repr=False, compare=False)
+    _profile_known: np.ndarray = field(init=False, repr=False, compare=False)
+    _return_days: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        profiles = self.profiles.sort("symbol", "available_at", descending=[False, True])
+        returns = self.returns.sort("ts", "symbol")
+        known = profiles["available_at"]
+        if known.dtype.time_zone is not None:  # type: ignore[union-attr]
+            known = known.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        object.__setattr__(self, "profiles", profiles)
+        object.__setattr__(self, "returns", returns)
+        object.__setattr__(self, "_profile_symbols", profiles["symbol"].to_numpy())
+        object.__setattr__(self, "_profile_known", known.cast(pl.Datetime("ns")).to_numpy())
+        object.__setattr__(self, "_return_days", returns["ts"].to_numpy())
+
+    def profiles_at(self, cutoff: datetime, symbols: Sequence[str] | None) -> pl.DataFrame:
+        """The newest profile row of each symbol (of ``symbols``) known at ``cutoff``."""
+        at = np.datetime64(cutoff.astimezone(UTC).replace(tzinfo=None), "ns")
+        known = self._profile_known <= at
+        if symbols is not None:
+            wanted = set(symbols)
+            known &= np.fromiter(
+                (s in wanted for s in self._profile_symbols), bool, len(self._profile_symbols)
+            )
+        rows = np.flatnonzero(known)
+        names = self._profile_symbols[rows]
+        newest = np.ones(rows.size, dtype=bool)  # the first known row of each symbol
+        newest[1:] = names[1:] != names[:-1]
+        keep = np.zeros(known.size, dtype=bool)
+        keep[rows[newest]] = True
+        return self.profiles.filter(pl.Series(keep, dtype=pl.Boolean))
+
+    def returns_between(self, first: date, last: date) -> pl.DataFrame:
+        """Returns of sessions ``first..last`` (every symbol)."""
+        lo = np.searchsorted(self._return_days, np.datetime64(first), side="left")
+        hi = np.searchsorted(self._return_days, np.datetime64(last), side="right")
+        return self.returns.slice(int(lo), int(hi - lo))
 
 
 def prefetch(
@@ -289,21 +331,28 @@ def prefetch(
     """The profile and return history of ``symbols`` known at ``end``."""
     return Prefetched(
         readers.profile_history(store, end, symbols, data_settings),
-        readers.returns(store, end, symbols, settings=data_settings)
-        .select("symbol", "ts", "log_ret")
-        .sort("ts", "symbol"),
+        readers.returns(store, end, symbols, settings=data_settings).select(
+            "symbol", "ts", "log_ret"
+        ),
     )
 
 
-def _profiles_at(pre: Prefetched, pit: PointInTime, symbols: Sequence[str] | None) -> pl.DataFrame:
-    rows = pre.profiles.filter(pl.col("available_at") <= pit.cutoff)
-    if symbols is not None:
-        rows = rows.filter(pl.col("symbol").is_in(list(symbols)))
-    return (
-        rows.sort("symbol", "available_at", descending=[False, True])
-        .unique("symbol", keep="first", maintain_order=True)
-        .sort("symbol")
-    )
+def _attach(
+    out: pl.DataFrame, parts: Sequence[pl.DataFrame | Mapping[str, pl.DataType]]
+) -> pl.DataFrame:
+    """``out`` left-joined on symbol with each of ``parts``.
+
+    A part without rows, or given as a schema (a skipped read), only adds its
+    columns, null: a join costs far more than that on a small frame.
+    """
+    nulls = []
+    for part in parts:
+        if isinstance(part, pl.DataFrame) and part.height:
+            out = out.join(part, on="symbol", how="left")
+        else:
+            schema = part.schema if isinstance(part, pl.DataFrame) else part
+            nulls += [pl.lit(None, t).alias(c) for c, t in schema.items() if c != "symbol"]
+    return out.with_columns(nulls) if nulls else out
 
 
 def strategist_inputs(
@@ -332,7 +381,7 @@ def strategist_inputs(
     prof = (
         readers.profiles(store, asof, symbols, data_settings)
         if prefetched is None
-        else _profiles_at(prefetched, pit, symbols)
+        else prefetched.profiles_at(pit.cutoff, symbols)
     )
     if symbols is None:
         names = prof.filter(pl.col("asset_type") == "equity")["symbol"].to_list()
@@ -350,61 +399,43 @@ def strategist_inputs(
     if prefetched is None:
         rets = readers.returns(store, asof, names, start=first_day, settings=data_settings)
     else:
-        # the history is sorted by date: slice the window, then pick the names
-        ts = prefetched.returns["ts"]
-        lo = ts.search_sorted(first_day, side="left")
-        hi = ts.search_sorted(pit.bar_date, side="right")
-        rets = prefetched.returns.slice(lo, hi - lo).filter(pl.col("symbol").is_in(names))
-    rets = rets.select("symbol", "ts", "log_ret")
-    for name, days in horizons.items():
-        out = out.join(_momentum(rets, pit.bar_date, days, name), on="symbol", how="left")
+        # every symbol's window: the left join below keeps the names asked for
+        rets = prefetched.returns_between(first_day, pit.bar_date)
+    momentum = _momentum(rets.select("symbol", "ts", "log_ret"), pit.bar_date, horizons)
 
-    fac = (
-        pl.DataFrame(schema=_FACTOR_SCHEMA)
-        if "factors" in skip
-        else readers.factors(store, asof, names, data_settings)
-    )
-    liq = (
-        pl.DataFrame(schema={"symbol": pl.String(), "avg_dollar_vol_60d": pl.Float64()})
-        if "liquidity" in skip
-        else readers.liquidity(store, asof, names, data_settings)
-    )
-    out = (
-        out.join(
-            prof.select("symbol", p_sector="sector", p_cap="market_cap"), on="symbol", how="left"
+    # a skipped read is its schema: its columns stay null
+    fac: pl.DataFrame | Mapping[str, pl.DataType] = {
+        **{c: pl.Float64() for c in QUALITY_SIGNS},
+        "f_sector": pl.String(),
+        "f_cap": pl.Float64(),
+    }
+    if "factors" not in skip:
+        fac = readers.factors(store, asof, names, data_settings).select(
+            "symbol", *QUALITY_SIGNS, f_sector="sector", f_cap="market_cap"
         )
-        .join(
-            fac.select(
-                "symbol",
-                "z_roe",
-                "z_roa",
-                "z_gm",
-                "z_dta",
-                "z_rev",
-                f_sector="sector",
-                f_cap="market_cap",
-            ),
-            on="symbol",
-            how="left",
+    liq: pl.DataFrame | Mapping[str, pl.DataType] = {"avg_dollar_vol_60d": pl.Float64()}
+    if "liquidity" not in skip:
+        liq = readers.liquidity(store, asof, names, data_settings).select(
+            "symbol", "avg_dollar_vol_60d"
         )
-        .join(liq.select("symbol", "avg_dollar_vol_60d"), on="symbol", how="left")
-        .with_columns(
-            sector=pl.coalesce(
-                "p_sector", pl.when(pl.col("f_sector") != "Unknown").then("f_sector")
-            ),
-            market_cap=pl.coalesce("f_cap", "p_cap"),
-        )
+    profile = prof.select("symbol", p_sector="sector", p_cap="market_cap")
+    out = _attach(out, [momentum, profile, fac, liq]).with_columns(
+        sector=pl.coalesce("p_sector", pl.when(pl.col("f_sector") != "Unknown").then("f_sector")),
+        market_cap=pl.coalesce("f_cap", "p_cap"),
     )
 
-    view = (
-        pl.DataFrame(schema=_REVISION_SCHEMA)
-        if "revisions" in skip
-        else readers.revisions(
+    revisions: pl.DataFrame | Mapping[str, pl.DataType] = _COMBINED_SCHEMA
+    view = None
+    if "revisions" not in skip:
+        view = readers.revisions(
             store, asof, None, lookback_days=REVISION_LOOKBACK_DAYS, settings=data_settings
         )
-    )
     local = None
-    covered = set(view.filter(pl.col("z_rev_eps").is_not_null())["symbol"].to_list())
+    covered = (
+        set()
+        if view is None
+        else set(view.filter(pl.col("z_rev_eps").is_not_null())["symbol"].to_list())
+    )
     # only when some name lacks the view's revisions is the fallback needed
     if "estimates" not in skip and not set(names) <= covered:
         local = local_revisions(
@@ -414,15 +445,17 @@ def strategist_inputs(
             ),
             _local_date(asof, data_settings),
         )
-    out = out.join(combine_revisions(view, local), on="symbol", how="left")
+    if view is not None or local is not None:
+        view = view if view is not None else pl.DataFrame(schema=_REVISION_SCHEMA)
+        revisions = combine_revisions(view, local)
 
-    rat = pl.DataFrame(schema={"symbol": pl.String(), "rating": pl.Float64()})
+    rat: pl.DataFrame | Mapping[str, pl.DataType] = {"rating": pl.Float64()}
     if "ratings" not in skip:
         rat = readers.ratings(store, asof, names, data_settings).select(
             "symbol", rating=(pl.col("rating_score") - 3.0) / 2.0
         )
     since = pit.cutoff - timedelta(days=settings.strat_sentiment_days)
-    soc = pl.DataFrame(schema={"symbol": pl.String(), "sentiment": pl.Float64()})
+    soc: pl.DataFrame | Mapping[str, pl.DataType] = {"sentiment": pl.Float64()}
     if "social" not in skip:
         soc = (
             readers.social(store, asof, names, start=since.date(), settings=data_settings)
@@ -430,7 +463,7 @@ def strategist_inputs(
             .group_by("symbol")
             .agg(sentiment=pl.col("senti_mean").mean())
         )
-    out = out.join(rat, on="symbol", how="left").join(soc, on="symbol", how="left")
+    out = _attach(out, [revisions, rat, soc])
     return out.select(pl.col(c).cast(t) for c, t in INPUT_SCHEMA.items()).sort("symbol")
 
 
@@ -442,16 +475,26 @@ def _finite(x: pl.Expr) -> pl.Expr:
     return pl.when(x.is_finite()).then(x)
 
 
-def _zscore(col: str) -> pl.Expr:
-    """Cross-sectional z-score (sample sd) clipped to +/-3; nulls and no spread give 0."""
-    x = pl.col(col)
-    sd = x.std()
-    return (
-        pl.when(sd > 0)
-        .then(((x - x.mean()) / sd).clip(-Z_CLIP, Z_CLIP))
-        .otherwise(0.0)
-        .fill_null(0.0)
-    )
+def _zscore(x: pl.Series) -> np.ndarray:
+    """Cross-sectional z-score (sample sd) clipped to +/-3; nulls and no spread give 0.
+
+    Computed as ``(x - mean) * (1 / sd)``: polars divides a column by a scalar
+    that way, and the scores stay bit-identical to those it gave.
+    """
+    sd, mean = x.std(), x.mean()
+    if not (isinstance(sd, float) and isinstance(mean, float) and sd > 0):
+        return np.zeros(len(x))
+    values = x.to_numpy()
+    z = np.clip((values - mean) * (1.0 / sd), -Z_CLIP, Z_CLIP)
+    return np.where(np.isnan(values), 0.0, z)
+
+
+def _flags(unset: np.ndarray, names: Sequence[str]) -> pl.Series:
+    """Per row of ``unset`` (rows x names), the comma-separated names whose flag is set."""
+    bits = unset.astype(np.int64) @ (1 << np.arange(len(names), dtype=np.int64))
+    patterns, row_pattern = np.unique(bits, return_inverse=True)
+    text = [",".join(n for k, n in enumerate(names) if p >> k & 1) for p in patterns.tolist()]
+    return pl.Series([text[k] for k in row_pattern.tolist()], dtype=pl.String())
 
 
 def standardize(inputs: pl.DataFrame) -> pl.DataFrame:
@@ -461,34 +504,47 @@ def standardize(inputs: pl.DataFrame) -> pl.DataFrame:
     raw input was null or non-finite; their ``z_`` is 0.
     """
     raw = [*(c for c in _RAW.values() if c != "quality_raw"), *QUALITY_SIGNS]
-    frame = inputs.with_columns(_finite(pl.col(c).cast(pl.Float64)) for c in raw)
-    frame = frame.with_columns(
-        quality_raw=pl.mean_horizontal(sign * pl.col(c) for c, sign in QUALITY_SIGNS.items())
+    finite = {c: _finite(pl.col(c).cast(pl.Float64)) for c in raw}
+    frame = inputs.with_columns(
+        *(x.alias(c) for c, x in finite.items()),
+        quality_raw=pl.mean_horizontal(sign * finite[c] for c, sign in QUALITY_SIGNS.items()),
     )
-    flags = [pl.when(pl.col(_RAW[k]).is_null()).then(pl.lit(k)) for k in BLEND]
+    # every raw input is null or finite now: NaN in its array marks a null
+    unset = np.column_stack([np.isnan(frame[_RAW[k]].to_numpy()) for k in BLEND])
     return frame.with_columns(
-        *(_zscore(_RAW[k]).alias(f"z_{k}") for k in BLEND),
-        missing=pl.concat_str(flags, separator=",", ignore_nulls=True),
+        *(pl.Series(f"z_{k}", _zscore(frame[_RAW[k]])) for k in BLEND),
+        missing=_flags(unset, list(BLEND)),
     )
 
 
-def _forecast_z(forecasts: pl.DataFrame | None) -> pl.DataFrame:
-    """Per symbol ``p50 / ((p95 - p05) / 3.29)`` from step-1 forecasts (null where width <= 0)."""
-    schema = {"symbol": pl.String(), "forecast_z": pl.Float64()}
-    if forecasts is None:
-        return pl.DataFrame(schema=schema)
+def _forecast_z(forecasts: pl.DataFrame | None, symbols: pl.Series) -> pl.Series:
+    """Per symbol of ``symbols``, ``p50 / ((p95 - p05) / 3.29)`` from step-1 forecasts.
+
+    Null without a forecast, or where the width is <= 0.
+    """
+    if forecasts is None or forecasts.is_empty():
+        return pl.Series("forecast_z", [None] * len(symbols), dtype=pl.Float64())
     if "step" in forecasts.columns:
         forecasts = forecasts.filter(pl.col("step") == 1)
-    if forecasts["symbol"].is_duplicated().any():
+    if forecasts["symbol"].n_unique() != forecasts.height:
         dup = sorted(set(forecasts.filter(pl.col("symbol").is_duplicated())["symbol"].to_list()))
         raise ValueError(f"one step-1 forecast per symbol expected; duplicated: {dup[:5]}")
     width = pl.col("p95") - pl.col("p05")
-    z = pl.when(width > 0).then(pl.col("p50") / (width / SIGMA_SPAN))
-    return forecasts.select("symbol", forecast_z=_finite(z)).cast(schema)
+    z = _finite(pl.when(width > 0).then(pl.col("p50") / (width / SIGMA_SPAN)))
+    by_symbol = dict(
+        zip(
+            forecasts["symbol"].to_list(),
+            forecasts.select(z.cast(pl.Float64)).to_series().to_list(),
+            strict=True,
+        )
+    )
+    return pl.Series(
+        "forecast_z", [by_symbol.get(x) for x in symbols.to_list()], dtype=pl.Float64()
+    )
 
 
-def _exclusions(settings: StrategySettings, blocked: Mapping[str, str] | None) -> list[pl.Expr]:
-    """One string-or-null expression per universe rule."""
+def _exclusions(settings: StrategySettings) -> list[pl.Expr]:
+    """One string-or-null expression per universe rule on the inputs (breakers aside)."""
     cap, adv = pl.col("market_cap"), pl.col("avg_dollar_vol_60d")
     min_cap, min_adv = settings.strat_min_market_cap, settings.strat_min_dollar_vol
     # a filter set to 0 is off: a price-only source (no volume, no market cap)
@@ -517,15 +573,6 @@ def _exclusions(settings: StrategySettings, blocked: Mapping[str, str] | None) -
                 .when(x <= 0)
                 .then(pl.format(f"turnaround: {col} {{}} <= 0", x))
             )
-    if blocked:
-        rules.append(
-            pl.format(
-                "breaker: {}",
-                pl.col("symbol").replace_strict(
-                    dict(blocked), default=None, return_dtype=pl.String
-                ),
-            )
-        )
     return rules
 
 
@@ -545,33 +592,44 @@ def score(
     ``step`` column is filtered to 1). ``blocked``: symbol -> breaker reason (as
     from :func:`kronos.risk.blocked_symbols`), excluded.
     """
-    if features["symbol"].is_duplicated().any():
+    symbols = features["symbol"]
+    if symbols.n_unique() != features.height:
         raise ValueError("features hold a symbol more than once")
-    tilted = sorted(TILTED_DOWN[knobs.risk_regime])
-    frame = features.join(_forecast_z(forecasts), on="symbol", how="left")
-    fz = pl.col("forecast_z").clip(-Z_CLIP, Z_CLIP).fill_null(0.0)
+    tilted = TILTED_DOWN[knobs.risk_regime]
+    forecast_z = _forecast_z(forecasts, symbols)
+    fz = pl.lit(forecast_z).clip(-Z_CLIP, Z_CLIP).fill_null(0.0)
+    in_tilt = pl.Series([x in tilted for x in features["sector"].to_list()], dtype=pl.Boolean())
     use_forecast = settings.strat_forecast_in_score
-    frame = frame.with_columns(
+    frame = features.with_columns(
+        forecast_z,
         *((pl.lit(w, pl.Float64) * pl.col(f"z_{k}")).alias(f"c_{k}") for k, w in BLEND.items()),
         c_forecast=(settings.strat_forecast_weight * fz) if use_forecast else pl.lit(0.0),
-        c_tilt=pl.when(pl.col("sector").is_in(tilted))
-        .then(pl.lit(-settings.strat_tilt))
-        .otherwise(pl.lit(0.0)),
+        c_tilt=pl.when(pl.lit(in_tilt)).then(pl.lit(-settings.strat_tilt)).otherwise(pl.lit(0.0)),
     )
-    rules = _exclusions(settings, blocked)
-    reason = (
-        pl.concat_str(rules, separator="; ", ignore_nulls=True)
-        if rules
-        else pl.lit(None, pl.String)
-    )
-    return (
-        frame.with_columns(score=pl.sum_horizontal(CONTRIBUTIONS), excluded_reason=reason)
-        .with_columns(
-            excluded_reason=pl.when(pl.col("excluded_reason") != "").then("excluded_reason")
+    # the rules on numbers format them in polars; a breaker's reason is plain text
+    rules = _exclusions(settings)
+    breaker = None
+    if blocked:
+        breaker = pl.Series(
+            [f"breaker: {blocked[x]}" if x in blocked else None for x in symbols.to_list()],
+            dtype=pl.String(),
         )
-        .with_columns(eligible=pl.col("excluded_reason").is_null())
-        .sort(["score", "symbol"], descending=[True, False], nulls_last=True)
-    )
+    if rules:
+        joined = pl.concat_str(
+            [*rules, *([pl.lit(breaker)] if breaker is not None else [])],
+            separator="; ",
+            ignore_nulls=True,
+        )
+        reason = pl.when(joined != "").then(joined)
+    elif breaker is not None:
+        reason = pl.lit(breaker)
+    else:
+        reason = pl.lit(None, pl.String)
+    return frame.with_columns(
+        score=pl.sum_horizontal(CONTRIBUTIONS),
+        excluded_reason=reason,
+        eligible=reason.is_null(),
+    ).sort(["score", "symbol"], descending=[True, False], nulls_last=True)
 
 
 def _stamp(asof: readers.Asof, data_settings: DataSettings | None) -> datetime:
@@ -637,13 +695,19 @@ def regime(inputs: pl.DataFrame, settings: StrategySettings) -> RegimeKnobs:
     missing market cap included. Without any ``z_rev`` (a price-only universe)
     breadth alone decides; without breadth the regime is off.
     """
-    cap = pl.col("market_cap")
     min_cap = settings.strat_min_market_cap
-    large = inputs.filter((cap >= min_cap) | (cap.is_null() & pl.lit(min_cap <= 0)))
-    mom = large["mom_60"].drop_nulls().drop_nans()
-    zrev = large["z_rev"].drop_nulls().drop_nans()
-    breadth = float((mom > 0).mean()) if mom.len() else None
-    median = float(zrev.median()) if zrev.len() else None
+    cap_col = inputs["market_cap"].cast(pl.Float64)
+    cap = cap_col.to_numpy()  # NaN where null
+    # as polars compares, NaN is above every number: a NaN cap counts as large
+    large = (cap >= min_cap) | np.isnan(cap)
+    if min_cap > 0 and cap_col.has_nulls():
+        large &= ~cap_col.is_null().to_numpy()
+    mom = inputs["mom_60"].cast(pl.Float64).to_numpy()[large]
+    mom = mom[~np.isnan(mom)]
+    zrev = inputs["z_rev"].cast(pl.Float64).to_numpy()[large]
+    zrev = zrev[~np.isnan(zrev)]
+    breadth = float(np.count_nonzero(mom > 0) / len(mom)) if len(mom) else None
+    median = float(pl.Series(zrev).median()) if len(zrev) else None
     on = (
         breadth is not None
         and breadth >= settings.strat_breadth_on
@@ -653,8 +717,8 @@ def regime(inputs: pl.DataFrame, settings: StrategySettings) -> RegimeKnobs:
     m = "unknown" if median is None else f"{median:+.3f}"
     reason = (
         f"risk-{'on' if on else 'off'}: breadth {b} (on at >= {settings.strat_breadth_on:g}, "
-        f"{mom.len()} large caps with mom_60), median z_rev {m} (on at >= 0, "
-        f"{zrev.len()} large caps)"
+        f"{len(mom)} large caps with mom_60), median z_rev {m} (on at >= 0, "
+        f"{len(zrev)} large caps)"
     )
     return RegimeKnobs(
         risk_regime="on" if on else "off",

@@ -18,7 +18,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from kronos.backtest.engine import rebalance_days
+from kronos.backtest.engine import _orders_frame, rebalance_days
 from kronos.backtest.run import run_backtest
 from kronos.backtest.spec import parse_spec
 from kronos.data import loaders
@@ -299,3 +299,13 @@ def test_fail_safe_replay_trips_what_the_controller_trips_on_full_windows():
     scopes = {b.scope for b in got}
     assert {"global", "sector", "symbol"} <= scopes
     assert any("coverage drift" in b.reason for b in got)
+
+
+def test_order_records_keep_a_late_limit_price():
+    """More than a hundred market orders before the first limit (the synthetic bench's
+    10-year run): the limit price column is typed, not inferred from the first rows."""
+    market = [(date(2020, 1, 2), "A", "buy", 1.0, None, f"m{k}", 1.0, None) for k in range(150)]
+    late = (date(2020, 1, 3), "B", "sell", -2.0, 169.78, "l", 0.0, "limit not reached")
+    orders = _orders_frame([*market, late])
+    assert orders["limit_price"].to_list()[-2:] == [None, 169.78]
+    assert orders.row(-1, named=True)["status"] == "unfilled"

@@ -21,6 +21,7 @@ from kronos.portfolio import (
     NO_SECTOR,
     Account,
     AllowAll,
+    _reasons,
     allocate,
     softmax,
     waterfill,
@@ -528,3 +529,68 @@ def test_allocation_invariants(case: tuple) -> None:
         assert all(part.startswith(rules) for part in why.split("; ")), why
     ineligible = set(scores.filter(~pl.col("eligible") | (pl.col("score") <= 0))["symbol"])
     assert ineligible <= out
+
+
+def _polars_reasons(
+    flags: Sequence[np.ndarray],
+    why: list[str | None],
+    brk: list[str | None],
+    sector: list[str | None],
+    block_if_deny: bool,
+) -> tuple[list[str], list[str | None]]:
+    """The reasons as the allocator formatted them with polars expressions before
+    (kronos e2d8ff5, ``_out_reason`` and ``_reason``): the reference."""
+    names = ["scored", "eligible", "positive", "blocked", "denied", "in_book", "nc", "sc", "cut"]
+    frame = pl.DataFrame(
+        {
+            **dict(zip(names, flags, strict=True)),
+            "why": pl.Series(why, dtype=pl.String),
+            "brk": pl.Series(brk, dtype=pl.String),
+            "sector": pl.Series(sector, dtype=pl.String),
+        }
+    )
+    c = pl.col
+    out = pl.concat_str(
+        pl.when(~c("scored")).then(pl.lit("not scored")),
+        pl.when(c("scored") & ~c("eligible")).then(
+            pl.format("not eligible: {}", c("why").fill_null("filtered by strategist"))
+        ),
+        pl.when(c("scored") & ~c("positive")).then(pl.lit("score <= 0")),
+        pl.when(c("blocked")).then(pl.format("breaker: {}", c("brk"))),
+        pl.when(c("denied")).then(pl.lit("denied by reviewer")),
+        separator="; ",
+        ignore_nulls=True,
+    )
+    book = (
+        pl.when(c("blocked"))
+        .then(pl.format("breaker: {} (no new buys)", c("brk")))
+        .when(c("nc"))
+        .then(pl.lit("name cap"))
+        .when(c("sc"))
+        .then(pl.format("sector cap: {}", c("sector")))
+        .otherwise(pl.lit("softmax"))
+    )
+    if not block_if_deny:
+        denied = pl.concat_str(book, pl.lit(" (denied by reviewer; PT_BLOCK_IF_LLM_DENY=false)"))
+        book = pl.when(c("denied")).then(denied).otherwise(book)
+    plain = pl.when(c("in_book")).then(book).otherwise(out)
+    reason = pl.when(c("cut")).then(pl.concat_str(pl.lit("cash floor trim; "), plain))
+    got = frame.select(out=out, reason=reason.otherwise(plain))
+    return got["out"].to_list(), got["reason"].to_list()
+
+
+@pytest.mark.parametrize("block_if_deny", [True, False])
+def test_reasons_match_the_polars_formatting(block_if_deny):
+    """Every combination of the nine flags, with and without a strategist reason, a
+    breaker reason and a sector, is explained as the polars expressions did."""
+    combos = [
+        (bits, why, brk, sector)
+        for bits in range(1 << 9)
+        for why in (None, "market_cap missing")
+        for brk in (None, "residual z=+4.2")
+        for sector in (None, "Energy")
+    ]
+    flags = [np.array([bits >> k & 1 for bits, *_ in combos], dtype=bool) for k in range(9)]
+    why, brk, sector = ([row[k] for row in combos] for k in (1, 2, 3))
+    expected = _polars_reasons(flags, why, brk, sector, block_if_deny)
+    assert _reasons(flags, why, brk, sector, block_if_deny) == expected

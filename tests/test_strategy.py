@@ -320,6 +320,36 @@ def test_standardize_clips_at_three():
     assert all(math.isclose(v, -0.05 / math.sqrt(0.05), rel_tol=RTOL) for v in z[1:])
 
 
+@hsettings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.floats(-1e6, 1e6, allow_nan=False),
+            st.sampled_from([0.0, -0.0, 1.0, 1e-300]),
+        ),
+        max_size=300,
+    )
+)
+def test_zscore_is_the_polars_expression_bit_for_bit(values):
+    """The numpy z-score equals ``((x - mean) / sd).clip(-3, 3)`` evaluated by polars, with
+    nulls and no spread 0 (the expression this module used before), to the last bit."""
+    x = pl.Series("x", values, dtype=pl.Float64)
+    col = pl.col("x")
+    expected = (
+        pl.DataFrame({"x": x})
+        .select(
+            pl.when(col.std() > 0)
+            .then(((col - col.mean()) / col.std()).clip(-3.0, 3.0))
+            .otherwise(0.0)
+            .fill_null(0.0)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    assert S._zscore(x).tobytes() == expected.tobytes()
+
+
 # ---------------------------------------------------------------- regime
 
 

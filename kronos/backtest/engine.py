@@ -112,34 +112,47 @@ def _snapshot(
         skip=[a for a in market.absent if a in REFERENCE_READS],
         prefetched=market.prefetched,
     )
+    has = ~np.isnan(forecasts.p50[i])
     fc = pl.DataFrame(
         {
-            "symbol": market.symbols,
-            "p05": forecasts.p05[i],
-            "p50": forecasts.p50[i],
-            "p95": forecasts.p95[i],
-        }
-    ).filter(pl.col("p50").is_not_nan())
+            "symbol": _pick(market.symbols, has),
+            "p05": forecasts.p05[i][has],
+            "p50": forecasts.p50[i][has],
+            "p95": forecasts.p95[i][has],
+        },
+        schema={"symbol": pl.String, "p05": pl.Float64, "p50": pl.Float64, "p95": pl.Float64},
+    )
     # the last close known (as read_snapshot's), so a held name missing a bar keeps its value
-    prices = pl.DataFrame({"symbol": market.symbols, "price": market.mark[i]}).filter(
-        pl.col("price").is_not_nan() & (pl.col("price") > 0)
+    mark = market.mark[i]
+    priced = ~np.isnan(mark) & (mark > 0)
+    prices = pl.DataFrame(
+        {"symbol": _pick(market.symbols, priced), "price": mark[priced]},
+        schema={"symbol": pl.String, "price": pl.Float64},
     )
     return Snapshot(day, inputs, fc, True, breakers, prices, dict(last_trade))
 
 
+def _pick(symbols: list[str], mask: np.ndarray) -> list[str]:
+    """The symbols where ``mask`` holds."""
+    return [s for s, keep in zip(symbols, mask.tolist(), strict=True) if keep]
+
+
 def _factor_rows(decision: Decision) -> pl.DataFrame:
+    """``ts, factor, contribution``: each factor's share of the target book.
+
+    ``sum(target_weight x c_<factor>)`` over the scored targets.
+    """
     targets = decision.allocation.targets.select("symbol", "target_weight")
-    joined = targets.join(decision.scored.select("symbol", *CONTRIBUTIONS), on="symbol")
-    return (
-        joined.select(
-            *(
-                (pl.col("target_weight") * pl.col(c)).sum().alias(c.removeprefix("c_"))
-                for c in CONTRIBUTIONS
-            )
-        )
-        .unpivot(variable_name="factor", value_name="contribution")
-        .with_columns(ts=pl.lit(decision.asof, pl.Date))
-        .select("ts", "factor", "contribution")
+    rows = targets.join(decision.scored.select("symbol", *CONTRIBUTIONS), on="symbol").select(
+        (pl.col("target_weight") * pl.col(c)).sum().alias(c) for c in CONTRIBUTIONS
+    )
+    return pl.DataFrame(
+        {
+            "ts": [decision.asof] * len(CONTRIBUTIONS),
+            "factor": [c.removeprefix("c_") for c in CONTRIBUTIONS],
+            "contribution": rows.row(0),
+        },
+        schema={"ts": pl.Date, "factor": pl.String, "contribution": pl.Float64},
     )
 
 
@@ -249,9 +262,11 @@ def trade(
             live.append(upcoming.pop())
         live = [b for b in live if b.is_active(now)]
         snap = _snapshot(store, market, i, forecasts, live, last_trade, settings, now)
+        owned = qty[k] != 0
         held = pl.DataFrame(
-            {"symbol": symbols, "qty": qty[k]}, schema={"symbol": pl.String, "qty": pl.Float64}
-        ).filter(pl.col("qty") != 0)
+            {"symbol": _pick(symbols, owned), "qty": qty[k][owned]},
+            schema={"symbol": pl.String, "qty": pl.Float64},
+        )
         decision = decide_from(
             snap,
             held,
@@ -318,18 +333,12 @@ def _orders_frame(records: list[tuple]) -> pl.DataFrame:
     """Order records ``(asof, symbol, side, signed qty, limit, id, filled, reason)``."""
     if not records:
         return pl.DataFrame(schema=ORDERS_SCHEMA)
+    # typed up front: inferred from the first rows, a limit price column of
+    # market orders only would be null-typed and refuse a later limit
+    columns = ("asof", "symbol", "side", "qty", "limit_price", "client_order_id", "filled_qty")
     frame = pl.DataFrame(
         records,
-        schema=[
-            "asof",
-            "symbol",
-            "side",
-            "qty",
-            "limit_price",
-            "client_order_id",
-            "filled_qty",
-            "reason",
-        ],
+        schema={**{c: ORDERS_SCHEMA[c] for c in columns}, "reason": pl.String},
         orient="row",
     )
     wanted = pl.col("qty").abs()

@@ -125,6 +125,9 @@ def wide(
         return out
     ts_idx = {d: i for i, d in enumerate(sessions)}
     sym_idx = {s: j for j, s in enumerate(symbols)}
+    # one chunk: ``replace_strict`` rebuilds its mapping per chunk, and a concat of
+    # per-origin forecasts has thousands of them
+    frame = frame.select("ts", "symbol", column).rechunk()
     rows = frame.select(
         pl.col("ts").replace_strict(ts_idx, return_dtype=pl.Int64, default=None).alias("i"),
         pl.col("symbol").replace_strict(sym_idx, return_dtype=pl.Int64, default=None).alias("j"),

@@ -155,18 +155,12 @@ def failsafe(
         lo = max(0, i - span)
         deep = np.flatnonzero(alarm[i])
         # everyone's last step; the whole window for symbols in a coverage alarm
-        fc = pl.concat(
-            [
-                _forecasts(sessions[i - 1 : i], symbols, calibrated, i - 1, i, None),
-                _forecasts(sessions[lo : i - 1], symbols, calibrated, lo, i - 1, deep),
-            ]
-        )
-        real = pl.concat(
-            [
-                _realized(sessions[i - 1 : i + 1], symbols, y[i - 1 : i + 1], None),
-                _realized(sessions[lo : i - 1], symbols, y[lo : i - 1], deep),
-            ]
-        )
+        fc = _forecasts(sessions[i - 1 : i], symbols, calibrated, i - 1, i, None)
+        real = _realized(sessions[i - 1 : i + 1], symbols, y[i - 1 : i + 1], None)
+        if deep.size:
+            window_fc = _forecasts(sessions[lo : i - 1], symbols, calibrated, lo, i - 1, deep)
+            window_real = _realized(sessions[lo : i - 1], symbols, y[lo : i - 1], deep)
+            fc, real = pl.concat([fc, window_fc]), pl.concat([real, window_real])
         counts = None
         if headlines is not None:
             counts = _known_counts(
@@ -182,36 +176,36 @@ def _long(
     columns: np.ndarray | None,
     date_name: str,
     values: dict[str, np.ndarray],
+    present: str,
 ) -> pl.DataFrame:
-    """``[day, symbol]`` arrays (of ``columns``, default all) as a long frame, NaN rows dropped."""
+    """``[day, symbol]`` arrays (of ``columns``, default all) as a long frame.
+
+    Rows where ``values[present]`` is NaN are left out.
+    """
     cols = np.arange(len(symbols)) if columns is None else columns
-    names = [symbols[j] for j in cols]
-    frame = pl.DataFrame(
+    names = np.array(symbols, dtype=object)[cols]
+    flat = {k: v[:, cols].ravel() for k, v in values.items()}
+    keep = ~np.isnan(flat[present])
+    return pl.DataFrame(
         {
-            "symbol": names * len(days),
-            date_name: np.repeat(np.array(days, dtype="datetime64[D]"), len(cols)),
-            **{k: v[:, cols].ravel() for k, v in values.items()},
+            "symbol": np.tile(names, len(days))[keep],
+            date_name: np.repeat(np.array(days, dtype="datetime64[D]"), len(cols))[keep],
+            **{k: v[keep] for k, v in flat.items()},
         },
         schema={"symbol": pl.String, date_name: pl.Date, **dict.fromkeys(values, pl.Float64)},
     )
-    return frame.filter(pl.col(next(iter(values))).is_not_nan())
 
 
 def _forecasts(
     days: list[date], symbols: list[str], q: Quantiles, lo: int, hi: int, columns: np.ndarray | None
 ) -> pl.DataFrame:
     """Step-1 quantiles from sessions ``lo..hi-1`` (``asof`` = origin)."""
-    return _long(
-        days,
-        symbols,
-        columns,
-        "asof",
-        {"p50": q.p50[lo:hi], "p05": q.p05[lo:hi], "p95": q.p95[lo:hi]},
-    ).select("symbol", "asof", "p05", "p50", "p95")
+    values = {"p05": q.p05[lo:hi], "p50": q.p50[lo:hi], "p95": q.p95[lo:hi]}
+    return _long(days, symbols, columns, "asof", values, present="p50")
 
 
 def _realized(
     days: list[date], symbols: list[str], y: np.ndarray, columns: np.ndarray | None
 ) -> pl.DataFrame:
     """Realized returns ``symbol, ts, y``."""
-    return _long(days, symbols, columns, "ts", {"y": y})
+    return _long(days, symbols, columns, "ts", {"y": y}, present="y")

@@ -80,6 +80,10 @@ from kronos.portfolio import (
     codes,
     lookup,
     positions_of,
+    rows_of,
+    sorted_union,
+    take,
+    take_list,
 )
 
 SIGMA_WIDTH = 3.29  # p05..p95 spans 2 * 1.645 standard deviations
@@ -168,24 +172,39 @@ class Plan:
 def _inputs(
     allocation: Allocation, positions: pl.DataFrame, forecasts: pl.DataFrame
 ) -> pl.DataFrame:
-    """Targets, book and step-1 forecast per symbol, sorted by symbol."""
+    """Targets, book and step-1 forecast per symbol, sorted by symbol (NaN where unknown)."""
     check_positions(positions)
     fc = forecasts
     if "step" in fc.columns:
         fc = fc.filter(pl.col("step") == 1)
-    fc = fc.select(pl.col("symbol").cast(pl.String), *(pl.col(c).cast(pl.Float64) for c in QS))
+    fc_names = fc["symbol"].cast(pl.String).to_list()
     check_unique(fc["symbol"], "step-1 forecasts (one per symbol)")
-    book = positions.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("qty").cast(pl.Float64),
-        pl.col("price").cast(pl.Float64),
-    )
-    # eager on purpose: for a few thousand rows the lazy optimiser costs more than it saves
-    return (
-        allocation.targets.select("symbol", "sector", "target_weight", "utility")
-        .join(book, on="symbol", how="full", coalesce=True)
-        .join(fc, on="symbol", how="left")
-        .sort("symbol")
+    targets = allocation.targets
+    target_names = targets["symbol"].to_list()
+    book_names = positions["symbol"].cast(pl.String).to_list()
+    symbol = sorted_union(target_names, book_names)
+    at_target = rows_of(symbol, target_names)
+    at_book = rows_of(symbol, book_names)
+    at_fc = rows_of(symbol, fc_names)
+
+    def floats(frame: pl.DataFrame, column: str, rows: np.ndarray) -> np.ndarray:
+        return take(frame[column].cast(pl.Float64).to_numpy(), rows)
+
+    return pl.DataFrame(
+        {
+            "symbol": symbol,
+            "sector": take_list(targets["sector"].to_list(), at_target),
+            "target_weight": floats(targets, "target_weight", at_target),
+            "utility": floats(targets, "utility", at_target),
+            "qty": floats(positions, "qty", at_book),
+            "price": floats(positions, "price", at_book),
+            **{q: floats(fc, q, at_fc) for q in QS},
+        },
+        schema={
+            "symbol": pl.String(),
+            "sector": pl.String(),
+            **dict.fromkeys(("target_weight", "utility", "qty", "price", *QS), pl.Float64()),
+        },
     )
 
 
@@ -438,11 +457,14 @@ def _dropped(
 ) -> pl.DataFrame:
     """symbol, side, reason of every dropped candidate (reasons formatted vectorised)."""
     idx = np.flatnonzero(why > 0)
-    sym = symbols.gather(idx)
+    if not idx.size:
+        return pl.DataFrame(schema=DROPPED_SCHEMA)
+    names = symbols.to_list()
+    sym = [names[i] for i in idx.tolist()]
     brk = [blocked[s] if w == BREAKER else None for s, w in zip(sym, why[idx], strict=True)]
     frame = pl.DataFrame(
         {
-            "symbol": sym,
+            "symbol": pl.Series(sym, dtype=pl.String),
             "_want": want[idx],
             "_why": why[idx],
             "_v1": v1[idx],
@@ -525,9 +547,12 @@ def _dropped(
         ),
     }
     expr = pl.when(pl.lit(False)).then(pl.lit(None, dtype=pl.String))
+    present = set(why[idx].tolist())  # only the rules that dropped something are formatted
     for rule, text in rules.items():
-        expr = expr.when(pl.col("_why") == rule).then(text)
-    return frame.select("symbol", side=side, reason=expr.otherwise(None)).cast(DROPPED_SCHEMA)
+        if rule in present:
+            expr = expr.when(pl.col("_why") == rule).then(text)
+    # every column is a string already (no cast: one step less on a small frame)
+    return frame.select("symbol", side=side, reason=expr.otherwise(None))
 
 
 def _autosize(
@@ -653,10 +678,11 @@ def _orders_frame(
         & (sl < entry)
         & (sl > 0)
     )
-    symbols = f["symbol"].gather(idx)
+    names = f["symbol"].to_list()
+    symbols = [names[i] for i in idx.tolist()]
     ids = [
         client_order_id(run_id, asof, sym, it)
-        for sym, it in zip(symbols.to_list(), intent.tolist(), strict=True)
+        for sym, it in zip(symbols, intent.tolist(), strict=True)
     ]
     return pl.DataFrame(
         {
