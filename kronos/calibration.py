@@ -24,6 +24,14 @@ is compared with the return that was realized:
 
 Application at inference, for every step: ``p50' = p50 + b``;
 ``p05' = p50' - (p50 - p05) s``; ``p95' = p50' + (p95 - p50) s``.
+
+**Dynamic lambda** (whitepaper 10, off by default): with
+``CALIBRATION_DYNAMIC_LAMBDA`` a night's update takes the regime encoder's
+``p_turbulent`` of that night (:mod:`kronos.models.regime`) and uses
+``lambda_t = lambda + (CALIBRATION_LAMBDA_TURBULENT - lambda) p_turbulent``
+(``p`` clipped to [0, 1]; a night without ``p`` uses ``lambda``), and, with
+``CALIBRATION_DYNAMIC_GAIN``, the gain ``gamma lambda_t / lambda``: bias and
+interval scale adapt faster in turbulent regimes.
 """
 
 from __future__ import annotations
@@ -99,13 +107,27 @@ class OnlineCalibrator:
 
     # ------------------------------------------------------------------ update
 
-    def _step(self, rows: np.ndarray, resid: np.ndarray, miss: np.ndarray) -> None:
+    def rates(self, p_turbulent: float | None = None) -> tuple[float, float]:
+        """(lambda, scale gain) of a night, given its ``p_turbulent`` (dynamic lambda)."""
         s = self.settings
-        lam, clamp = s.calibration_lambda, s.calibration_bias_clamp
+        if not s.calibration_dynamic_lambda or p_turbulent is None or np.isnan(p_turbulent):
+            return s.calibration_lambda, s.calibration_scale_gain
+        lam = dynamic_lambda(p_turbulent, s)
+        gain = s.calibration_scale_gain
+        return lam, gain * lam / s.calibration_lambda if s.calibration_dynamic_gain else gain
+
+    def _step(
+        self,
+        rows: np.ndarray,
+        resid: np.ndarray,
+        miss: np.ndarray,
+        rates: tuple[float, float] | None = None,
+    ) -> None:
+        s = self.settings
+        lam, gain = rates or (s.calibration_lambda, s.calibration_scale_gain)
+        clamp = s.calibration_bias_clamp
         self.bias_[rows] = np.clip((1 - lam) * self.bias_[rows] + lam * resid, -clamp, clamp)
-        log_scale = np.log(self.scale_[rows]) + s.calibration_scale_gain * (
-            miss - (1 - s.calibration_target_coverage)
-        )
+        log_scale = np.log(self.scale_[rows]) + gain * (miss - (1 - s.calibration_target_coverage))
         self.scale_[rows] = np.clip(
             np.exp(log_scale), s.calibration_scale_min, s.calibration_scale_max
         )
@@ -115,13 +137,20 @@ class OnlineCalibrator:
         self.n_[rows] += 1
 
     def update(
-        self, p05: np.ndarray, p50: np.ndarray, p95: np.ndarray, y: np.ndarray
+        self,
+        p05: np.ndarray,
+        p50: np.ndarray,
+        p95: np.ndarray,
+        y: np.ndarray,
+        p_turbulent: float | None = None,
     ) -> NightReport:
         """One night: step-1 raw quantiles from the previous session vs realized ``y``.
 
         Arrays are aligned with ``symbols``; NaN marks a symbol without a
-        forecast or a return that night.
+        forecast or a return that night. ``p_turbulent``: the regime of the
+        night, used with dynamic lambda only.
         """
+        rates = self.rates(p_turbulent)
         s = self.settings
         bias, scale = self.effective()
         resid = y - p50
@@ -136,7 +165,7 @@ class OnlineCalibrator:
         ok = present & ~big_return & ~big_resid
         miss = ((y < lo) | (y > hi)).astype(float)
         rows = np.flatnonzero(ok)
-        self._step(rows, resid[rows], miss[rows])
+        self._step(rows, resid[rows], miss[rows], rates)
         n = len(self.symbols)
         for j in range(len(self.sector_names)):
             members = rows[self._sector_idx[rows] == j]
@@ -145,12 +174,14 @@ class OnlineCalibrator:
                     np.array([n + j]),
                     resid[members].mean(keepdims=True),
                     miss[members].mean(keepdims=True),
+                    rates,
                 )
         if len(rows):
             self._step(
                 np.array([len(self.bias_) - 1]),
                 resid[rows].mean(keepdims=True),
                 miss[rows].mean(keepdims=True),
+                rates,
             )
         return NightReport(
             int(ok.sum()), int(big_return.sum()), int(big_resid.sum()), int((~present).sum())
@@ -239,6 +270,13 @@ class OnlineCalibrator:
         return calibrator, document["model"], date.fromisoformat(document["asof"])
 
 
+def dynamic_lambda(p_turbulent: float, settings: CalibrationSettings) -> float:
+    """``lambda + (lambda_turbulent - lambda) p``, ``p`` clipped to [0, 1]."""
+    p = min(max(float(p_turbulent), 0.0), 1.0)
+    lam = settings.calibration_lambda
+    return lam + (settings.calibration_lambda_turbulent - lam) * p
+
+
 def write_json(path: Path, document: dict) -> None:
     """Write a calibration document atomically."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -247,14 +285,19 @@ def write_json(path: Path, document: dict) -> None:
 
 
 def replay(
-    forecasts: pl.DataFrame, panel: pl.DataFrame, calibrator: OnlineCalibrator
+    forecasts: pl.DataFrame,
+    panel: pl.DataFrame,
+    calibrator: OnlineCalibrator,
+    regime: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The calibration in force at each origin (``asof, symbol, bias, scale``).
 
     Walks the origins in date order as the nightly job would. At origin ``t``
     the calibrator first learns from the return realized at ``t`` against the
     step-1 forecast made at the previous origin, then calibrates ``t``'s
-    forecasts: nothing later than ``t`` is used.
+    forecasts: nothing later than ``t`` is used. ``regime`` (``ts,
+    p_turbulent``) gives each night's regime for dynamic lambda; the night of
+    origin ``t`` takes the row of ``t``, known at its close.
     """
     origins = sorted(forecasts["asof"].unique().to_list())
     symbols = calibrator.symbols
@@ -268,6 +311,9 @@ def replay(
         c: step1[c].fill_null(np.nan).to_numpy().reshape(shape)
         for c in ("p05", "p50", "p95", "y_true")
     }
+    turbulence: dict = {}
+    if regime is not None:
+        turbulence = dict(zip(regime["ts"].to_list(), regime["p_turbulent"].to_list(), strict=True))
     bias = np.empty(shape)
     scale = np.empty(shape)
     for i in range(len(origins)):
@@ -277,6 +323,7 @@ def replay(
                 arrays["p50"][i - 1],
                 arrays["p95"][i - 1],
                 arrays["y_true"][i - 1],
+                turbulence.get(origins[i]),
             )
         bias[i], scale[i] = calibrator.effective()
     return grid.sort("asof", "symbol").with_columns(

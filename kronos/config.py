@@ -112,6 +112,15 @@ class CalibrationSettings(BaseSettings):
     calibration_scale_gain: float = Field(
         0.03, gt=0, description="step of the log-scale coverage controller"
     )
+    calibration_dynamic_lambda: bool = Field(
+        False, description="lambda grows with the regime encoder's p_turbulent (whitepaper 10)"
+    )
+    calibration_lambda_turbulent: float = Field(
+        0.06, gt=0, lt=1, description="lambda when p_turbulent = 1 (calibration_lambda at 0)"
+    )
+    calibration_dynamic_gain: bool = Field(
+        False, description="with dynamic lambda, scale the coverage gain by lambda_t / lambda too"
+    )
 
 
 class RiskSettings(BaseSettings):

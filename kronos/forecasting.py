@@ -25,14 +25,16 @@ from kronos.nightly import load_calibrator
 
 
 def fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
-    """What to fit when no artifact is promoted (TFT: nothing).
+    """What to fit when no artifact is promoted (TFT and the graph models: nothing).
 
     The lightweight N-BEATS (whitepaper section 3), or a baseline on ``panel``.
+    TFT and the graph models need sectors, validation rows and minutes of
+    training: train them with ``kronos train``.
     """
     from kronos.models.registry import forecaster_class
     from kronos.models.split import train_valid_split
 
-    if name == "tft":
+    if name in ("tft", "stemgnn", "mtgnn", "mtgnn_prior"):
         return None
 
     def fit() -> Forecaster:

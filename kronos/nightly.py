@@ -40,6 +40,7 @@ class Night:
     origin: date
     report: NightReport
     predicted: bool  # raw forecasts had to be made (none were stored)
+    p_turbulent: float | None = None  # the night's regime, read with dynamic lambda only
 
 
 def last_state_date(store: Store, model: str) -> date | None:
@@ -71,6 +72,12 @@ def load_calibrator(
     return calibrator, day
 
 
+def _p_turbulent(store: Store, day: date) -> float | None:
+    """The regime encoder's ``p_turbulent`` of session ``day`` as known that night, if stored."""
+    rows = readers.regime_features(store, day, start=day)
+    return float(rows["p_turbulent"][-1]) if rows.height else None
+
+
 def _step1(store: Store, model: str, origin: date) -> pl.DataFrame:
     stored = readers.forecasts(store, origin, model=model, calibrated=False)
     return stored.filter((pl.col("asof") == origin) & (pl.col("step") == 1))
@@ -91,7 +98,10 @@ def nightly_calibrate(
 
     ``panel`` holds the universe's returns (``symbol, ts, y``) up to ``asof``;
     ``forecaster`` supplies the model when raw forecasts must be made. With no
-    stored state, the first night is ``since`` (default ``asof``).
+    stored state, the first night is ``since`` (default ``asof``). With
+    ``CALIBRATION_DYNAMIC_LAMBDA`` each night reads its ``p_turbulent`` from
+    ``regime_features`` as known that night (``kronos train regime`` writes
+    them); a night without one uses the fixed lambda.
     """
     settings = settings or CalibrationSettings()
     symbols = sorted(panel["symbol"].unique().to_list())
@@ -126,10 +136,11 @@ def nightly_calibrate(
         y = np.array(
             [row[s][0] if s in row.columns and row[s][0] is not None else np.nan for s in symbols]
         )
-        report = calibrator.update(q["p05"], q["p50"], q["p95"], y)
+        p_turbulent = _p_turbulent(store, day) if settings.calibration_dynamic_lambda else None
+        report = calibrator.update(q["p05"], q["p50"], q["p95"], y, p_turbulent)
         state = calibrator.to_frame(model, day).with_columns(updated_at=pl.lit(datetime.now(UTC)))
         ingest(store, "calibration_state", [state], source="nightly", origin=f"{model} {day}")
-        night = Night(day, origin, report, predicted)
+        night = Night(day, origin, report, predicted, p_turbulent)
         done.append(night)
         if on_night:
             on_night(night)

@@ -6,23 +6,39 @@ holdout (each night only from returns already realized) and is scored on the
 holdout. Besides the forecasters, three deliberately distorted EWMA forecasts
 test the repair: intervals 40% too narrow, 40% too wide, and a median biased
 by +0.5%.
+
+Fixed vs dynamic lambda (whitepaper 10): the S4D regime encoder
+(:mod:`kronos.models.regime`) is fitted on the market features of the same
+panel up to the same cutoff as the forecasters; its ``p_turbulent`` of each
+night drives the calibrator's lambda (and, in a second variant, also its
+scale gain) through the warm-up and holdout. Every forecaster is calibrated both
+ways in the same run, from the same raw forecasts; the fixed figures are
+those of the calibrator alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 
 import polars as pl
 
 from kronos.bench.forecast import NEURAL, build
-from kronos.calibration import OnlineCalibrator, apply_params, replay
+from kronos.calibration import OnlineCalibrator, apply_params, dynamic_lambda, replay
 from kronos.config import CalibrationSettings
+from kronos.features.regime import market_features
 from kronos.models.evaluation import score, with_realized
+from kronos.models.regime import RegimeEncoder
 from kronos.models.split import train_valid_split
 
 MODELS = ("historical", "ewma", "garch", "nbeats", "tft")
 TARGET_LOW, TARGET_HIGH = 0.88, 0.92
+# "dynamic_lambda": the settings' default (lambda only); "dynamic_lambda_gain": the
+# coverage controller's gain follows lambda_t / lambda as well
+DYNAMIC_VARIANTS: dict[str, dict[str, bool]] = {
+    "dynamic_lambda": {"calibration_dynamic_lambda": True, "calibration_dynamic_gain": False},
+    "dynamic_lambda_gain": {"calibration_dynamic_lambda": True, "calibration_dynamic_gain": True},
+}
 
 
 def distortions(ewma: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -50,8 +66,14 @@ def run_calibration_bench(
     nbeats_max_steps: int | None = 1000,
     settings: CalibrationSettings | None = None,
     on_step: Callable[[str], None] | None = None,
+    dynamic: bool = True,
+    regime_encoder: RegimeEncoder | None = None,
 ) -> dict:
-    """Score every forecaster raw and calibrated on the holdout; a JSON-ready dict."""
+    """Score every forecaster raw and calibrated on the holdout; a JSON-ready dict.
+
+    With ``dynamic``, each is also calibrated with the dynamic-lambda variants
+    (``regime_encoder``: an unfitted encoder, default :class:`RegimeEncoder`).
+    """
     step = on_step or (lambda _s: None)
     settings = settings or CalibrationSettings()
     end = panel["ts"].max()
@@ -71,15 +93,37 @@ def run_calibration_bench(
         candidates[name] = model.predict_origins(panel, origins, symbols)
     if "ewma" in candidates:
         candidates.update(distortions(candidates["ewma"]))
+    regime, regime_info = None, None
+    if dynamic:
+        step("fit regime encoder")
+        regime, regime_info = _regime(
+            panel, history["ts"].max(), holdout_start, settings, regime_encoder
+        )
     rows = []
+    in_holdout = pl.col("asof") >= holdout_start
     for name, raw in candidates.items():
         step(f"calibrate {name}")
         params = replay(raw, panel, OnlineCalibrator(symbols, sectors, settings))
         calibrated = apply_params(raw, params)
-        in_holdout = pl.col("asof") >= holdout_start
         before = score(with_realized(raw.filter(in_holdout), panel))
         after = score(with_realized(calibrated.filter(in_holdout), panel))
         last = params.filter(pl.col("asof") == origins[-1])
+        variants = {}
+        for variant, update in DYNAMIC_VARIANTS.items() if dynamic else ():
+            calibrator = OnlineCalibrator(symbols, sectors, settings.model_copy(update=update))
+            dyn_params = replay(raw, panel, calibrator, regime)
+            dyn = score(with_realized(apply_params(raw, dyn_params).filter(in_holdout), panel))
+            variants[variant] = {
+                "coverage": dyn["coverage"],
+                "crps": dyn["crps"],
+                "mae": dyn["mae"],
+                "crps_change": dyn["crps"] / before["crps"] - 1,
+                "crps_vs_fixed": dyn["crps"] / after["crps"] - 1,
+                "coverage_target_met": TARGET_LOW <= dyn["coverage"] <= TARGET_HIGH,
+                "final_mean_scale": float(
+                    dyn_params.filter(pl.col("asof") == origins[-1])["scale"].mean()
+                ),
+            }
         rows.append(
             {
                 "model": name,
@@ -94,6 +138,7 @@ def run_calibration_bench(
                 "coverage_target_met": TARGET_LOW <= after["coverage"] <= TARGET_HIGH,
                 "final_mean_bias": float(last["bias"].mean()),
                 "final_mean_scale": float(last["scale"].mean()),
+                **({"dynamic": variants} if dynamic else {}),
             }
         )
     return {
@@ -103,4 +148,40 @@ def run_calibration_bench(
         "origins": len(origins),
         "settings": settings.model_dump(mode="json"),
         "models": rows,
+        **({"regime": regime_info} if dynamic else {}),
     }
+
+
+def _regime(
+    panel: pl.DataFrame,
+    cutoff: date,
+    holdout_start: date,
+    settings: CalibrationSettings,
+    encoder: RegimeEncoder | None,
+) -> tuple[pl.DataFrame, dict]:
+    """Fit the regime encoder up to ``cutoff``; its ``p_turbulent`` per session, and a summary."""
+    features = market_features(panel)
+    encoder = (encoder or RegimeEncoder()).fit(features, cutoff)
+    probs = encoder.predict_proba(features)
+    dyn = settings.model_copy(update={"calibration_dynamic_lambda": True})
+
+    def summary(frame: pl.DataFrame) -> dict[str, float]:
+        p = frame["p_turbulent"].to_numpy()
+        return {
+            "mean_p_turbulent": float(p.mean()),
+            "share_p_turbulent_over_half": float((p >= 0.5).mean()),
+            "mean_lambda": float(sum(dynamic_lambda(x, dyn) for x in p) / len(p)),
+        }
+
+    after = probs.filter(pl.col("ts") > cutoff)
+    info = {
+        "version": encoder.version,
+        "trained_until": str(encoder.trained_until_),
+        "fit_seconds": encoder.fit_info_["fit_seconds"],
+        "epochs": encoder.fit_info_["epochs"],
+        "lambda_turbulent": settings.calibration_lambda_turbulent,
+        "validation": encoder.metrics_,
+        "warmup": summary(after.filter(pl.col("ts") < holdout_start)),
+        "holdout": summary(after.filter(pl.col("ts") >= holdout_start)),
+    }
+    return probs.select("ts", "p_turbulent"), info

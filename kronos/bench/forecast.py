@@ -9,12 +9,16 @@ baselines fit on all of it. Scores: p50 MAE, p05-p95 coverage, the quantile
 CRPS (mean over the three levels of twice the pinball loss), its ratio to the
 GARCH baseline, and the exact CRPS where a model has a full predictive
 distribution (EWMA: normal, GARCH: Student-t).
+
+The graph models (StemGNN, MTGNN with a learned graph, MTGNN on the fixed
+inter-asset graph) forecast the whole universe at once and take each symbol's
+sector (``sectors``); ``graph_max_steps`` caps their optimisation steps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, timedelta
 
 import numpy as np
@@ -26,17 +30,29 @@ from kronos.models.evaluation import score, with_realized
 from kronos.models.registry import forecaster_class
 from kronos.models.split import train_valid_split
 
-MODELS = ("historical", "ewma", "garch", "nbeats", "nbeats_default", "tft")
-NEURAL = ("nbeats", "nbeats_default", "tft")
+GRAPH = ("stemgnn", "mtgnn", "mtgnn_prior")
+MODELS = ("historical", "ewma", "garch", "nbeats", "nbeats_default", "tft", "stemgnn", "mtgnn")
+NEURAL = ("nbeats", "nbeats_default", "tft", *GRAPH)
 
 
-def build(name: str, nbeats_max_steps: int | None = None) -> Forecaster:
+def build(
+    name: str,
+    nbeats_max_steps: int | None = None,
+    *,
+    sectors: Mapping[str, str | None] | None = None,
+    graph_max_steps: int | None = None,
+) -> Forecaster:
     """The leaderboard's configuration of model ``name``."""
     cls = forecaster_class(name)
     if name == "nbeats":
         return cls(training=TrainingConfig(max_steps=nbeats_max_steps))
     if name == "tft":
         return cls(training=cls.default_training())
+    if name in GRAPH:
+        training = cls.default_training()
+        if graph_max_steps is not None:
+            training = training.model_copy(update={"max_steps": graph_max_steps})
+        return cls(sectors=sectors, training=training)
     return cls()
 
 
@@ -68,6 +84,9 @@ def run_forecast_bench(
     holdout_days: int = 365,
     nbeats_max_steps: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    *,
+    sectors: Mapping[str, str | None] | None = None,
+    graph_max_steps: int | None = None,
 ) -> dict:
     """Fit, forecast and score every model on the same holdout; a JSON-ready dict."""
     step = on_step or (lambda _s: None)
@@ -80,7 +99,7 @@ def run_forecast_bench(
     rows = []
     for name in models:
         step(f"fit {name}")
-        model = build(name, nbeats_max_steps)
+        model = build(name, nbeats_max_steps, sectors=sectors, graph_max_steps=graph_max_steps)
         t0 = time.perf_counter()
         if name in NEURAL:
             model.fit(train, valid)

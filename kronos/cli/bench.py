@@ -70,6 +70,10 @@ def bench_forecast(
     nbeats_max_steps: Annotated[
         int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
     ] = None,
+    graph_max_steps: Annotated[
+        int | None,
+        typer.Option(help="Cap on the graph models' (stemgnn, mtgnn, mtgnn_prior) steps."),
+    ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
     as_json: JsonOption = False,
 ) -> None:
@@ -77,7 +81,7 @@ def bench_forecast(
     from kronos.bench.forecast import run_forecast_bench
     from kronos.tracking import mlflow_run
 
-    panel, _ = _panel_and_sectors(db, source)
+    panel, sectors = _panel_and_sectors(db, source)
     names = models.split(",")
     with (
         mlflow_run(experiment, "bench-forecast", {"source": source}) as recorder,
@@ -90,6 +94,8 @@ def bench_forecast(
             holdout_days,
             nbeats_max_steps,
             on_step=lambda s: bar.update(task, advance=1, description=s),
+            sectors=sectors,
+            graph_max_steps=graph_max_steps,
         )
         recorder.log_params(
             {
@@ -97,6 +103,7 @@ def bench_forecast(
                 "holdout_days": holdout_days,
                 "models": models,
                 "nbeats_max_steps": nbeats_max_steps,
+                "graph_max_steps": graph_max_steps,
             }
         )
         recorder.log_metrics(
@@ -205,10 +212,13 @@ def bench_calibration(
         int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
     ] = 1000,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
+    dynamic: Annotated[
+        bool, typer.Option(help="Also calibrate with the regime encoder's dynamic lambda.")
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Raw vs calibrated coverage and CRPS for every forecaster and distorted ones."""
-    from kronos.bench.calibration import run_calibration_bench
+    from kronos.bench.calibration import DYNAMIC_VARIANTS, run_calibration_bench
     from kronos.tracking import mlflow_run
 
     panel, sectors = _panel_and_sectors(db, source)
@@ -217,7 +227,7 @@ def bench_calibration(
         mlflow_run(experiment, "bench-calibration", {"source": source}) as recorder,
         progress("steps") as bar,
     ):
-        task = bar.add_task("bench calibration", total=2 * len(names) + 3)
+        task = bar.add_task("bench calibration", total=2 * len(names) + 3 + int(dynamic))
         result = run_calibration_bench(
             panel,
             sectors,
@@ -226,12 +236,19 @@ def bench_calibration(
             warmup_days,
             nbeats_max_steps,
             on_step=lambda s: bar.update(task, advance=1, description=s),
+            dynamic=dynamic,
         )
         recorder.log_metrics(
             {
                 f"{r['model']}.{k}": r[k]
                 for r in result["models"]
                 for k in ("raw_coverage", "calibrated_coverage", "raw_crps", "calibrated_crps")
+            }
+            | {
+                f"{r['model']}.{variant}.{k}": v[k]
+                for r in result["models"]
+                for variant, v in r.get("dynamic", {}).items()
+                for k in ("coverage", "crps")
             }
         )
         recorder.log_dict(result, "calibration.json")
@@ -271,6 +288,49 @@ def bench_calibration(
             rows,
         )
     )
+    if dynamic:
+        regime = result["regime"]
+        compare = []
+        for r in result["models"]:
+            compare.append(
+                [
+                    r["model"],
+                    "fixed",
+                    f"{r['calibrated_coverage']:.1%}",
+                    f"{r['calibrated_crps']:.6f}",
+                    "",
+                    f"{r['final_mean_scale']:.3f}",
+                ]
+            )
+            for variant in DYNAMIC_VARIANTS:
+                v = r["dynamic"][variant]
+                compare.append(
+                    [
+                        "",
+                        variant.replace("_", " "),
+                        f"{v['coverage']:.1%}",
+                        f"{v['crps']:.6f}",
+                        f"{v['crps_vs_fixed']:+.2%}",
+                        f"{v['final_mean_scale']:.3f}",
+                    ]
+                )
+        out.print(
+            table(
+                f"fixed vs dynamic lambda (lambda {result['settings']['calibration_lambda']:g} "
+                f"-> {regime['lambda_turbulent']:g} with p_turbulent; mean lambda on the holdout "
+                f"{regime['holdout']['mean_lambda']:.4f})",
+                ["model", "calibrator", "coverage", "CRPS", "vs fixed", "final scale"],
+                compare,
+                left=2,
+            )
+        )
+        val = regime["validation"]
+        out.print(
+            f"regime encoder {regime['version']} trained until {regime['trained_until']}: "
+            f"validation log loss {val.get('valid_log_loss', float('nan')):.4f} vs persistence "
+            f"{val.get('baseline_log_loss', float('nan')):.4f}",
+            highlight=False,
+        )
     out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)
 
 

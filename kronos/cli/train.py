@@ -184,3 +184,208 @@ def train_tft(
         experiment=experiment,
         as_json=as_json,
     )
+
+
+def _sectors(db: Path | None, asof: str | None) -> dict[str, str | None]:
+    """Each symbol's sector known at the data cutoff (profiles without one are left out)."""
+    from kronos.data import readers
+
+    cutoff = date.fromisoformat(asof) if asof else date.today()
+    try:
+        with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+            profiles = readers.profiles(store, cutoff)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    return {s: k for s, k in zip(profiles["symbol"], profiles["sector"], strict=True) if k}
+
+
+def _graph_training(
+    max_epochs: int, patience: int, scheduler_patience: int, max_steps: int | None
+) -> TrainingConfig:
+    from kronos.models.graph import GraphForecaster
+
+    return GraphForecaster.default_training().model_copy(
+        update={
+            "max_epochs": max_epochs,
+            "patience": patience,
+            "scheduler_patience": scheduler_patience,
+            "max_steps": max_steps,
+            "progress": err.is_terminal,
+        }
+    )
+
+
+@app.command("stemgnn")
+def train_stemgnn(
+    max_epochs: MaxEpochs = 60,
+    patience: Patience = 5,
+    scheduler_patience: SchedPatience = 2,
+    max_steps: MaxSteps = 1000,
+    db: DbOption = None,
+    source: SourceOpt = "skfolio.sp500",
+    symbols: SymbolsOpt = None,
+    asof: AsofOpt = None,
+    model_dir: ModelDirOpt = None,
+    experiment: ExperimentOpt = "kronos-retrain",
+    as_json: JsonOption = False,
+) -> None:
+    """StemGNN (neuralforecast) over the universe: sector-normalised returns, prior graph."""
+    from kronos.models.stemgnn import StemGnnForecaster
+
+    training = _graph_training(max_epochs, patience, scheduler_patience, max_steps)
+    _run(
+        StemGnnForecaster(sectors=_sectors(db, asof), training=training),
+        db=db,
+        source=source,
+        symbols=symbols,
+        asof=asof,
+        model_dir=model_dir,
+        experiment=experiment,
+        as_json=as_json,
+    )
+
+
+@app.command("mtgnn")
+def train_mtgnn(
+    graph: Annotated[
+        str, typer.Option(help="'learned' (MTGNN's graph layer) or 'prior' (sectors + corr).")
+    ] = "learned",
+    max_epochs: MaxEpochs = 60,
+    patience: Patience = 5,
+    scheduler_patience: SchedPatience = 2,
+    max_steps: MaxSteps = 1000,
+    db: DbOption = None,
+    source: SourceOpt = "skfolio.sp500",
+    symbols: SymbolsOpt = None,
+    asof: AsofOpt = None,
+    model_dir: ModelDirOpt = None,
+    experiment: ExperimentOpt = "kronos-retrain",
+    as_json: JsonOption = False,
+) -> None:
+    """MTGNN (torch-geometric-temporal) over the universe; the learned graph is saved and drawn."""
+    from kronos.models.mtgnn import MtgnnForecaster, MtgnnPriorForecaster
+
+    if graph not in ("learned", "prior"):
+        fail(f"--graph must be 'learned' or 'prior', not {graph!r}")
+    cls = MtgnnForecaster if graph == "learned" else MtgnnPriorForecaster
+    training = _graph_training(max_epochs, patience, scheduler_patience, max_steps)
+    _run(
+        cls(sectors=_sectors(db, asof), training=training),
+        db=db,
+        source=source,
+        symbols=symbols,
+        asof=asof,
+        model_dir=model_dir,
+        experiment=experiment,
+        as_json=as_json,
+    )
+
+
+@app.command("regime")
+def train_regime_command(
+    max_epochs: MaxEpochs = 300,
+    patience: Patience = 30,
+    scheduler_patience: SchedPatience = 10,
+    db: DbOption = None,
+    source: SourceOpt = "skfolio.sp500",
+    asof: AsofOpt = None,
+    model_dir: ModelDirOpt = None,
+    experiment: ExperimentOpt = "kronos-retrain",
+    features_only: Annotated[
+        bool,
+        typer.Option(help="Do not train: write the promoted encoder's features up to --asof."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """S4D regime encoder on market volatility; writes regime_features (whitepaper 4, 10).
+
+    One epoch is one step over the whole sequence. Promoted when its
+    validation log loss beats the persistence baseline. The promoted encoder's
+    probabilities for every session up to --asof are then appended to the store
+    (run it with --features-only nightly, before ``kronos calibrate``).
+    """
+    from kronos.features.regime import latest_regime, market_features_at, regime_rows, write_regime
+    from kronos.models.regime import RegimeEncoder, load_promoted_regime, train_regime
+    from kronos.tracking import mlflow_run
+
+    root = model_dir or ModelSettings().model_dir
+    cutoff = date.fromisoformat(asof) if asof else date.today()
+    path = resolve_db_path(db, DataSettings())
+    try:
+        with Store.open(path, read_only=True) as store:
+            features = market_features_at(store, cutoff, source)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    result: dict = {"asof": str(cutoff)}
+    if not features_only:
+        training = RegimeEncoder.default_training().model_copy(
+            update={
+                "max_epochs": max_epochs,
+                "patience": patience,
+                "scheduler_patience": scheduler_patience,
+            }
+        )
+        encoder = RegimeEncoder(training=training)
+        tags = {"model": "regime", "config_hash": config_hash(encoder.get_config())}
+        try:
+            with mlflow_run(experiment, "train-regime", {**tags, "data_cutoff": cutoff}) as rec:
+                outcome = train_regime(
+                    encoder, features, model_dir=root, cutoff=cutoff, recorder=rec
+                )
+                rec.log_artifacts(outcome.run_dir, "artifact")
+                rec.set_tags({"promoted": outcome.promoted, "version": encoder.version})
+        except ValueError as exc:
+            fail(str(exc))
+        result |= {
+            "version": encoder.version,
+            "run_dir": str(outcome.run_dir),
+            "promoted": outcome.promoted,
+            "reason": outcome.reason,
+            "validation": outcome.metrics,
+            "fit": encoder.fit_info_,
+            "mlflow_run_id": rec.run_id,
+        }
+    promoted = load_promoted_regime(root)
+    if promoted is None:
+        fail(f"no promoted regime encoder under {root}: no features written")
+    rows = regime_rows(
+        promoted.predict_proba(features), "regime", promoted.version, promoted.trained_until_
+    )
+    with Store.open(path) as store:
+        written = write_regime(store, rows)
+        reading = latest_regime(store, cutoff)
+    result |= {"features_version": promoted.version, "rows_written": written}
+    if reading is not None:
+        result["latest"] = {
+            "ts": str(reading.ts),
+            "state": reading.state,
+            **{f"p_{s}": getattr(reading, f"p_{s}") for s in ("calm", "normal", "turbulent")},
+        }
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    if not features_only:
+        val = result["validation"]
+        out.print(
+            table(
+                f"regime encoder validation (trained until {result['fit']['trained_until']})",
+                ["metric", "encoder", "persistence"],
+                [
+                    [
+                        k,
+                        f"{val.get(f'valid_{k}', float('nan')):.4f}",
+                        f"{val.get(f'baseline_{k}', float('nan')):.4f}",
+                    ]
+                    for k in ("log_loss", "accuracy")
+                ],
+            )
+        )
+        verdict = "[green]promoted[/]" if result["promoted"] else "[yellow]not promoted[/]"
+        out.print(f"{verdict}: {result['reason']}", highlight=False)
+        out.print(f"artifact: {result['run_dir']}", highlight=False)
+    out.print(f"regime_features: {written} new session(s) from {promoted.version}", highlight=False)
+    if reading is not None:
+        out.print(
+            f"{reading.ts}: {reading.state} (p_turbulent {reading.p_turbulent:.3f})",
+            highlight=False,
+        )

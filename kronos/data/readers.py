@@ -403,3 +403,37 @@ def forecasts(
         f'{extra}{where} ORDER BY model, version, symbol, "asof", step',
         [pit.bar_date, *extra_params, *params],
     )
+
+
+def regime_features(
+    store: Store,
+    asof: Asof,
+    model: str = "regime",
+    version: str | None = None,
+    start: date | None = None,
+    settings: DataSettings | None = None,
+) -> pl.DataFrame:
+    """Regime probabilities per session known at ``asof``, sorted by ``ts``.
+
+    A row for session ``ts`` from a model trained on data up to
+    ``trained_until`` is known once both sessions have closed. The rows come
+    from one version: ``version`` if given, else the one trained most recently
+    by ``asof`` (newest ``trained_until``, then newest ``computed_at``).
+    """
+    pit = PointInTime.at(asof, settings)
+    known = "model = ? AND trained_until <= ? AND ts <= ?"
+    known_params = [model, pit.bar_date, pit.bar_date]
+    if version is None:
+        pick = (
+            "(SELECT arg_max(version, (trained_until, computed_at)) "
+            f"FROM regime_features WHERE {known})"
+        )
+        pick_params = known_params
+    else:
+        pick, pick_params = "?", [version]
+    return _query(
+        store,
+        f"SELECT * EXCLUDE (computed_at) FROM regime_features WHERE {known} AND ts >= ? "
+        f"AND version = {pick} ORDER BY ts",
+        [*known_params, start or date(1, 1, 1), *pick_params],
+    )

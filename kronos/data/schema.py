@@ -204,6 +204,30 @@ TABLES: dict[str, TableSpec] = {
             key=("model", "scope", "key", "asof"),
             required=("model", "scope", "key", "asof", "bias", "scale", "n_samples", "updated_at"),
         ),
+        TableSpec(
+            "regime_features",
+            {
+                "model": pl.String(),
+                "version": pl.String(),
+                "ts": pl.Date(),
+                "trained_until": pl.Date(),
+                "p_calm": pl.Float64(),
+                "p_normal": pl.Float64(),
+                "p_turbulent": pl.Float64(),
+                "computed_at": TS,
+            },
+            key=("model", "version", "ts"),
+            required=(
+                "model",
+                "version",
+                "ts",
+                "trained_until",
+                "p_calm",
+                "p_normal",
+                "p_turbulent",
+                "computed_at",
+            ),
+        ),
     ]
 }
 

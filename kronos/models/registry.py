@@ -13,6 +13,9 @@ FORECASTERS: dict[str, str] = {
     "nbeats": "kronos.models.nbeats:NBeatsForecaster",
     "nbeats_default": "kronos.models.nbeats:NBeatsDefaultForecaster",
     "tft": "kronos.models.tft:TftForecaster",
+    "stemgnn": "kronos.models.stemgnn:StemGnnForecaster",
+    "mtgnn": "kronos.models.mtgnn:MtgnnForecaster",
+    "mtgnn_prior": "kronos.models.mtgnn:MtgnnPriorForecaster",
 }
 
 
