@@ -164,6 +164,11 @@ class StrategySettings(BaseSettings):
     strat_breadth_on: float = Field(0.5, ge=0, le=1, description="breadth at or above: risk-on")
     strat_threshold_bps_on: float = Field(10, ge=0, description="threshold_bps in risk-on")
     strat_threshold_bps_off: float = Field(20, ge=0, description="threshold_bps in risk-off")
+    strat_turbulent_off: float = Field(
+        0.5,
+        gt=0,
+        description="risk-off when the regime encoder's p_turbulent is at or above (> 1: never)",
+    )
 
 
 class PortfolioSettings(BaseSettings):

@@ -25,6 +25,7 @@ from kronos.config import (
 from kronos.data import readers
 from kronos.data.store import Store
 from kronos.execution.planner import Plan, orders_table_rows, plan_orders
+from kronos.features.regime import RegimeReading, latest_regime
 from kronos.portfolio import Account, Allocation, Reviewer, allocate, check_unique
 from kronos.risk import Breaker, active_breakers, blocked_symbols, session_close
 from kronos.strategy import (
@@ -62,6 +63,7 @@ class Snapshot:
     breakers: list[Breaker]
     prices: pl.DataFrame  # symbol, price
     last_trade_at: Mapping[str, datetime]
+    regime: RegimeReading | None = None  # the regime encoder's newest reading, if stored
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,14 @@ def read_snapshot(
         "SELECT symbol, max(filled_at) FROM fills WHERE filled_at <= ? GROUP BY symbol", [now]
     ).fetchall()
     return Snapshot(
-        asof, inputs, forecasts, calibrated, active_breakers(store, now), prices, dict(fills)
+        asof,
+        inputs,
+        forecasts,
+        calibrated,
+        active_breakers(store, now),
+        prices,
+        dict(fills),
+        latest_regime(store, asof),
     )
 
 
@@ -176,7 +185,7 @@ def decide_from(
     """
     sectors = snapshot.inputs.select("symbol", "sector")
     blocked = blocked_symbols(snapshot.breakers, sectors)
-    knobs = regime(snapshot.inputs, settings.strategy)
+    knobs = regime(snapshot.inputs, settings.strategy, snapshot.regime)
     scored = score(
         standardize(snapshot.inputs), knobs, settings.strategy, snapshot.forecasts, blocked=blocked
     )

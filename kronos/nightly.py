@@ -29,7 +29,9 @@ from kronos.config import CalibrationSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
+from kronos.features.regime import market_features_at, regime_rows, write_regime
 from kronos.models.base import Forecaster
+from kronos.models.regime import RegimeEncoder, load_promoted_regime
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,23 @@ def _p_turbulent(store: Store, day: date) -> float | None:
     """The regime encoder's ``p_turbulent`` of session ``day`` as known that night, if stored."""
     rows = readers.regime_features(store, day, start=day)
     return float(rows["p_turbulent"][-1]) if rows.height else None
+
+
+def refresh_regime(
+    store: Store, model_dir: Path, asof: date, source: str | None = "skfolio.sp500"
+) -> tuple[RegimeEncoder, int] | None:
+    """Store the promoted regime encoder's probabilities of every session up to ``asof``.
+
+    Returns the encoder and the number of new rows (sessions its version had
+    not stored yet), or None when no encoder is promoted. Run it each night
+    before :func:`nightly_calibrate` when ``CALIBRATION_DYNAMIC_LAMBDA`` is on.
+    """
+    encoder = load_promoted_regime(model_dir)
+    if encoder is None:
+        return None
+    probabilities = encoder.predict_proba(market_features_at(store, asof, source))
+    rows = regime_rows(probabilities, encoder.name, encoder.version, encoder.trained_until_)
+    return encoder, write_regime(store, rows)
 
 
 def _step1(store: Store, model: str, origin: date) -> pl.DataFrame:

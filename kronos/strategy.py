@@ -56,8 +56,12 @@ Rules
   ``breadth`` = share with ``mom_60 > 0`` (among those with a ``mom_60``) and
   ``median_z_rev`` = median fundamentals ``z_rev`` (revenue-growth z-score).
   Risk-on when ``breadth >= STRAT_BREADTH_ON`` and ``median_z_rev >= 0``; else
-  (including when either is unknown) risk-off, the conservative side.
-  ``threshold_bps`` is ``STRAT_THRESHOLD_BPS_ON`` / ``_OFF``.
+  (including when either is unknown) risk-off, the conservative side. Where
+  the state-space regime encoder's features are stored
+  (:mod:`kronos.features.regime`, ``kronos train regime``), its reading of the
+  newest session known at ``asof`` also counts: ``p_turbulent >=
+  STRAT_TURBULENT_OFF`` forces risk-off. ``threshold_bps`` is
+  ``STRAT_THRESHOLD_BPS_ON`` / ``_OFF``.
 - **Timestamps**: rows are stamped with the market close of ``asof`` (UTC) for a
   date, or the given aware instant. Writers replace all rows of the stamped
   instants in one transaction, so re-running a day is idempotent.
@@ -79,6 +83,7 @@ from kronos.config import DataSettings, StrategySettings
 from kronos.data import readers
 from kronos.data.readers import PointInTime
 from kronos.data.store import Store
+from kronos.features.regime import RegimeReading
 from kronos.risk import session_close
 
 BLEND: Mapping[str, float] = MappingProxyType(
@@ -686,14 +691,19 @@ class RegimeKnobs:
     breadth: float | None  # share of large caps with positive 60-session momentum
     median_z_rev: float | None  # median fundamentals z_rev over large caps
     reason: str
+    p_turbulent: float | None = None  # the regime encoder's, when its features are stored
 
 
-def regime(inputs: pl.DataFrame, settings: StrategySettings) -> RegimeKnobs:
+def regime(
+    inputs: pl.DataFrame, settings: StrategySettings, reading: RegimeReading | None = None
+) -> RegimeKnobs:
     """Breadth and median ``z_rev`` of large caps -> risk-on/off and ``threshold_bps``.
 
     With the size filter off (``STRAT_MIN_MARKET_CAP`` 0) every name counts, a
     missing market cap included. Without any ``z_rev`` (a price-only universe)
-    breadth alone decides; without breadth the regime is off.
+    breadth alone decides; without breadth the regime is off. ``reading``: the
+    regime encoder's (None where none is stored); ``p_turbulent >=
+    STRAT_TURBULENT_OFF`` makes it risk-off whatever breadth says.
     """
     min_cap = settings.strat_min_market_cap
     cap_col = inputs["market_cap"].cast(pl.Float64)
@@ -708,10 +718,12 @@ def regime(inputs: pl.DataFrame, settings: StrategySettings) -> RegimeKnobs:
     zrev = zrev[~np.isnan(zrev)]
     breadth = float(np.count_nonzero(mom > 0) / len(mom)) if len(mom) else None
     median = float(pl.Series(zrev).median()) if len(zrev) else None
+    turbulent = reading is not None and reading.p_turbulent >= settings.strat_turbulent_off
     on = (
         breadth is not None
         and breadth >= settings.strat_breadth_on
         and (median is None or median >= 0)
+        and not turbulent
     )
     b = "unknown" if breadth is None else f"{breadth:.3f}"
     m = "unknown" if median is None else f"{median:+.3f}"
@@ -720,12 +732,18 @@ def regime(inputs: pl.DataFrame, settings: StrategySettings) -> RegimeKnobs:
         f"{len(mom)} large caps with mom_60), median z_rev {m} (on at >= 0, "
         f"{len(zrev)} large caps)"
     )
+    if reading is not None:
+        reason += (
+            f", regime encoder p_turbulent {reading.p_turbulent:.3f} on {reading.ts} "
+            f"(off at >= {settings.strat_turbulent_off:g})"
+        )
     return RegimeKnobs(
         risk_regime="on" if on else "off",
         threshold_bps=settings.strat_threshold_bps_on if on else settings.strat_threshold_bps_off,
         breadth=breadth,
         median_z_rev=median,
         reason=reason,
+        p_turbulent=None if reading is None else reading.p_turbulent,
     )
 
 
@@ -741,12 +759,13 @@ def knob_rows(
     *,
     data_settings: DataSettings | None = None,
 ) -> pl.DataFrame:
-    """``policy_knobs`` rows: risk_regime, threshold_bps, breadth, median_z_rev."""
+    """``policy_knobs`` rows: risk_regime, threshold_bps, breadth, median_z_rev, p_turbulent."""
     values = {
         "risk_regime": knobs.risk_regime,
         "threshold_bps": _knob_value(knobs.threshold_bps),
         "breadth": _knob_value(knobs.breadth),
         "median_z_rev": _knob_value(knobs.median_z_rev),
+        "p_turbulent": _knob_value(knobs.p_turbulent),
     }
     stamp = _stamp(asof, data_settings)
     return pl.DataFrame(

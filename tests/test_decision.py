@@ -118,7 +118,7 @@ def test_recording_a_retried_decision_stores_each_order_once(world, tmp_path):
             "(SELECT count(*) FROM policy_knobs)"
         ).fetchall()[0]
     assert first == decision.orders.height > 0 and second == 0
-    assert counts == (decision.orders.height, decision.recos.height, 4)
+    assert counts == (decision.orders.height, decision.recos.height, 5)  # knobs
 
 
 def _decide_open(store, asof):
@@ -150,3 +150,46 @@ def test_a_fresher_raw_forecast_beats_an_older_calibrated_one(world, tmp_path):
     assert later.forecasts.sort("symbol")["p50"].to_list() == first["p50"].to_list()
     # at the calibrated forecast's own session it is still the one used
     assert same_day.calibrated
+
+
+def test_the_regime_encoders_reading_feeds_the_regime_switch(world, tmp_path):
+    """A stored p_turbulent at or above STRAT_TURBULENT_OFF (0.5) forces risk-off; a
+    reading of a later session, or from a model trained later, is not seen."""
+    from datetime import date
+
+    from kronos.config import StrategySettings
+    from kronos.decision import DecisionSettings
+    from kronos.features.regime import regime_rows, write_regime
+
+    path, asof, _ = world
+    loose = DecisionSettings(strategy=StrategySettings(strat_breadth_on=0.0))
+    baseline = _decide(path, asof, settings=loose)
+    assert baseline.snapshot.regime is None and baseline.knobs.p_turbulent is None
+    assert baseline.knobs.risk_regime == "on"  # breadth alone, as set
+    copy = tmp_path / "k.duckdb"
+    copy.write_bytes(path.read_bytes())
+
+    def probs(day: date, p: float) -> pl.DataFrame:
+        return pl.DataFrame({"ts": [day], "p_calm": [0.0], "p_normal": [1 - p], "p_turbulent": [p]})
+
+    yesterday = asof - timedelta(days=1)
+    with Store.open(copy) as s:
+        write_regime(s, regime_rows(probs(yesterday, 0.3), "regime", "v1", date(2000, 1, 3)))
+        # a later session, and a model trained after asof: neither is known at asof
+        write_regime(
+            s, regime_rows(probs(asof + timedelta(days=1), 0.99), "regime", "v1", date(2000, 1, 3))
+        )
+        write_regime(s, regime_rows(probs(asof, 0.99), "regime", "v2", asof + timedelta(days=1)))
+    calm = _decide(copy, asof, settings=loose)
+    assert calm.snapshot.regime.ts == yesterday and calm.knobs.p_turbulent == 0.3
+    assert calm.knobs.risk_regime == "on" and "p_turbulent 0.300" in calm.knobs.reason
+    with Store.open(copy) as s:
+        # a newer version trained on the same data: the newest computed wins
+        write_regime(s, regime_rows(probs(asof, 0.7), "regime", "v3", date(2000, 1, 3)))
+    rough = _decide(copy, asof, settings=loose)
+    assert rough.knobs.p_turbulent == 0.7 and rough.knobs.risk_regime == "off"
+    assert rough.knobs.threshold_bps == loose.strategy.strat_threshold_bps_off
+    off_at = DecisionSettings(
+        strategy=StrategySettings(strat_breadth_on=0.0, strat_turbulent_off=0.8)
+    )
+    assert _decide(copy, asof, settings=off_at).knobs.risk_regime == "on"

@@ -39,7 +39,7 @@ from kronos.models.regime import (
     load_promoted_regime,
     train_regime,
 )
-from kronos.nightly import nightly_calibrate
+from kronos.nightly import nightly_calibrate, refresh_regime
 
 # The FFT convolution is causal in exact arithmetic; in float64 later inputs can
 # reach earlier outputs only through round-off, measured at ~1e-16.
@@ -416,3 +416,11 @@ def test_command_writes_the_promoted_encoders_features(bundled_db: Path, tmp_pat
         stored = readers.regime_features(store, date(2011, 6, 30))
     assert stored.height == result["rows_written"]
     assert stored["trained_until"].unique().to_list() == [date(2010, 12, 31)]
+    # what the nightly job runs before calibrating: a second refresh adds nothing,
+    # a later night adds its sessions, and without a promoted encoder nothing happens
+    with Store.open(db) as store:
+        again = refresh_regime(store, tmp_path / "models", date(2011, 6, 30))
+        later = refresh_regime(store, tmp_path / "models", date(2011, 7, 8))
+        assert refresh_regime(store, tmp_path / "empty", date(2011, 7, 8)) is None
+    assert again is not None and again[0].version == encoder.version and again[1] == 0
+    assert later is not None and later[1] == 5  # July 1, 5, 6, 7, 8

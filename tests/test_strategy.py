@@ -409,11 +409,38 @@ def test_regime_of_a_price_only_universe_follows_breadth():
     assert S.regime(strong, strat()).breadth is None
 
 
+def test_a_turbulent_reading_of_the_regime_encoder_forces_risk_off():
+    from kronos.features.regime import RegimeReading
+
+    big = 20e9
+    strong = regime_inputs([0.1, 0.2, 0.3], [0.5, 0.1, 0.4], [big] * 3)
+    assert S.regime(strong, strat()).risk_regime == "on"
+
+    def reading(p: float) -> RegimeReading:
+        return RegimeReading(date(2024, 1, 2), 0.0, 1 - p, p, "regime", "v1")
+
+    calm = S.regime(strong, strat(), reading(0.49))
+    assert calm.risk_regime == "on" and calm.p_turbulent == 0.49
+    assert "p_turbulent 0.490 on 2024-01-02 (off at >= 0.5)" in calm.reason
+    rough = S.regime(strong, strat(), reading(0.5))  # at the threshold: off
+    assert rough.risk_regime == "off" and rough.threshold_bps == 20.0
+    assert S.regime(strong, strat(strat_turbulent_off=1.01), reading(1.0)).risk_regime == "on"
+    # a calm reading never turns a weak market risk-on
+    weak = regime_inputs([0.1, -0.2, -0.1], [1.0, 1.0, 1.0], [big] * 3)
+    assert S.regime(weak, strat(), reading(0.0)).risk_regime == "off"
+
+
 def test_knob_rows():
     k = RegimeKnobs("on", 10.0, 0.6, None, "why")
     rows = S.knob_rows(k, date(2024, 1, 2), "run-1")
-    assert rows["knob"].to_list() == ["risk_regime", "threshold_bps", "breadth", "median_z_rev"]
-    assert rows["value"].to_list() == ["on", "10.0", "0.6", "nan"]
+    assert rows["knob"].to_list() == [
+        "risk_regime",
+        "threshold_bps",
+        "breadth",
+        "median_z_rev",
+        "p_turbulent",
+    ]
+    assert rows["value"].to_list() == ["on", "10.0", "0.6", "nan", "nan"]
     assert set(rows["reason"]) == {"why"} and set(rows["run_id"]) == {"run-1"}
     # a date is stamped with its market close: 16:00 New York = 21:00 UTC in January
     assert set(rows["asof"]) == {datetime(2024, 1, 2, 21, tzinfo=UTC)}
@@ -742,11 +769,11 @@ def test_writers_are_idempotent_per_asof(store: Store):
     knobs = S.knob_rows(ON, day1, "r1")
     S.write_knobs(store, knobs)
     S.write_knobs(store, knobs)
-    assert stored("policy_knobs").height == 4
+    assert stored("policy_knobs").height == 5
     S.write_knobs(store, S.knob_rows(OFF, day1, "r2"))
     k = stored("policy_knobs")
     assert dict(zip(k["knob"], k["value"], strict=True))["risk_regime"] == "off"
-    assert set(k["run_id"]) == {"r2"} and k.height == 4
+    assert set(k["run_id"]) == {"r2"} and k.height == 5
 
 
 def test_writer_rolls_back_on_error(store: Store):

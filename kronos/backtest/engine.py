@@ -38,6 +38,7 @@ from kronos.backtest.result import FILLS_SCHEMA, ORDERS_SCHEMA
 from kronos.data.store import Store
 from kronos.decision import Decision, DecisionSettings, Snapshot, decide_from, run_id_for
 from kronos.execution.fills import Book, FillRules, fill_orders, limit_fills, within_cash
+from kronos.features.regime import has_regime, latest_regime
 from kronos.portfolio import Account
 from kronos.risk import Breaker, session_close
 from kronos.strategy import CONTRIBUTIONS, REFERENCE_READS, strategist_inputs
@@ -101,7 +102,9 @@ def _snapshot(
     last_trade: dict[str, datetime],
     settings: DecisionSettings,
     now: datetime,
+    regime: bool,
 ) -> Snapshot:
+    """The decision's snapshot at session ``i``; ``regime``: read the regime encoder's."""
     day = market.sessions[i]
     inputs = strategist_inputs(
         store,
@@ -129,7 +132,8 @@ def _snapshot(
         {"symbol": _pick(market.symbols, priced), "price": mark[priced]},
         schema={"symbol": pl.String, "price": pl.Float64},
     )
-    return Snapshot(day, inputs, fc, True, breakers, prices, dict(last_trade))
+    reading = latest_regime(store, day) if regime else None
+    return Snapshot(day, inputs, fc, True, breakers, prices, dict(last_trade), reading)
 
 
 def _pick(symbols: list[str], mask: np.ndarray) -> list[str]:
@@ -185,6 +189,7 @@ def trade(
     upcoming = sorted(breakers, key=lambda b: b.tripped_at, reverse=True)
     live: list[Breaker] = []
     sim_s = decide_s = 0.0
+    regime = has_regime(store)  # else no decision has a reading to look up
 
     def execute(orders_now: pl.DataFrame, i: int) -> None:
         day = market.sessions[i]
@@ -261,7 +266,7 @@ def trade(
         while upcoming and upcoming[-1].tripped_at <= now:
             live.append(upcoming.pop())
         live = [b for b in live if b.is_active(now)]
-        snap = _snapshot(store, market, i, forecasts, live, last_trade, settings, now)
+        snap = _snapshot(store, market, i, forecasts, live, last_trade, settings, now, regime)
         owned = qty[k] != 0
         held = pl.DataFrame(
             {"symbol": _pick(symbols, owned), "qty": qty[k][owned]},

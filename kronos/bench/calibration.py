@@ -23,7 +23,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from kronos.bench.forecast import NEURAL, build
+from kronos.bench.forecast import GRAPH, NEURAL, build
 from kronos.calibration import OnlineCalibrator, apply_params, dynamic_lambda, replay
 from kronos.config import CalibrationSettings
 from kronos.features.regime import market_features
@@ -31,7 +31,7 @@ from kronos.models.evaluation import score, with_realized
 from kronos.models.regime import RegimeEncoder
 from kronos.models.split import train_valid_split
 
-MODELS = ("historical", "ewma", "garch", "nbeats", "tft")
+MODELS = ("historical", "ewma", "garch", "nbeats", "tft", *GRAPH)
 TARGET_LOW, TARGET_HIGH = 0.88, 0.92
 # "dynamic_lambda": the settings' default (lambda only); "dynamic_lambda_gain": the
 # coverage controller's gain follows lambda_t / lambda as well
@@ -68,6 +68,7 @@ def run_calibration_bench(
     on_step: Callable[[str], None] | None = None,
     dynamic: bool = True,
     regime_encoder: RegimeEncoder | None = None,
+    graph_max_steps: int | None = None,
 ) -> dict:
     """Score every forecaster raw and calibrated on the holdout; a JSON-ready dict.
 
@@ -85,7 +86,7 @@ def run_calibration_bench(
     candidates: dict[str, pl.DataFrame] = {}
     for name in models:
         step(f"fit and forecast {name}")
-        model = build(name, nbeats_max_steps)
+        model = build(name, nbeats_max_steps, sectors=sectors, graph_max_steps=graph_max_steps)
         if name in NEURAL:
             model.fit(train, valid)
         else:

@@ -31,7 +31,7 @@ from kronos.models.registry import forecaster_class
 from kronos.models.split import train_valid_split
 
 GRAPH = ("stemgnn", "mtgnn", "mtgnn_prior")
-MODELS = ("historical", "ewma", "garch", "nbeats", "nbeats_default", "tft", "stemgnn", "mtgnn")
+MODELS = ("historical", "ewma", "garch", "nbeats", "nbeats_default", "tft", *GRAPH)
 NEURAL = ("nbeats", "nbeats_default", "tft", *GRAPH)
 
 

@@ -59,21 +59,24 @@ def bench_ingest(
     )
 
 
+GraphMaxSteps = Annotated[
+    int | None,
+    typer.Option(help="Cap on the graph models' (stemgnn, mtgnn, mtgnn_prior) steps."),
+]
+
+
 @app.command("forecast")
 def bench_forecast(
     db: DbOption = None,
     source: Annotated[str, typer.Option(help="Evaluate on this bars source.")] = "skfolio.sp500",
     models: Annotated[
         str, typer.Option(help="Comma-separated forecasters.")
-    ] = "historical,ewma,garch,nbeats,nbeats_default,tft",
+    ] = "historical,ewma,garch,nbeats,nbeats_default,tft,stemgnn,mtgnn,mtgnn_prior",
     holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
     nbeats_max_steps: Annotated[
         int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
     ] = None,
-    graph_max_steps: Annotated[
-        int | None,
-        typer.Option(help="Cap on the graph models' (stemgnn, mtgnn, mtgnn_prior) steps."),
-    ] = None,
+    graph_max_steps: GraphMaxSteps = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
     as_json: JsonOption = False,
 ) -> None:
@@ -205,12 +208,13 @@ def bench_calibration(
     source: Annotated[str, typer.Option(help="Evaluate on this bars source.")] = "skfolio.sp500",
     models: Annotated[
         str, typer.Option(help="Comma-separated forecasters.")
-    ] = "historical,ewma,garch,nbeats,tft",
+    ] = "historical,ewma,garch,nbeats,tft,stemgnn,mtgnn,mtgnn_prior",
     holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
     warmup_days: Annotated[int, typer.Option(help="Calibrator warm-up before it.")] = 365,
     nbeats_max_steps: Annotated[
         int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
     ] = 1000,
+    graph_max_steps: GraphMaxSteps = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
     dynamic: Annotated[
         bool, typer.Option(help="Also calibrate with the regime encoder's dynamic lambda.")
@@ -237,6 +241,7 @@ def bench_calibration(
             nbeats_max_steps,
             on_step=lambda s: bar.update(task, advance=1, description=s),
             dynamic=dynamic,
+            graph_max_steps=graph_max_steps,
         )
         recorder.log_metrics(
             {
@@ -249,6 +254,16 @@ def bench_calibration(
                 for r in result["models"]
                 for variant, v in r.get("dynamic", {}).items()
                 for k in ("coverage", "crps")
+            }
+        )
+        recorder.log_params(
+            {
+                "holdout_days": holdout_days,
+                "warmup_days": warmup_days,
+                "models": models,
+                "nbeats_max_steps": nbeats_max_steps,
+                "graph_max_steps": graph_max_steps,
+                "dynamic": dynamic,
             }
         )
         recorder.log_dict(result, "calibration.json")

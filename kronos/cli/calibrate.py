@@ -38,7 +38,7 @@ def calibrate(
     from kronos.features.returns import returns_panel
     from kronos.forecasting import fallback
     from kronos.models.artifacts import load_promoted
-    from kronos.nightly import import_json, nightly_calibrate
+    from kronos.nightly import import_json, nightly_calibrate, refresh_regime
 
     settings = CalibrationSettings()
     night_date = date.fromisoformat(asof)
@@ -49,11 +49,20 @@ def calibrate(
                 out.print(f"imported calibration state for {day} from {import_file}")
                 return
             panel = returns_panel(store, night_date, source=source)
+            root = model_dir or ModelSettings().model_dir
+            if settings.calibration_dynamic_lambda:
+                refreshed = refresh_regime(store, root, night_date, source)
+                err.print(
+                    "dynamic lambda: no promoted regime encoder (kronos train regime), "
+                    "lambda stays fixed"
+                    if refreshed is None
+                    else f"dynamic lambda: regime encoder {refreshed[0].version}, "
+                    f"{refreshed[1]} new session(s) of regime features",
+                    highlight=False,
+                )
 
             def forecaster():
-                loaded = load_promoted(
-                    model_dir or ModelSettings().model_dir, model, fallback(model, panel)
-                )
+                loaded = load_promoted(root, model, fallback(model, panel))
                 err.print(loaded.message, highlight=False)
                 return loaded.forecaster
 

@@ -304,20 +304,21 @@ def train_regime_command(
     probabilities for every session up to --asof are then appended to the store
     (run it with --features-only nightly, before ``kronos calibrate``).
     """
-    from kronos.features.regime import latest_regime, market_features_at, regime_rows, write_regime
-    from kronos.models.regime import RegimeEncoder, load_promoted_regime, train_regime
+    from kronos.features.regime import latest_regime, market_features_at
+    from kronos.models.regime import RegimeEncoder, train_regime
+    from kronos.nightly import refresh_regime
     from kronos.tracking import mlflow_run
 
     root = model_dir or ModelSettings().model_dir
     cutoff = date.fromisoformat(asof) if asof else date.today()
     path = resolve_db_path(db, DataSettings())
-    try:
-        with Store.open(path, read_only=True) as store:
-            features = market_features_at(store, cutoff, source)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
     result: dict = {"asof": str(cutoff)}
     if not features_only:
+        try:
+            with Store.open(path, read_only=True) as store:
+                features = market_features_at(store, cutoff, source)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(str(exc))
         training = RegimeEncoder.default_training().model_copy(
             update={
                 "max_epochs": max_epochs,
@@ -345,15 +346,17 @@ def train_regime_command(
             "fit": encoder.fit_info_,
             "mlflow_run_id": rec.run_id,
         }
-    promoted = load_promoted_regime(root)
-    if promoted is None:
+    if not path.exists():
+        fail(f"no store at {path}: run kronos data ingest first")
+    try:
+        with Store.open(path) as store:
+            refreshed = refresh_regime(store, root, cutoff, source)
+            reading = latest_regime(store, cutoff)
+    except ValueError as exc:
+        fail(str(exc))
+    if refreshed is None:
         fail(f"no promoted regime encoder under {root}: no features written")
-    rows = regime_rows(
-        promoted.predict_proba(features), "regime", promoted.version, promoted.trained_until_
-    )
-    with Store.open(path) as store:
-        written = write_regime(store, rows)
-        reading = latest_regime(store, cutoff)
+    promoted, written = refreshed
     result |= {"features_version": promoted.version, "rows_written": written}
     if reading is not None:
         result["latest"] = {

@@ -189,6 +189,16 @@ class RegimeReading:
         return STATES[max(range(len(STATES)), key=probs.__getitem__)]
 
 
+def has_regime(store: Store, model: str = "regime") -> bool:
+    """Whether ``regime_features`` holds any row of ``model`` (a replay checks once)."""
+    return bool(
+        store.con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM regime_features WHERE model = ? LIMIT 1)",
+            [model],
+        ).fetchall()[0][0]
+    )
+
+
 def latest_regime(
     store: Store, asof: readers.Asof, model: str = "regime", max_age_days: int = 7
 ) -> RegimeReading | None:
