@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 from arch import arch_model
+from fakes.calendar_days import weekdays
 from scipy import stats
 
 from kronos.metrics import coverage, crps_student_t
@@ -19,13 +20,7 @@ N_DAYS = 600
 TRAIN_DAYS = 400
 
 
-def weekdays(n: int, start: date = date(2018, 1, 1)) -> list[date]:
-    out, day = [], start
-    while len(out) < n:
-        if day.weekday() < 5:
-            out.append(day)
-        day += timedelta(days=1)
-    return out
+START = date(2018, 1, 1)
 
 
 def simulate_garch_t(
@@ -49,7 +44,7 @@ def simulate_garch_t(
 
 def make_panel(n: int, seed: int) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    days = weekdays(n)
+    days = weekdays(START, n)
     return pl.DataFrame(
         {
             "symbol": np.repeat(SYMBOLS, n).tolist(),
@@ -67,7 +62,7 @@ def panel() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def days() -> list[date]:
-    return weekdays(N_DAYS)
+    return weekdays(START, N_DAYS)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +247,7 @@ def test_garch_filter_matches_arch(fitted, panel, days):
 def test_garch_calibration_on_garch_data():
     n_train, n_test = 1500, 500
     panel = make_panel(n_train + n_test, seed=11)
-    days = weekdays(n_train + n_test)
+    days = weekdays(START, n_train + n_test)
     model = GarchT().fit(panel.filter(pl.col("ts") <= days[n_train - 1]))
     origins = days[n_train - 1 : n_train + n_test - 1]
     out = model.predict_origins(panel, origins).filter(pl.col("step") == 1)

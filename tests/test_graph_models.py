@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from fakes.calendar_days import weekdays
 from neuralforecast.losses.pytorch import MQLoss
 from neuralforecast.models import StemGNN
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -46,16 +47,7 @@ N_DAYS = 320
 INPUT = 20
 
 
-def _weekdays(start: date, n: int) -> list[date]:
-    out, day = [], start
-    while len(out) < n:
-        if day.weekday() < 5:
-            out.append(day)
-        day += timedelta(days=1)
-    return out
-
-
-DAYS = _weekdays(date(2019, 1, 1), N_DAYS)
+DAYS = weekdays(date(2019, 1, 1), N_DAYS)
 
 
 def _panel(seed: int = 0) -> pl.DataFrame:

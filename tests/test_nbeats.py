@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from fakes.calendar_days import weekdays
 from neuralforecast.losses.pytorch import MQLoss
 from neuralforecast.models import NBEATS
 from neuralforecast.tsdataset import TimeSeriesDataset
@@ -41,16 +42,7 @@ INPUT = 30
 TINY = {"mlp_units": ((16, 16), (16, 16)), "val_check_steps": 5, "windows_batch_size": 64}
 
 
-def _weekdays(start: date, n: int) -> list[date]:
-    out, day = [], start
-    while len(out) < n:
-        if day.weekday() < 5:
-            out.append(day)
-        day += timedelta(days=1)
-    return out
-
-
-DAYS = _weekdays(date(2015, 1, 1), N_DAYS)
+DAYS = weekdays(date(2015, 1, 1), N_DAYS)
 CUT = DAYS[N_DAYS - N_VALID]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from fakes.calendar_days import weekdays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,18 +21,9 @@ from kronos.models.split import train_valid_split
 from kronos.models.training import train_and_gate
 
 
-def _weekdays(start: date, n: int) -> list[date]:
-    days, d = [], start
-    while len(days) < n:
-        if d.weekday() < 5:
-            days.append(d)
-        d += timedelta(days=1)
-    return days
-
-
 def _panel(n_symbols: int = 3, n_days: int = 900, seed: int = 0, scale=None) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    days = _weekdays(date(2015, 1, 5), n_days)
+    days = weekdays(date(2015, 1, 5), n_days)
     frames = []
     for i in range(n_symbols):
         sd = 0.01 * (1 + i) if scale is None else scale
@@ -44,7 +36,7 @@ def _panel(n_symbols: int = 3, n_days: int = 900, seed: int = 0, scale=None) -> 
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(10, 2000), frac=st.floats(0.05, 0.5), days=st.integers(30, 800))
 def test_split_is_time_ordered_and_holds_out_the_larger_share(n, frac, days):
-    panel = pl.DataFrame({"symbol": "A", "ts": _weekdays(date(2000, 1, 3), n), "y": 0.0})
+    panel = pl.DataFrame({"symbol": "A", "ts": weekdays(date(2000, 1, 3), n), "y": 0.0})
     train, valid = train_valid_split(panel, valid_days=days, valid_frac=frac)
     assert train.height + valid.height == n
     if train.height:
@@ -64,7 +56,7 @@ def test_realized_aligns_by_position_not_calendar():
 
 
 def test_score_matches_hand_computation():
-    panel = pl.DataFrame({"symbol": "A", "ts": _weekdays(date(2020, 1, 6), 2), "y": [0.0, 0.02]})
+    panel = pl.DataFrame({"symbol": "A", "ts": weekdays(date(2020, 1, 6), 2), "y": [0.0, 0.02]})
     q = np.array([[[-0.01, 0.0, 0.01]]])  # one symbol, one step
     scored = with_realized(forecast_frame(["A"], date(2020, 1, 6), q, "m", "v"), panel)
     got = score(scored)

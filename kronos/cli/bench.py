@@ -16,7 +16,7 @@ from kronos.cli._common import DbOption, JsonOption, err, fail, out, progress, t
 app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
 
 
-def _panel_and_sectors(db: Path | None, source: str) -> tuple[pl.DataFrame, dict[str, str | None]]:
+def _panel_and_sectors(db: Path | None, source: str) -> tuple[pl.DataFrame, dict[str, str]]:
     """Today's returns panel of a bars source, and each symbol's sector."""
     from kronos.config import DataSettings, resolve_db_path
     from kronos.data import readers
@@ -27,10 +27,10 @@ def _panel_and_sectors(db: Path | None, source: str) -> tuple[pl.DataFrame, dict
     try:
         with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
             panel = returns_panel(store, date.today(), source=source)
-            profiles = readers.profiles(store, date.today(), panel["symbol"].unique().to_list())
+            sectors = readers.sectors(store, date.today(), panel["symbol"].unique().to_list())
     except (KronosDataError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    return panel, dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+    return panel, sectors
 
 
 @app.command("ingest")

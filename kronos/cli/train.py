@@ -186,17 +186,16 @@ def train_tft(
     )
 
 
-def _sectors(db: Path | None, asof: str | None) -> dict[str, str | None]:
+def _sectors(db: Path | None, asof: str | None) -> dict[str, str]:
     """Each symbol's sector known at the data cutoff (profiles without one are left out)."""
     from kronos.data import readers
 
     cutoff = date.fromisoformat(asof) if asof else date.today()
     try:
         with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
-            profiles = readers.profiles(store, cutoff)
+            return readers.sectors(store, cutoff)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    return {s: k for s, k in zip(profiles["symbol"], profiles["sector"], strict=True) if k}
 
 
 def _graph_training(

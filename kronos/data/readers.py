@@ -174,6 +174,17 @@ def profiles(
     )
 
 
+def sectors(
+    store: Store,
+    asof: Asof,
+    symbols: Sequence[str] | None = None,
+    settings: DataSettings | None = None,
+) -> dict[str, str]:
+    """``symbol -> sector`` of the newest profiles known at ``asof``; names without one left out."""
+    rows = profiles(store, asof, symbols, settings)
+    return {s: k for s, k in zip(rows["symbol"], rows["sector"], strict=True) if k}
+
+
 def profile_history(
     store: Store,
     asof: Asof,

@@ -14,8 +14,9 @@ Models never import mlflow: training takes a :class:`Recorder`.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import ClassVar, Protocol, Self
@@ -165,6 +166,25 @@ def history_until(
             )
         out[s] = y
     return out
+
+
+def read_config(path: Path, expected: Mapping[str, object], required: Sequence[str]) -> dict:
+    """An artifact's ``config.json`` with ``expected`` values and ``required`` keys.
+
+    Anything else is a ForecastError naming the file and the key.
+    """
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ForecastError(f"{path}: cannot read ({exc})") from exc
+    for key, value in expected.items():
+        if not isinstance(config, dict) or config.get(key) != value:
+            found = config.get(key) if isinstance(config, dict) else None
+            raise ForecastError(f"{path}: incompatible {key} {found!r}, expected {value!r}")
+    for key in required:
+        if key not in config:
+            raise ForecastError(f"{path}: missing {key!r}")
+    return config
 
 
 class Forecaster(ABC):

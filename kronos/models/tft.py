@@ -82,6 +82,7 @@ from kronos.models.base import (
     TrainingConfig,
     forecast_frame,
     history_until,
+    read_config,
 )
 
 FORMAT_VERSION = 1
@@ -581,10 +582,6 @@ class TftForecaster(Forecaster):
     @classmethod
     def _read_config(cls, path: Path) -> dict:
         """``config.json``, checked against this class; ForecastError naming the file otherwise."""
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ForecastError(f"{path}: cannot read ({exc})") from exc
         expected = {
             "name": cls.name,
             "format_version": FORMAT_VERSION,
@@ -592,11 +589,4 @@ class TftForecaster(Forecaster):
             "horizon": HORIZON,
             "quantiles": list(QUANTILES),
         }
-        for key, value in expected.items():
-            if not isinstance(config, dict) or config.get(key) != value:
-                found = config.get(key) if isinstance(config, dict) else None
-                raise ForecastError(f"{path}: incompatible {key} {found!r}, expected {value!r}")
-        for key in ("hyper_parameters", "training", "symbols", "version"):
-            if key not in config:
-                raise ForecastError(f"{path}: missing {key!r}")
-        return config
+        return read_config(path, expected, ("hyper_parameters", "training", "symbols", "version"))
