@@ -27,7 +27,23 @@ class DataSettings(BaseSettings):
 
     db: Path = Field(Path("data/kronos.duckdb"), description="DuckDB file (KRONOS_DB)")
     market_tz: str = Field("America/New_York", description="exchange time zone of daily bars")
+    calendar: str = Field(
+        "XNYS", description="exchange calendar of sessions (KRONOS_CALENDAR; none: 24/7)"
+    )
+    lock_wait_s: float = Field(
+        30.0, ge=0, description="how long to wait for a store another process holds (seconds)"
+    )
     market_close: str = Field("16:00", description="local time a daily bar becomes known")
+    max_price: float = Field(
+        1e6,
+        gt=0,
+        description="sanity bound: ingest refuses a price above it (KRONOS_MAX_PRICE)",
+    )
+    symbol_pattern: str = Field(
+        r"^[A-Z][A-Z0-9.\-]{0,14}$",
+        description="regular expression a symbol must match once stripped and upper-cased "
+        "(KRONOS_SYMBOL_PATTERN)",
+    )
     qa_extreme_move: float = Field(
         0.30, gt=0, description="|daily log return| above which a move counts as extreme"
     )
@@ -36,7 +52,7 @@ class DataSettings(BaseSettings):
     )
     qa_min_span_years: float = Field(5.0, ge=0, description="shortest allowed history")
     qa_max_gap_days: int = Field(
-        5, ge=1, description="most weekdays allowed to be missing between two bars"
+        5, ge=1, description="most sessions allowed to be missing between two bars"
     )
 
 

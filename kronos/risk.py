@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
+from kronos.calendar import get_calendar
 from kronos.config import DataSettings, RiskSettings
 from kronos.data.store import Store
 
@@ -138,8 +139,15 @@ class Breaker:
 
 
 def session_close(day: date, data_settings: DataSettings | None = None) -> datetime:
-    """The market close of ``day`` in UTC: when that day's bar became known."""
+    """The market close of ``day`` in UTC: when that day's bar became known.
+
+    The exchange calendar's close (``DataSettings.calendar``; early closes
+    included); ``market_close`` in ``market_tz`` for a day that is no session.
+    """
     s = data_settings or DataSettings()
+    close = get_calendar(s.calendar).close_if_session(day)
+    if close is not None:
+        return close
     local = datetime.combine(day, time.fromisoformat(s.market_close), ZoneInfo(s.market_tz))
     return local.astimezone(UTC)
 

@@ -5,12 +5,15 @@ fallback on the store and says so) and serves ``GET /health``, ``GET|POST
 /forecast``, ``GET /version`` and the OpenAPI docs at ``/docs``. Everything the
 app needs is passed in; the app keeps its state on ``app.state.service``.
 
-The store is opened read-only for each request and closed after it. DuckDB
-lets one process write a file or any number read it, never both at once: while
-a writer (``kronos data ingest``, ``kronos calibrate``, a notebook) holds the
-file, requests get 503 and may be retried; between requests a writer is free
-to open it. Forecasts at ``asof`` read only the bars known then; the model's
-parameters are those loaded (or fitted, up to the store's last bar) at start.
+Requests read an in-memory copy of the store (:class:`StoreCache`), re-read
+when the file changes. DuckDB lets one process write a file or any number read
+it, never both at once: the service holds the file only while copying it (tens
+of milliseconds), so a writer (``kronos data ingest``, ``kronos calibrate``, a
+notebook) gets it between two copies, and while a writer holds it requests are
+answered from the previous copy. Only before a first copy exists does a busy
+store give 503 with ``Retry-After``. Error bodies name no file system path.
+Forecasts at ``asof`` read only the bars known then; the model's parameters are
+those loaded (or fitted, up to the store's last bar) at start.
 """
 
 from __future__ import annotations
@@ -18,22 +21,25 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import duckdb
-import numpy as np
 import polars as pl
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from kronos.calendar import Calendar, get_calendar
 from kronos.config import CalibrationSettings, DataSettings
 from kronos.data.errors import KronosDataError
 from kronos.data.store import Store
+from kronos.errors import StoreBusy
 from kronos.features.returns import returns_panel
 from kronos.forecasting import fallback, forecast_with
 from kronos.models.artifacts import Loaded, latest_artifact, load_promoted
@@ -49,13 +55,17 @@ class ServiceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    db: Path = Field(description="DuckDB store, opened read-only per request")
+    db: Path = Field(description="DuckDB store, copied into memory and re-read when it changes")
     model: str = Field("nbeats", description="forecaster name")
     model_dir: Path = Field(Path("data/models"), description="artifact root (MODEL_DIR)")
     fit_source: str | None = Field(
         "skfolio.sp500", description="bars source the fallback is fitted on (None: all bars)"
     )
     max_symbols: int = Field(100, ge=1, description="most symbols per forecast request")
+    first_read_wait_s: float = Field(
+        2.0, ge=0, description="how long a request waits for a busy store before any copy exists"
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 (seconds)")
 
 
 # ---------------------------------------------------------------- request/response models
@@ -109,6 +119,7 @@ class StoreInfo(BaseModel):
     """The store and the span of its bars."""
 
     path: str
+    read_at: datetime = Field(description="when the copy in service was read from the file")
     first_bar: date | None
     last_bar: date | None
     symbols: int
@@ -150,11 +161,93 @@ class ErrorResponse(BaseModel):
 
 
 class ServiceError(Exception):
-    """A request the service refuses, with its HTTP status."""
+    """A request the service refuses, with its HTTP status (and Retry-After for a 503)."""
 
-    def __init__(self, status: int, detail: str, symbols: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        symbols: list[str] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.symbols = status, detail, symbols
+        self.retry_after = retry_after
+
+
+class StoreCache:
+    """The store as requests read it: an in-memory copy, re-read when the file changes.
+
+    Each request stats the file (and its write-ahead log); when they changed, one
+    request re-reads it with :meth:`Store.snapshot`, holding the file only while
+    copying, and the others keep the previous copy meanwhile. A writer holding the
+    file leaves the previous copy in service. Before any copy exists a busy store
+    is 503; so is a store that cannot be read, and neither message names a path.
+    """
+
+    def __init__(self, path: Path, first_read_wait_s: float, retry_after_s: int) -> None:
+        self.path = path
+        self.first_read_wait_s = first_read_wait_s
+        self.retry_after_s = retry_after_s
+        self.read_at: datetime | None = None
+        self._store: Store | None = None
+        self._stamp: tuple | None = None
+        self._reading = threading.Lock()
+
+    def _file_stamp(self) -> tuple:
+        stamp = []
+        for file in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = file.stat()
+            except OSError:
+                stamp.append(None)
+            else:
+                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
+    @contextmanager
+    def reader(self) -> Iterator[Store]:
+        """A store on the current copy for one request (its own DuckDB cursor)."""
+        store = self.current()  # this reference keeps the copy alive until the request ends
+        cursor = store.con.cursor()
+        try:
+            yield Store(cursor, store.path)
+        finally:
+            cursor.close()
+
+    def current(self) -> Store:
+        """The copy of the file as it is now, or the previous one while a writer holds it."""
+        stamp, store = self._file_stamp(), self._store
+        if store is not None and stamp == self._stamp:
+            return store
+        if not self._reading.acquire(blocking=store is None):
+            return store  # another request is re-reading: keep serving the previous copy
+        try:
+            if self._store is not None and self._stamp == stamp:
+                return self._store  # re-read by the request we waited for
+            wait = self.first_read_wait_s if self._store is None else 0.0
+            try:
+                fresh = Store.snapshot(self.path, lock_wait_s=wait)
+            except StoreBusy as exc:
+                if self._store is not None:
+                    return self._store
+                log.warning("store busy: %s", exc)
+                raise ServiceError(
+                    503,
+                    "the store is busy: another process is writing it; retry shortly",
+                    retry_after=self.retry_after_s,
+                ) from exc
+            except (KronosDataError, duckdb.Error) as exc:
+                log.error("store unavailable: %s", exc)
+                raise ServiceError(
+                    503,
+                    "the store is unavailable (the service log says why); retry later",
+                    retry_after=self.retry_after_s,
+                ) from exc
+            self._store, self._stamp, self.read_at = fresh, stamp, datetime.now(UTC)
+            return fresh
+        finally:
+            self._reading.release()
 
 
 @dataclass
@@ -165,21 +258,16 @@ class Service:
     loaded: Loaded
     calibration: CalibrationSettings
     data: DataSettings
+    calendar: Calendar
     fitted_through: date | None
     lock: threading.Lock  # Lightning models are not safe to predict from two threads
-
-    def open_store(self) -> Store:
-        """The store, read-only; 503 while a writer holds it."""
-        try:
-            return Store.open(self.config.db, read_only=True)
-        except (FileNotFoundError, KronosDataError, duckdb.Error) as exc:
-            raise ServiceError(503, f"store unavailable, retry later: {exc}") from exc
+    stores: StoreCache
 
     def forecast(self, symbols: list[str], asof: date | None, raw: bool) -> ForecastResponse:
         """Calibrated (or raw) quantiles of each symbol from the last session at ``asof``."""
         names = clean_symbols(symbols, self.config.max_symbols)
-        with self.open_store() as store:
-            asof = check_request(store, names, asof, self.data)
+        with self.stores.reader() as store:
+            asof = check_request(store, names, asof, self.data, self.calendar)
             panel = returns_panel(store, asof, names)
             try:
                 with self.lock:
@@ -212,7 +300,7 @@ class Service:
 
     def health(self) -> HealthResponse:
         """Model, calibration and store summary."""
-        with self.open_store() as store:
+        with self.stores.reader() as store:
             first, last, n = store.con.execute(
                 "SELECT min(ts), max(ts), count(DISTINCT symbol) FROM bars"
             ).fetchall()[0]
@@ -227,7 +315,13 @@ class Service:
             message=self.loaded.message,
             fitted_through=self.fitted_through,
             calibration=CalibrationInfo(enabled=self.calibration.calibration_enabled, night=night),
-            store=StoreInfo(path=str(self.config.db), first_bar=first, last_bar=last, symbols=n),
+            store=StoreInfo(
+                path=str(self.config.db),
+                read_at=self.stores.read_at,
+                first_bar=first,
+                last_bar=last,
+                symbols=n,
+            ),
         )
 
 
@@ -242,11 +336,14 @@ def clean_symbols(symbols: list[str], max_symbols: int) -> list[str]:
     return names
 
 
-def check_request(store: Store, names: list[str], asof: date | None, data: DataSettings) -> date:
+def check_request(
+    store: Store, names: list[str], asof: date | None, data: DataSettings, calendar: Calendar
+) -> date:
     """The request's ``asof`` (the last bar when None), or a 4xx naming the problem.
 
     Unknown symbols are 404; asof outside the bars, a symbol without bars up to
-    asof or with its last bar too long before the session is 422.
+    asof or with more than ``qa_max_gap_days`` sessions of ``calendar`` missing
+    between its last bar and the origin is 422.
     """
     known = {r[0] for r in store.con.execute("SELECT DISTINCT symbol FROM bars").fetchall()}
     unknown = [s for s in names if s not in known]
@@ -276,11 +373,13 @@ def check_request(store: Store, names: list[str], asof: date | None, data: DataS
     if missing:
         raise ServiceError(422, f"no bars up to asof {asof} for: {', '.join(missing)}", missing)
     gap = data.qa_max_gap_days
-    stale = [s for s in names if np.busday_count(last_bar[s], origin) > gap]
+    stale = [s for s in names if calendar.sessions_between(last_bar[s], origin) > gap]
     if stale:
         detail = ", ".join(f"{s} (last bar {last_bar[s]})" for s in stale)
         raise ServiceError(
-            422, f"no bars within {gap} weekdays before the session {origin}: {detail}", stale
+            422,
+            f"more than {gap} {calendar.name} sessions without bars before {origin}: {detail}",
+            stale,
         )
     return asof
 
@@ -289,7 +388,7 @@ def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date 
     """The promoted artifact, else the fallback fitted on the store's bars (and up to when)."""
     if latest_artifact(config.model_dir, config.model) is not None:
         return load_promoted(config.model_dir, config.model), None
-    with Store.open(config.db, read_only=True) as store:
+    with Store.open(config.db, read_only=True, lock_wait_s=data.lock_wait_s) as store:
         last = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
         if last is None:
             raise ValueError(f"no bars in {config.db} to fit the fallback {config.model} on")
@@ -322,7 +421,11 @@ def version_info(service: Service) -> VersionResponse:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "unknown symbol(s)"},
     422: {"description": "invalid request (symbols, asof, or too little history)"},
-    503: {"model": ErrorResponse, "description": "store unavailable (a writer holds it)"},
+    503: {
+        "model": ErrorResponse,
+        "description": "store unavailable (a writer holds it and nothing was read yet)",
+        "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+    },
 }
 
 
@@ -339,9 +442,15 @@ def create_app(
         loaded,
         calibration or CalibrationSettings(),
         data,
+        get_calendar(data.calendar),
         fitted_through,
         threading.Lock(),
+        StoreCache(config.db, config.first_read_wait_s, config.retry_after_s),
     )
+    try:  # the first copy now, so the first request does not pay for it
+        service.stores.current()
+    except ServiceError as exc:
+        log.warning("no copy of the store yet (%s); requests get 503 until one is read", exc)
     about = version_info(service)
     app = FastAPI(
         title="Kronos forecast service",
@@ -353,7 +462,10 @@ def create_app(
     @app.exception_handler(ServiceError)
     def _refused(request: Request, exc: ServiceError) -> JSONResponse:
         body = ErrorResponse(detail=exc.detail, symbols=exc.symbols)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=exc.status, headers=headers
+        )
 
     @app.get("/health", responses={503: _ERRORS[503]})
     def health() -> HealthResponse:

@@ -7,22 +7,27 @@ one ``log_batch`` per call, not one request per value.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kronos.config import TrackingSettings
+from kronos.interrupts import signal_name
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 _UNSAFE = re.compile(r"[^0-9A-Za-z_\-. :/]")
+HOST_TAG, PID_TAG, PID_START_TAG = "kronos.host", "kronos.pid", "kronos.pid_start"
+ORPHANED = "process ended without closing the run"
 
 
 def metric_name(name: str) -> str:
@@ -113,11 +118,20 @@ def mlflow_run(
     run = client.create_run(
         experiment_id(client, experiment, settings),
         run_name=run_name,
-        tags={**git_state(), "argv": " ".join(sys.argv)[:5000], **(tags or {})},
+        tags={
+            **git_state(),
+            **process_tags(),
+            "argv": " ".join(sys.argv)[:5000],
+            **(tags or {}),
+        },
     )
     recorder = MlflowRecorder(client, run.info.run_id)
     try:
         yield recorder
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal under stop_on_signals()
+        client.set_tag(run.info.run_id, "error", f"stopped by {signal_name(exc)}")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        raise
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
@@ -133,3 +147,90 @@ def attach_run(run_id: str, settings: TrackingSettings | None = None) -> MlflowR
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     client.get_run(run_id)  # fails clearly on an unknown id
     return MlflowRecorder(client, run_id)
+
+
+# ------------------------------------------------------------------ interrupted runs
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (Linux), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux; None elsewhere).
+
+    Tells the process apart from a later one given the same PID.
+    """
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def process_tags() -> dict[str, str]:
+    """Host, PID and start time of this process, so a later command can tell it ended."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _started(pid) or ""}
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs on this host (and is the one that started at ``started``).
+
+    A zombie (ended, not yet reaped by its parent) counts as ended.
+    """
+    if pid <= 0:
+        return False
+    if Path("/proc/self/stat").exists():
+        fields = _proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            return False
+        return not started or _started(pid) == started
+    try:  # no /proc: ask the kernel whether the PID exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphaned_runs(
+    client: MlflowClient, on_orphan: Callable[[Run], None] | None = None
+) -> list[Run]:
+    """Mark FAILED each RUNNING run of this host whose process is gone; returns those runs.
+
+    A run is orphaned when its ``kronos.pid`` is not alive here, or belongs to a
+    process started at another time. Runs of other hosts (or without the tags)
+    are left alone: their processes cannot be checked from here. ``on_orphan``
+    is called before a run is closed (the runner logs its partial notebook).
+    """
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    host = socket.gethostname().replace("'", "")
+    found = client.search_runs(
+        ids,
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    closed = []
+    for run in found:
+        tags = run.data.tags
+        try:
+            pid = int(tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or process_alive(pid, tags.get(PID_START_TAG) or None):
+            continue
+        if on_orphan is not None:
+            try:
+                on_orphan(run)
+            except Exception as exc:  # the run is closed regardless
+                client.set_tag(run.info.run_id, "orphan_note", f"{type(exc).__name__}: {exc}")
+        client.set_tag(run.info.run_id, "error", ORPHANED)
+        client.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(run)
+    return closed

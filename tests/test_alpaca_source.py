@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import polars as pl
 import pytest
-from alpaca.common.exceptions import APIError
 from fakes.alpaca_server import FakeAlpacaServer, FakeBar, run_alpaca_data_server
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
+from kronos.data.errors import SourceError, SourceUnreachable
 from kronos.data.schema import TABLES
 from kronos.data.sources.alpaca import (
     AlpacaConfigError,
@@ -182,7 +184,7 @@ def test_requests_both_adjustments_and_paginates(server: FakeAlpacaServer) -> No
 
 
 def test_symbol_without_bars_raises_naming_it(server: FakeAlpacaServer) -> None:
-    with pytest.raises(ValueError, match=r"no bars for ZZZ\b") as info:
+    with pytest.raises(SourceError, match=r"no bars for ZZZ\b") as info:
         fetch_alpaca_bars(
             ["AAA", "ZZZ"], date(2024, 3, 1), date(2024, 3, 15), _settings(server.url)
         )
@@ -191,7 +193,7 @@ def test_symbol_without_bars_raises_naming_it(server: FakeAlpacaServer) -> None:
 
 def test_symbol_without_bars_in_the_range_raises(server: FakeAlpacaServer) -> None:
     # AAA trades on 2024-03-06, BBB has no bar that day.
-    with pytest.raises(ValueError, match=r"no bars for BBB\b"):
+    with pytest.raises(SourceError, match=r"no bars for BBB\b"):
         fetch_alpaca_bars(["AAA", "BBB"], date(2024, 3, 6), date(2024, 3, 6), _settings(server.url))
 
 
@@ -205,22 +207,25 @@ def test_two_bars_on_one_new_york_day_are_refused() -> None:
     }
     with (
         run_alpaca_data_server(bars, KEY, SECRET) as fake,
-        pytest.raises(ValueError, match=r"more than one daily bar per day: CCC 2024-03-06"),
+        pytest.raises(SourceError, match=r"more than one daily bar per day: CCC 2024-03-06"),
     ):
         fetch_alpaca_bars(["CCC"], date(2024, 3, 1), date(2024, 3, 15), _settings(fake.url))
 
 
 def test_wrong_key_is_refused(server: FakeAlpacaServer) -> None:
-    with pytest.raises(APIError) as info:
+    with pytest.raises(SourceError, match=r"refused the request: HTTP 401") as info:
         fetch_alpaca_bars(
             ["AAA"], date(2024, 3, 1), date(2024, 3, 15), _settings(server.url, key="nope")
         )
-    assert info.value.status_code == 401
+    message = str(info.value)
+    assert not isinstance(info.value, SourceUnreachable)
+    assert "APCA_API_KEY_ID" in message and "127.0.0.1" in message and "\n" not in message
+    assert SECRET not in message
     assert len(server.requests_to(BARS_PATH)) == 1  # it reached the server, and was not retried
 
 
 def test_fake_server_checks_the_secret_too(server: FakeAlpacaServer) -> None:
-    with pytest.raises(APIError, match="not authorized"):
+    with pytest.raises(SourceError, match="not authorized"):
         fetch_alpaca_bars(
             ["AAA"], date(2024, 3, 1), date(2024, 3, 15), _settings(server.url, secret="x")
         )
@@ -235,6 +240,39 @@ def test_rejects_bad_arguments_before_calling(server: FakeAlpacaServer) -> None:
     with pytest.raises(TypeError, match="not one string"):
         fetch_alpaca_bars("AAA", date(2024, 3, 1), date(2024, 3, 15), settings)  # type: ignore[arg-type]
     assert server.requests == []
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_host_is_one_clear_line() -> None:
+    port = _closed_port()
+    with pytest.raises(SourceUnreachable) as info:
+        fetch_alpaca_bars(
+            ["AAA"], date(2024, 3, 1), date(2024, 3, 15), _settings(f"http://127.0.0.1:{port}")
+        )
+    message = str(info.value)
+    assert message == (
+        f"cannot reach Alpaca market data at 127.0.0.1:{port} (connection refused); "
+        "check the network connection and APCA_DATA_URL"
+    )
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_silent_host_times_out() -> None:
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        settings = _settings(f"http://127.0.0.1:{port}").model_copy(update={"timeout_s": 0.5})
+        started = time.monotonic()
+        with pytest.raises(SourceUnreachable, match=r"no answer within 0.5 s"):
+            fetch_alpaca_bars(["AAA"], date(2024, 3, 1), date(2024, 3, 15), settings)
+    assert time.monotonic() - started < 5
 
 
 # --- settings ----------------------------------------------------------------------
@@ -342,3 +380,30 @@ def test_cli_ingests_alpaca_bars_with_keys_from_dotenv(server: FakeAlpacaServer,
     assert [(s["source"], s["symbols"], s["rows"]) for s in sources] == [
         ("alpaca", "AAA, BBB", len(ROWS))
     ]
+
+
+def test_cli_without_network_exits_2_with_one_line(clean_env: Path):
+    import os
+    import subprocess
+    import sys
+
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env |= {"APCA_API_KEY_ID": KEY, "APCA_API_SECRET_KEY": SECRET}
+    env["APCA_DATA_URL"] = f"http://127.0.0.1:{port}"
+    args = ["data", "ingest", "-s", "alpaca", "--symbols", "AAA", "--start", "2024-03-06"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kronos", *args, "--db", "k.duckdb"],
+        cwd=clean_env,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: cannot reach Alpaca market data at 127.0.0.1:{port} (connection refused); "
+        "check the network connection and APCA_DATA_URL"
+    ]
+    assert "Traceback" not in proc.stdout + proc.stderr and SECRET not in proc.stderr

@@ -178,3 +178,23 @@ def test_bad_files_name_the_problem(aapl_store: Store, tmp_path: Path, name, tex
     with pytest.raises((InputError, ValueError), match=message):
         loaders.load_fmp_files(aapl_store, [path])
     assert aapl_store.row_counts()["fmp_income_statement"] == 0
+
+
+def test_error_payloads_and_empty_files_are_refused(tmp_path: Path):
+    error = {"Error Message": "Invalid API KEY.  Feel free to create a Free API Key."}
+    for payload, message in [
+        (error, "FMP returned an error: Invalid API KEY. Feel free to create a Free API Key."),
+        ({"message": "Limit Reach"}, "FMP returned an error: Limit Reach"),
+        ([], "no records"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            fmp.read_fmp_records(_write(tmp_path, "AAPL_rating.json", payload))
+
+
+def test_symbols_are_normalised_with_a_note(aapl_store: Store, tmp_path: Path):
+    notes: list[str] = []
+    path = _write(tmp_path, "aapl_stock_news.json", [{**NEWS, "symbol": " aapl"}])
+    loaders.load_fmp_files(aapl_store, [path], on_note=notes.append)
+    assert notes == ["symbol ' aapl' stored as 'AAPL'"]
+    rows = aapl_store.con.execute("SELECT symbol, title FROM fmp_news").fetchall()
+    assert rows == [("AAPL", "Apple falls")]

@@ -81,7 +81,7 @@ def test_changed_rows_are_updated_in_place(store: Store, tmp_path: Path):
             "naive.csv",
             "ts,close\n2020-01-02 16:00:00,1\n",
             {},
-            "bad.csv:2, column 'ts': naive timestamps",
+            "bad.csv:2, column 'ts', symbol AAA: naive timestamp '2020-01-02 16:00:00'",
         ),
     ],
 )
@@ -99,11 +99,13 @@ def test_bad_bar_files_name_the_problem_and_write_nothing(
 
 
 def test_naive_timestamps_are_accepted_with_a_zone(store: Store, tmp_path: Path):
-    path = _write(tmp_path, "n.csv", "ts,close\n2020-01-02 21:30:00,1\n2020-01-07 00:30:00,2\n")
-    loaders.load_bar_files(store, [path], symbol="AAA", tz="UTC")
-    days = store.con.execute("SELECT ts::VARCHAR FROM bars ORDER BY ts").fetchall()
-    # 00:30 UTC on the 7th is 19:30 on the 6th in New York: the 6th's session
-    assert days == [("2020-01-02",), ("2020-01-06",)]
+    text = "ts,close\n2020-01-02 20:30:00,1\n2020-01-02 21:30:00,2\n2020-01-07 00:30:00,3\n"
+    loaders.load_bar_files(store, [_write(tmp_path, "n.csv", text)], symbol="AAA", tz="UTC")
+    days = store.con.execute("SELECT ts::VARCHAR, close FROM bars ORDER BY ts").fetchall()
+    # 20:30 UTC is 15:30 in New York, within the 2nd's session; 21:30 UTC is 16:30, after
+    # its close: the next session (the 3rd). 00:30 UTC on the 7th is 19:30 on the 6th in
+    # New York, after the 6th's close: the 7th's session.
+    assert days == [("2020-01-02", 1.0), ("2020-01-03", 2.0), ("2020-01-07", 3.0)]
 
 
 def test_reference_rows_for_unknown_symbols_are_refused(store: Store, tmp_path: Path):

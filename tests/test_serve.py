@@ -12,8 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from datetime import date
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,14 +24,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from kronos.config import CalibrationSettings
+from kronos.calendar import get_calendar
+from kronos.config import CalibrationSettings, DataSettings
 from kronos.data.store import Store
 from kronos.features.returns import returns_panel
 from kronos.forecasting import forecast_and_store
 from kronos.models.artifacts import promote, write_artifact
 from kronos.models.baselines import EwmaNormal
 from kronos.nightly import nightly_calibrate
-from kronos.serve import ServiceConfig, create_app
+from kronos.serve import ServiceConfig, ServiceError, check_request, create_app
 
 CALIBRATED_NIGHT = date(2020, 3, 4)
 ROW_KEYS = ["symbol", "step", "target_ts", "p05", "p50", "p95"]
@@ -87,6 +91,8 @@ def _rows(frame) -> list[dict]:
 
 def test_health_names_model_calibration_night_and_store(client: TestClient, cal_db: Path):
     body = client.get("/health").json()
+    read_at = datetime.fromisoformat(body["store"].pop("read_at"))
+    assert abs(datetime.now(UTC) - read_at) < timedelta(hours=1)
     assert body["status"] == "ok" and body["model"] == "ewma"
     assert body["source"] == "fallback" and "fitted one on the fly" in body["message"]
     assert body["fitted_through"] == "2022-12-28"
@@ -244,6 +250,30 @@ def test_invalid_requests_are_refused_with_a_clear_message(
         assert word.lower() in r.text.lower(), (word, r.text)
 
 
+@pytest.mark.parametrize(
+    ("last_bar", "stale"),
+    [
+        (date(2020, 12, 18), False),  # 21, 22, 23, 24 missing; Christmas is no session
+        (date(2020, 12, 17), False),  # five sessions missing: the most allowed
+        (date(2020, 12, 16), True),  # six
+    ],
+)
+def test_staleness_counts_exchange_sessions_not_weekdays(store: Store, last_bar: date, stale: bool):
+    store.con.execute(
+        "INSERT INTO bars (symbol, ts, adj_close, source) VALUES "
+        "('A', ?, 1.0, 't'), ('B', DATE '2020-12-28', 1.0, 't')",
+        [last_bar],
+    )
+    data, calendar = DataSettings(qa_max_gap_days=5), get_calendar("XNYS")
+    if not stale:
+        assert check_request(store, ["A", "B"], date(2020, 12, 28), data, calendar)
+        return
+    with pytest.raises(ServiceError) as refused:
+        check_request(store, ["A", "B"], date(2020, 12, 28), data, calendar)
+    assert refused.value.status == 422 and refused.value.symbols == ["A"]
+    assert "more than 5 XNYS sessions" in refused.value.detail
+
+
 def test_unknown_symbols_are_listed_in_the_body(client: TestClient):
     body = client.get("/forecast", params={"symbols": "AAPL,FOO,BAR"}).json()
     assert body["symbols"] == ["FOO", "BAR"]
@@ -275,31 +305,78 @@ def test_bars_after_asof_do_not_change_the_answer(bundled_db: Path, tmp_path: Pa
     assert after["forecasts"][5:] == before["forecasts"][5:]
 
 
-def test_a_writer_holding_the_store_gives_503_then_service_resumes(
-    bundled_db: Path, tmp_path: Path
-):
-    path = tmp_path / "k.duckdb"
-    shutil.copy(bundled_db, path)
-    client = TestClient(create_app(_config(path, tmp_path)))
+def _hold(path: Path, sql: str = "SELECT 1") -> subprocess.Popen:
+    """A process that opens ``path`` for writing, runs ``sql`` and holds it until stdin closes."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('held', flush=True);"
-            " sys.stdin.read()",
+            f"import duckdb, sys; c = duckdb.connect({str(path)!r}); c.execute({sql!r});"
+            " print('held', flush=True); sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_writer_holding_the_store_leaves_the_service_answering_from_its_copy(
+    bundled_db: Path, tmp_path: Path
+):
+    path = tmp_path / "k.duckdb"
+    shutil.copy(bundled_db, path)
+    client = TestClient(create_app(_config(path, tmp_path)))
+    params = {"symbols": "KO", "asof": "2020-03-04"}
+    before, read_at = client.get("/forecast", params=params), client.get("/health").json()
+    assert before.status_code == 200
+    # the writer changes the file (its write-ahead log) and keeps holding it
+    holder = _hold(path, "UPDATE bars SET adj_close = adj_close * 2 WHERE symbol = 'KO'")
     try:
-        assert holder.stdout.readline().strip() == "held"
+        during = client.get("/forecast", params=params)
+        assert during.status_code == 200, during.text
+        assert during.json() == before.json()
+        assert client.get("/health").json()["store"]["read_at"] == read_at["store"]["read_at"]
+    finally:
+        holder.communicate("", timeout=30)
+    after = client.get("/health").json()["store"]["read_at"]
+    assert after > read_at["store"]["read_at"]  # re-read once the writer let go
+    assert client.get("/forecast", params=params).status_code == 200
+
+
+def test_a_busy_store_before_any_copy_is_503_with_retry_after_and_no_path(
+    cal_db: Path, tmp_path: Path
+):
+    path = tmp_path / "k.duckdb"
+    shutil.copy(cal_db, path)
+    with Store.open(path, read_only=True) as store:
+        fitted = EwmaNormal(lam=0.9).fit(returns_panel(store, CALIBRATED_NIGHT, ["KO"]))
+    promote(write_artifact(fitted, tmp_path / "models", {"valid_crps": 1.0}))
+    config = ServiceConfig(
+        db=path, model="ewma", model_dir=tmp_path / "models", first_read_wait_s=0.3
+    )
+    holder = _hold(path)
+    try:  # an artifact needs no store to start; the store is read at the first request
+        client = TestClient(create_app(config))
         for r in (client.get("/health"), client.get("/forecast", params={"symbols": "KO"})):
             assert r.status_code == 503, r.text
-            assert "retry" in r.json()["detail"] and "lock" in r.json()["detail"]
+            assert r.headers["retry-after"] == "2"
+            assert "busy" in r.json()["detail"] and "retry" in r.json()["detail"]
+            assert "/" not in r.text and "PID" not in r.text
     finally:
         holder.communicate("", timeout=30)
     assert client.get("/forecast", params={"symbols": "KO"}).status_code == 200
+
+
+def test_an_unreadable_store_is_503_naming_no_path(bundled_db: Path, tmp_path: Path):
+    path = tmp_path / "k.duckdb"
+    shutil.copy(bundled_db, path)
+    client = TestClient(create_app(_config(path, tmp_path)))
+    path.write_bytes(b"not a duckdb file" * 100)
+    r = client.get("/forecast", params={"symbols": "KO"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+    assert "unavailable" in r.json()["detail"] and "/" not in r.text
 
 
 # ---------------------------------------------------------------- a real server
@@ -311,9 +388,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_kronos_serve_answers_over_http(bundled_db: Path, tmp_path: Path):
+@contextmanager
+def _server(db: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``kronos serve`` (ewma) on a free port; yields its base URL once /health answers."""
     port = _free_port()
-    args = ["serve", "--port", str(port), "--db", str(bundled_db), "--model", "ewma"]
+    args = ["serve", "--port", str(port), "--db", str(db), "--model", "ewma"]
     args += ["--model-dir", str(tmp_path / "models")]
     server = subprocess.Popen(
         [sys.executable, "-m", "kronos", *args],
@@ -329,19 +408,69 @@ def test_kronos_serve_answers_over_http(bundled_db: Path, tmp_path: Path):
         while True:
             assert server.poll() is None, server.communicate()[0]
             try:
-                health = httpx.get(f"{base}/health", timeout=5)
+                httpx.get(f"{base}/health", timeout=5)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "server did not start in 60 s"
                 time.sleep(0.2)
+        yield base, server
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+
+
+def _burst(base: str, stop: threading.Event, statuses: list[int]) -> None:
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while not stop.is_set():
+            statuses.append(client.get("/forecast", params={"symbols": "AAPL,KO"}).status_code)
+
+
+def test_kronos_serve_answers_over_http_and_an_ingest_succeeds_during_a_burst(
+    bundled_db: Path, tmp_path: Path
+):
+    path = tmp_path / "k.duckdb"
+    shutil.copy(bundled_db, path)
+    with _server(path, tmp_path) as (base, server):
+        health = httpx.get(f"{base}/health", timeout=5)
         assert health.status_code == 200 and health.json()["model"] == "ewma"
+        before = health.json()["store"]
         r = httpx.get(f"{base}/forecast", params={"symbols": "MSFT", "asof": "2021-06-30"})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["origin"] == "2021-06-30" and len(body["forecasts"]) == 5
         assert httpx.get(f"{base}/forecast", params={"symbols": "FOO"}).status_code == 404
-    finally:
+
+        # a burst of requests from two clients; an ingest into the same file meanwhile
+        stop, statuses = threading.Event(), []
+        clients = [threading.Thread(target=_burst, args=(base, stop, statuses)) for _ in "ab"]
+        for t in clients:
+            t.start()
+        try:
+            time.sleep(0.5)
+            args = ["data", "ingest", "--source", "synthetic", "--n-symbols", "2"]
+            args += ["--years", "0.2", "--no-reference", "--db", str(path)]
+            ingest = subprocess.run(
+                [sys.executable, "-m", "kronos", *args],
+                cwd=tmp_path,
+                # no wait: the service holds the file only while copying it after a change
+                env={**os.environ, "KRONOS_LOCK_WAIT_S": "0", "NO_COLOR": "1"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(timeout=60)
+        after = httpx.get(f"{base}/health", timeout=5).json()["store"]
+
         server.send_signal(signal.SIGINT)
         output = server.communicate(timeout=30)[0]
+    assert ingest.returncode == 0, ingest.stderr
+    assert len(statuses) > 10 and set(statuses) == {200}, statuses
+    assert after["symbols"] == before["symbols"] + 2  # the service re-read the file
+    assert after["read_at"] > before["read_at"]
     assert server.returncode == 0, output
-    assert f"serving ewma on http://127.0.0.1:{port}" in output
+    assert f"serving ewma on {base}" in output

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kronos.backtest.engine import rebalance_days
 from kronos.backtest.splits import Fold, WalkForward
+from kronos.calendar import get_calendar
 from kronos.models.base import HORIZON
 
 
@@ -83,6 +85,43 @@ def test_weekly_around_holidays():
         (date(2021, 1, 7), date(2021, 1, 12)),
         (date(2021, 1, 14), date(2021, 1, 20)),
     ]
+
+
+XNYS = get_calendar().sessions(date(2019, 1, 1), date(2021, 12, 31))
+
+
+def test_yearly_folds_on_exchange_sessions():
+    wf = WalkForward(train="expanding", train_sessions=100, retrain="yearly")
+    assert wf.folds(XNYS, date(2020, 12, 1), date(2021, 3, 31)) == [
+        # purged before Tue 2020-12-01: Nov 23, 24, 25, 27, 30 (Thanksgiving the 26th closed)
+        Fold(0, date(2019, 1, 2), date(2020, 11, 20), date(2020, 12, 1), date(2020, 12, 31), 5),
+        # New Year's Day 2021 is closed: the year's first session is Mon Jan 4; purged
+        # Dec 24 (an early close, still a session), 28, 29, 30, 31
+        Fold(1, date(2019, 1, 2), date(2020, 12, 23), date(2021, 1, 4), date(2021, 3, 31), 5),
+    ]
+
+
+def test_weekly_on_exchange_sessions_around_thanksgiving():
+    # retrain Thursday nights; Thanksgiving Thursday (Nov 26 2020) is closed, so the
+    # Wednesday before ends that week's window and Friday the 27th opens the next
+    wf = WalkForward(train="expanding", train_sessions=50, retrain="weekly", weekday=3)
+    assert windows(wf.folds(XNYS, date(2020, 11, 16), date(2020, 12, 4))) == [
+        (date(2020, 11, 16), date(2020, 11, 19)),
+        (date(2020, 11, 20), date(2020, 11, 25)),
+        (date(2020, 11, 27), date(2020, 12, 3)),
+        (date(2020, 12, 4), date(2020, 12, 4)),
+    ]
+    # rebalancing on Thursdays moves to Friday in Thanksgiving week
+    weeks = [d for d in XNYS if date(2020, 11, 16) <= d <= date(2020, 12, 4)]
+    assert sorted(rebalance_days(weeks, "weekly", 3)) == [
+        date(2020, 11, 19),
+        date(2020, 11, 27),
+        date(2020, 12, 3),
+    ]
+    # and a month's first rebalance is its first session (Jan 4 2021, not the holiday)
+    assert min(rebalance_days([d for d in XNYS if d.year == 2021], "monthly", 0)) == date(
+        2021, 1, 4
+    )
 
 
 def test_longer_purge_moves_train_end():

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import math
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from kronos.calendar import get_calendar
 from kronos.data.schema import TABLES
 from kronos.data.sources.synthetic import (
     SECTORS,
@@ -103,7 +104,18 @@ def test_iterator_yields_sorted_batches() -> None:
         assert f.equals(f.sort("symbol", "ts"))
     days = frames[0].filter(pl.col("symbol") == "SYN0001")["ts"]
     assert days.len() == 126 and days[0] == date(2000, 1, 3)
-    assert (days.dt.weekday() <= 5).all()
+    # the first 126 XNYS sessions of 2000: MLK day (Jan 17) and Good Friday are skipped
+    assert days.to_list() == get_calendar().sessions(date(2000, 1, 3), date(2000, 6, 30))
+    assert date(2000, 1, 17) not in days and date(2000, 4, 21) not in days
+
+
+def test_bars_follow_the_calendar_they_are_given() -> None:
+    xnys = synthetic_bars(2, 1, seed=0)
+    always = synthetic_bars(2, 1, seed=0, calendar=get_calendar("none"))
+    assert always["ts"].dt.weekday().max() == 7  # Sundays trade around the clock
+    assert always["ts"].max() == date(2000, 1, 3) + timedelta(days=251)  # 252 days in a row
+    # the same path (values by session index), only on other days
+    assert_frame_equal(xnys.drop("ts"), always.drop("ts"))
 
 
 def test_prices_positive_finite_and_consistent(bars: pl.DataFrame) -> None:
@@ -305,6 +317,18 @@ def test_news_bursts_stand_out(ref: SyntheticReference) -> None:
         peak = inside.group_by("day").len()["len"].max()
         floor = typical.filter(pl.col("symbol") == burst["symbol"])["floor"].item()
         assert peak > 5 * floor
+
+
+def test_reference_days_are_sessions(ref: SyntheticReference) -> None:
+    xnys = get_calendar()
+    filed = pl.DataFrame(ref.payloads["income-statement"])["filingDate"].str.to_date()
+    rated = pl.DataFrame(ref.payloads["rating"])["date"].str.to_date()
+    social = ref.social["ts"].dt.date()
+    for days in (filed, rated, social):
+        assert xnys.sessions_mask(days.to_numpy()).all()
+    # the first session of each month: Jan 2 2018 (New Year's Day is a holiday)
+    assert rated.min() == date(2018, 1, 2)
+    assert social.n_unique() == len(xnys.sessions(REF_START, REF_END))
 
 
 def test_social_posts_rise_in_bursts(ref: SyntheticReference) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as clock
@@ -35,6 +35,7 @@ import polars as pl
 from kronos.backtest.market import Market
 from kronos.backtest.monitor import Quantiles
 from kronos.backtest.result import FILLS_SCHEMA, ORDERS_SCHEMA
+from kronos.calendar import day_of_week, period_key
 from kronos.data.store import Store
 from kronos.decision import Decision, DecisionSettings, Snapshot, decide_from, run_id_for
 from kronos.execution.fills import Book, FillRules, fill_orders, limit_fills, within_cash
@@ -61,19 +62,23 @@ class Trading:
 
 
 def rebalance_days(sessions: list[date], every: str, weekday: int) -> set[date]:
-    """Rebalance sessions: all, each week's first on or after ``weekday``, or each month's first."""
+    """Rebalance sessions: all, each week's first on or after ``weekday``, or each month's first.
+
+    ``sessions`` are exchange sessions (the market's); a holiday on ``weekday``
+    moves that week's rebalance to the week's next session, and a week with no
+    session from ``weekday`` on has none.
+    """
     if every == "daily":
         return set(sessions)
-    out: dict[tuple[int, int], date] = {}
+    if every not in ("weekly", "monthly"):
+        raise ValueError(f"unknown rebalance cadence {every!r}: daily, weekly or monthly")
+    out: dict[Hashable, date] = {}
     for d in sessions:
         if every == "weekly":
-            key = d.isocalendar()[:2]
-            if d.weekday() >= weekday and key not in out:
-                out[key] = d
-        elif every == "monthly":
-            out.setdefault((d.year, d.month), d)
+            if day_of_week(d) >= weekday:
+                out.setdefault(period_key(d, "week"), d)
         else:
-            raise ValueError(f"unknown rebalance cadence {every!r}: daily, weekly or monthly")
+            out.setdefault(period_key(d, "month"), d)
     return set(out.values())
 
 

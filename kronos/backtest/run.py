@@ -19,7 +19,7 @@ from kronos.backtest.market import Market, load_market, resolve_universe, wide
 from kronos.backtest.monitor import Quantiles, calibrate, failsafe
 from kronos.backtest.result import BREAKERS_SCHEMA, EQUITY_SCHEMA, POSITIONS_SCHEMA, BacktestResult
 from kronos.backtest.spec import BacktestSpec, spec_hash
-from kronos.data.store import Store
+from kronos.data.store import DEFAULT_LOCK_WAIT_S, Store
 from kronos.execution.fills import FillRules
 from kronos.risk import Breaker
 
@@ -259,8 +259,12 @@ def run_backtest(
 
 
 def run_on_db(
-    spec: BacktestSpec, db: Path, executor: Executor = "local", ray_address: str | None = None
+    spec: BacktestSpec,
+    db: Path,
+    executor: Executor = "local",
+    ray_address: str | None = None,
+    lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
 ) -> BacktestResult:
     """Open the store at ``db`` read only and run ``spec`` (a sweep variant's Ray task)."""
-    with Store.open(db, read_only=True) as store:
+    with Store.open(db, read_only=True, lock_wait_s=lock_wait_s) as store:
         return run_backtest(spec, store, executor=executor, ray_address=ray_address)

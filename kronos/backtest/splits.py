@@ -11,11 +11,12 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kronos.calendar import period_key
 from kronos.models.base import HORIZON
 
 Retrain = Literal["weekly", "monthly", "quarterly", "yearly"]
@@ -104,12 +105,9 @@ def _check_sessions(sessions: Sequence[date]) -> None:
 
 def _period_key(retrain: Retrain, weekday: int) -> Callable[[date], Hashable]:
     """A function equal on two sessions exactly when they fall in the same retrain period."""
-    if retrain == "yearly":
-        return lambda d: d.year
-    if retrain == "quarterly":
-        return lambda d: (d.year, (d.month - 1) // 3)
-    if retrain == "monthly":
-        return lambda d: (d.year, d.month)
     # weekly: a period starts the day after ``weekday``; a session on ``weekday``
     # itself closes the previous period (the model is refitted that night)
-    return lambda d: d - timedelta(days=(d.weekday() - weekday - 1) % 7)
+    period = {"yearly": "year", "quarterly": "quarter", "monthly": "month"}.get(
+        retrain, "week_after"
+    )
+    return lambda d: period_key(d, period, weekday)

@@ -17,12 +17,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from kronos.calendar import Calendar, get_calendar
 from kronos.data import loaders
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
@@ -44,19 +44,22 @@ def _book(symbols: list[str], rng: np.random.Generator, n_held: int) -> pl.DataF
     )
 
 
-def _forecasts(symbols: list[str], asof, rng: np.random.Generator) -> pl.DataFrame:
+def _forecasts(
+    symbols: list[str], asof, rng: np.random.Generator, calendar: Calendar | None = None
+) -> pl.DataFrame:
+    calendar = calendar or get_calendar()
     n = len(symbols)
     p50 = rng.normal(0, 0.004, n)
     half = rng.uniform(0.015, 0.04, n)
     rows = []
-    for step in range(1, 6):
+    for step, target in enumerate(calendar.next_sessions(asof, 5), start=1):
         rows.append(
             pl.DataFrame(
                 {
                     "symbol": symbols,
                     "asof": asof,
                     "step": step,
-                    "target_ts": asof + timedelta(days=step),
+                    "target_ts": target,
                     "p05": p50 - half,
                     "p50": p50,
                     "p95": p50 + half,
@@ -75,10 +78,15 @@ def run_decision_bench(
     repeats: int = 20,
     seed: int = 5,
     on_step: Callable[[str], None] | None = None,
+    calendar: Calendar | None = None,
 ) -> dict:
-    """Build the store, then time the decision in memory and with reads."""
+    """Build the store, then time the decision in memory and with reads.
+
+    Forecast targets are sessions of ``calendar`` (XNYS when None, as the synthetic bars).
+    """
     step = on_step or (lambda _s: None)
     rng = np.random.default_rng(seed)
+    calendar = calendar or get_calendar()
     settings = DecisionSettings()
     with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "k.duckdb") as store:
         step(f"build a synthetic store of {n_symbols} symbols")
@@ -89,7 +97,13 @@ def run_decision_bench(
             r[0]
             for r in store.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
         ]
-        ingest(store, "forecasts", [_forecasts(symbols, asof, rng)], source="bench", origin="bench")
+        ingest(
+            store,
+            "forecasts",
+            [_forecasts(symbols, asof, rng, calendar)],
+            source="bench",
+            origin="bench",
+        )
         build_s = time.perf_counter() - t0
         now = session_close(asof, settings.data)
         positions = _book(symbols, rng, 150)

@@ -12,6 +12,8 @@ from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
 from kronos.cli.run import run, runs_app, schedule
 from kronos.cli.serve import serve
+from kronos.errors import KronosError
+from kronos.interrupts import Caught, stop_on_signals
 
 app = typer.Typer(
     help="Kronos research workbench.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -31,8 +33,24 @@ app.command("serve")(serve)
 
 
 def main() -> None:
-    """Entry point of the ``kronos`` console script."""
+    """Entry point of the ``kronos`` console script.
+
+    A :class:`KronosError` (bad input, a busy store, ...) that no command caught
+    ends as one line ``error: <message>`` on stderr and exit status 2, never a
+    traceback. SIGTERM and SIGHUP stop a command as Ctrl-C does, so an MLflow
+    run it holds ends KILLED.
+    """
+    caught = Caught()
     try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+        with stop_on_signals() as caught:
+            app()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: 130, 143, 129
+        sys.exit(caught.exit_status or 130)
+    except SystemExit as exc:
+        # Click turns an interrupt into exit 130 whatever the signal was
+        if caught.exit_status is not None and exc.code == 130:
+            sys.exit(caught.exit_status)
+        raise
+    except KronosError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)

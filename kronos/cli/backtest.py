@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
 from kronos.config import DataSettings, resolve_db_path
 
 ExecutorOption = Annotated[
@@ -62,7 +62,8 @@ def backtest(
 
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
-    path = resolve_db_path(db, DataSettings())
+    settings = DataSettings()
+    path = resolve_db_path(db, settings)
     if not path.exists():
         fail(f"no kronos database at {path}; run 'kronos data ingest' first")
     try:
@@ -78,16 +79,16 @@ def backtest(
         # variants in parallel; each runs its own folds in order
         calls = [(spec, path, "local", None) for _, spec in variants]
         try:
-            results = map_calls(run_on_db, calls, executor, ray_address)
+            shared = {"lock_wait_s": settings.lock_wait_s}
+            results = map_calls(run_on_db, calls, executor, ray_address, shared)
         except (ValueError, OSError) as exc:
             fail(str(exc))
     else:
         from kronos.backtest.run import run_backtest
-        from kronos.data.store import Store
 
         spec = variants[0][1]
         try:
-            with Store.open(path, read_only=True) as store:
+            with open_store(path, read_only=True, settings=settings) as store:
                 results = [
                     run_backtest(
                         spec,

@@ -11,21 +11,19 @@ import polars as pl
 import typer
 from rich.table import Table
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, progress, table
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, progress, table
 
 app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
 
 
 def _panel_and_sectors(db: Path | None, source: str) -> tuple[pl.DataFrame, dict[str, str]]:
     """Today's returns panel of a bars source, and each symbol's sector."""
-    from kronos.config import DataSettings, resolve_db_path
     from kronos.data import readers
     from kronos.data.errors import KronosDataError
-    from kronos.data.store import Store
     from kronos.features.returns import returns_panel
 
     try:
-        with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             panel = returns_panel(store, date.today(), source=source)
             sectors = readers.sectors(store, date.today(), panel["symbol"].unique().to_list())
     except (KronosDataError, FileNotFoundError, ValueError) as exc:

@@ -10,8 +10,8 @@ import polars as pl
 import typer
 
 from kronos import risk
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
-from kronos.config import DataSettings, RiskSettings, resolve_db_path
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
+from kronos.config import DataSettings, RiskSettings
 from kronos.data import readers
 from kronos.data.errors import KronosDataError
 from kronos.data.store import Store
@@ -68,7 +68,7 @@ def breakers_list(
     """Active breakers (or all of them with --all)."""
     moment = _moment(at)
     try:
-        with Store.open(resolve_db_path(db), read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             found = risk.all_breakers(store) if show_all else risk.active_breakers(store, moment)
     except (KronosDataError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -96,7 +96,7 @@ def breakers_clear(
     if breaker_id is not None and scope is not None:
         fail("give either a breaker id or --scope/--key, not both")
     try:
-        with Store.open(resolve_db_path(db)) as store:
+        with open_store(db) as store:
             n = risk.clear(store, breaker_id=breaker_id, scope=scope, key=key)
     except (BreakerError, KronosDataError) as exc:
         fail(str(exc))
@@ -155,7 +155,7 @@ def breakers_check(
     settings, data_settings = RiskSettings(), DataSettings()
     lookback = timedelta(days=3 * settings.failsafe_coverage_window + 14)
     try:
-        with Store.open(resolve_db_path(db, data_settings)) as store:
+        with open_store(db, settings=data_settings) as store:
             fc, calibrated = _step1_forecasts(store, day, model, version)
             realized = readers.returns(store, day, start=day - lookback).select(
                 "symbol", "ts", y="log_ret"

@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
-from kronos.config import CalibrationSettings, DataSettings, ModelSettings, resolve_db_path
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
+from kronos.config import CalibrationSettings, ModelSettings
 from kronos.data.errors import KronosDataError
-from kronos.data.store import Store
 from kronos.models.base import ForecastError
 
 
@@ -43,7 +42,7 @@ def calibrate(
     settings = CalibrationSettings()
     night_date = date.fromisoformat(asof)
     try:
-        with Store.open(resolve_db_path(db, DataSettings())) as store:
+        with open_store(db) as store:
             if import_file is not None:
                 day = import_json(store, json.loads(import_file.read_text()), settings)
                 out.print(f"imported calibration state for {day} from {import_file}")

@@ -11,12 +11,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, progress
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, progress
 from kronos.config import DataSettings, resolve_db_path
 from kronos.data import loaders, quality, readers
 from kronos.data.errors import KronosDataError
 from kronos.data.ingest import UpsertResult
-from kronos.data.store import Store
 
 app = typer.Typer(help="Market store: ingest, validate, inspect.", no_args_is_help=True)
 
@@ -29,6 +28,7 @@ SHORT = {
     "monotonic_dates": "order",
     "extreme_moves": "moves",
     "min_span": "span",
+    "off_session": "sess",
     "calendar_gaps": "gaps",
 }
 
@@ -68,7 +68,29 @@ def data_ingest(
             help="Column mapping NAME=COLUMN (repeatable), e.g. --map 'adj_close=Adj Close'.",
         ),
     ] = None,
-    tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps in files.")] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option(
+            help="Time zone of naive intraday timestamps in files; dates and midnight "
+            "stamps are session dates whatever it says."
+        ),
+    ] = None,
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            "--date-format",
+            help="How to read non-ISO dates in files (strptime), e.g. '%m/%d/%Y' (US) or "
+            "'%d/%m/%Y' (European); needed for slash and dot dates.",
+        ),
+    ] = None,
+    calendar_name: Annotated[
+        str | None,
+        typer.Option(
+            "--calendar",
+            help="Exchange calendar bars must fall on: XNYS, ... or none for 24/7 "
+            "(env KRONOS_CALENDAR; default XNYS).",
+        ),
+    ] = None,
     kind: Annotated[
         str | None, typer.Option(help="FMP endpoint of the files (else from name).")
     ] = None,
@@ -88,13 +110,27 @@ def data_ingest(
     ] = 250,
     as_json: JsonOption = False,
 ) -> None:
-    """Ingest a source into the store: idempotent, one transaction per batch."""
+    """Ingest a source into the store: idempotent, one transaction per batch.
+
+    Bad input is refused (exit 2) naming file, line, column and symbol; a file
+    is stored whole or not at all. Bars must fall on sessions of the calendar.
+    """
+    from kronos.data.ingest import IngestRules
+    from kronos.errors import KronosError
+
     settings = DataSettings()
     files = list(paths or [])
     if source in (Source.csv, Source.parquet, Source.fmp) and not files:
         fail(f"--source {source.value} needs one or more files")
+    if source is Source.alpaca and (not symbols or not start):
+        fail("--source alpaca needs --symbols and --start")
+
+    def on_note(message: str) -> None:
+        err.print(f"note: {message}", highlight=False)
+
     try:
-        with Store.open(resolve_db_path(db, settings)) as store, progress() as bar:
+        rules = IngestRules.from_settings(settings, calendar_name)
+        with open_store(db, settings=settings) as store, progress() as bar:
             task = bar.add_task(f"ingest {source.value}", total=None)
 
             def on_batch(r: UpsertResult) -> None:
@@ -106,8 +142,9 @@ def data_ingest(
                         highlight=False,
                     )
 
+            checks = {"rules": rules, "on_note": on_note}
             if source is Source.bundled:
-                results = loaders.load_bundled(store, on_batch)
+                results = loaders.load_bundled(store, on_batch, **checks)
             elif source in (Source.csv, Source.parquet):
                 from kronos.data.sources.files import parse_mapping
 
@@ -119,23 +156,25 @@ def data_ingest(
                     tz=tz,
                     settings=settings,
                     on_batch=on_batch,
+                    source=source.value,
+                    date_format=date_format,
+                    **checks,
                 )
             elif source is Source.fmp:
                 from datetime import UTC
 
                 known = known_at.replace(tzinfo=known_at.tzinfo or UTC) if known_at else None
                 results = loaders.load_fmp_files(
-                    store, files, kind=kind, known_at=known, on_batch=on_batch
+                    store, files, kind=kind, known_at=known, on_batch=on_batch, **checks
                 )
             elif source is Source.alpaca:
-                if not symbols or not start:
-                    fail("--source alpaca needs --symbols and --start")
                 results = loaders.load_alpaca(
                     store,
-                    symbols.split(","),
-                    start.date(),
+                    (symbols or "").split(","),
+                    start.date() if start else date.today(),
                     (end or datetime.now()).date(),
                     on_batch,
+                    **checks,
                 )
             else:
                 results = loaders.load_synthetic(
@@ -147,8 +186,9 @@ def data_ingest(
                     reference=reference,
                     batch_symbols=batch_symbols,
                     on_batch=on_batch,
+                    **checks,
                 )
-    except (KronosDataError, ValueError, FileNotFoundError) as exc:
+    except (KronosError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps({t: vars(r) | {"unchanged": r.unchanged} for t, r in results.items()}))
@@ -159,9 +199,8 @@ def data_ingest(
 @app.command("info")
 def data_info(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Symbols, date spans and rows per table."""
-    path = resolve_db_path(db)
     try:
-        with Store.open(path, read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             info = loaders.store_info(store)
     except (KronosDataError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -204,6 +243,14 @@ def data_validate(
         list[str] | None, typer.Option("--map", help="Column mapping NAME=COLUMN.")
     ] = None,
     tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps in files.")] = None,
+    calendar_name: Annotated[
+        str | None,
+        typer.Option(
+            "--calendar",
+            help="Exchange calendar of the sessions (XNYS, ...; none: 24/7) "
+            "[env KRONOS_CALENDAR; default XNYS].",
+        ),
+    ] = None,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -212,13 +259,18 @@ def data_validate(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the data-quality rules; exit 1 when any rule fails."""
+    """Run the data-quality rules, exchange sessions included; exit 1 when any rule fails."""
+    from kronos.calendar import get_calendar
     from kronos.data.errors import InputError
     from kronos.data.sources.files import parse_mapping, read_bars_file
+    from kronos.errors import KronosError
 
     settings = DataSettings()
+    if calendar_name is not None:
+        settings = settings.model_copy(update={"calendar": calendar_name})
     reports = []
     try:
+        calendar = get_calendar(settings.calendar)
         if files:
             for f in files:
                 try:
@@ -228,17 +280,19 @@ def data_validate(
                         symbol=symbol,
                         tz=tz,
                         market_tz=settings.market_tz,
+                        calendar=calendar,
                     )
                 except InputError as exc:
                     fail(str(exc))
-                reports.append(quality.run_qa(frame, str(f), settings))
+                reports.append(quality.run_qa(frame, str(f), settings, calendar))
         else:
-            with Store.open(resolve_db_path(db, settings), read_only=True) as store:
+            with open_store(db, read_only=True, settings=settings) as store:
                 frame = readers.prices(
                     store, asof=date.today(), symbols=symbols.split(",") if symbols else None
                 )
-            reports.append(quality.run_qa(frame, str(resolve_db_path(db, settings)), settings))
-    except (KronosDataError, FileNotFoundError, ValueError) as exc:
+            origin = str(resolve_db_path(db, settings))
+            reports.append(quality.run_qa(frame, origin, settings, calendar))
+    except (KronosError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     passed = all(r.passed for r in reports)
     payload = {"passed": passed, "reports": [r.to_dict() for r in reports]}

@@ -10,10 +10,9 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
-from kronos.config import CalibrationSettings, DataSettings, ModelSettings, resolve_db_path
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
+from kronos.config import CalibrationSettings, ModelSettings
 from kronos.data.errors import KronosDataError
-from kronos.data.store import Store
 from kronos.models.base import ForecastError
 
 
@@ -35,7 +34,7 @@ def forecast(
     names = symbols.split(",") if symbols else None
     settings = CalibrationSettings()
     try:
-        with Store.open(resolve_db_path(db, DataSettings())) as store:
+        with open_store(db) as store:
             panel = returns_panel(store, cutoff, names, source=None if names else source)
             made = forecast_and_store(
                 store,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
 from kronos.config import ModelSettings, resolve_db_path
 from kronos.data.errors import KronosDataError
 from kronos.data.store import Store
@@ -100,6 +100,11 @@ def paper_run(
     open, then its close); its state lives in the store, so a later run of the
     same --account continues. With Alpaca, keys come from the environment or
     .env (APCA_PAPER_API_KEY_ID, APCA_PAPER_API_SECRET_KEY).
+
+    Exit 1, with the MLflow run FAILED, when no cycle completed or the last
+    cycle failed (e.g. the broker is unreachable); a failed cycle that a later
+    one recovered from is counted (cycles_failed), not failed on. SIGTERM and
+    SIGHUP stop the run as Ctrl-C does: run KILLED, exit 143/129 (130).
     """
     if broker not in ("sim", "alpaca"):
         fail(f"--broker must be sim or alpaca, got {broker!r}")
@@ -111,40 +116,58 @@ def paper_run(
         fail("--cycles must be at least 1")
     stop = _moment(until)
     try:
-        store = Store.open(resolve_db_path(db))
+        store = open_store(db)
     except (KronosDataError, FileNotFoundError) as exc:
         fail(str(exc))
-    with store, contextlib.ExitStack() as stack:
-        from kronos.execution.paper import PaperConfig, PaperLoop
+    from kronos.interrupts import RunInterrupted, stop_on_signals
 
-        symbols = universe(store, source)
-        if broker == "sim":
-            the_broker, wait = _sim(store, account, symbols, start, cash, fill_at,
-                                    commission_bps, slippage_bps, volume_share)  # fmt: skip
-        else:
-            the_broker, wait = _alpaca(), _sleeper(interval, stop)
-        config = PaperConfig(
-            account=account,
-            model=model,
-            model_dir=ModelSettings().model_dir,
-            symbols=tuple(symbols),
-        )
-        recorder = None
-        if not no_mlflow:
-            from kronos.tracking import mlflow_run
+    try:
+        with stop_on_signals(), store, contextlib.ExitStack() as stack:
+            from kronos.execution.paper import PaperConfig, PaperLoop
 
-            tags = {"broker": broker, "account": account, "model": model}
-            recorder = stack.enter_context(mlflow_run(EXPERIMENT, f"paper-{account}", tags))
-        say = (lambda m: err.print(m, highlight=False)) if as_json else print
-        loop = PaperLoop(store, the_broker, config, recorder, say=say)
-        try:
-            reports = loop.run(cycles=cycles, until=stop, wait=wait)
-        except RuntimeError as exc:  # the simulated broker at the end of the stored bars
-            fail(str(exc))
+            symbols = universe(store, source)
+            if broker == "sim":
+                the_broker, wait = _sim(store, account, symbols, start, cash, fill_at,
+                                        commission_bps, slippage_bps, volume_share)  # fmt: skip
+            else:
+                the_broker, wait = _alpaca(), _sleeper(interval, stop)
+            config = PaperConfig(
+                account=account,
+                model=model,
+                model_dir=ModelSettings().model_dir,
+                symbols=tuple(symbols),
+            )
+            recorder = None
+            if not no_mlflow:
+                from kronos.tracking import mlflow_run
+
+                tags = {"broker": broker, "account": account, "model": model}
+                recorder = stack.enter_context(mlflow_run(EXPERIMENT, f"paper-{account}", tags))
+            say = (lambda m: err.print(m, highlight=False)) if as_json else print
+            loop = PaperLoop(store, the_broker, config, recorder, say=say)
+            try:
+                reports = loop.run(cycles=cycles, until=stop, wait=wait)
+            except RuntimeError as exc:  # the simulated broker at the end of the stored bars
+                fail(str(exc))
+            _report(loop, reports, the_broker, account, recorder, as_json)
+    except KeyboardInterrupt as exc:  # the MLflow run is KILLED; the cycle journal says so too
+        why = str(exc) if isinstance(exc, RunInterrupted) else "stopped by SIGINT"
+        err.print(f"[red]{why}[/red]: the paper run is KILLED", highlight=False)
+        raise typer.Exit(exc.exit_status if isinstance(exc, RunInterrupted) else 130) from None
+
+
+def _report(loop, reports, the_broker, account: str, recorder, as_json: bool) -> None:
+    """Print the run's summary; exit 1 (in the MLflow run: FAILED) when it did not work."""
+    problem = loop.outcome(reports)
+    if problem is not None and loop.failures and loop.failures[-1].unavailable:
+        check = "KRONOS_ALPACA_TRADING_URL, the network and Alpaca's status"
+        problem += f" (broker {_broker_host(the_broker)} unreachable: check {check})"
     summary = {
-        "broker": broker,
+        "status": "FAILED" if problem else "FINISHED",
+        "broker": the_broker.name,
         "account": account,
         "cycles": len(reports),
+        "cycles_failed": len(loop.failures),
         "submitted": sum(r.submitted for r in reports),
         "rejected": sum(r.rejected for r in reports),
         "fills": sum(r.fills for r in reports),
@@ -152,16 +175,39 @@ def paper_run(
         "nav": reports[-1].nav if reports else None,
         "cash": reports[-1].cash if reports else None,
         "mlflow_run_id": recorder.run_id if recorder is not None else None,
+        "error": problem,
     }
     if as_json:
         print(json.dumps(summary, default=str))
     else:
+        failed = f", {summary['cycles_failed']} failed" if loop.failures else ""
         out.print(
-            f"{summary['cycles']} cycle(s): {summary['submitted']} order(s) submitted, "
-            f"{summary['fills']} fill(s), {summary['differences']} difference(s); "
+            f"{summary['cycles']} cycle(s){failed}: {summary['submitted']} order(s) "
+            f"submitted, {summary['fills']} fill(s), {summary['differences']} difference(s); "
             f"NAV {summary['nav'] or 0:,.2f}",
             highlight=False,
         )
+    if recorder is not None:
+        counts = {"cycles_completed": len(reports), "cycles_failed": len(loop.failures)}
+        recorder.log_metrics({k: float(v) for k, v in counts.items()})
+    if problem is not None:
+        if recorder is not None:
+            recorder.set_tags({"error": problem[:5000]})
+        err.print(f"[red]paper run failed:[/red] {problem}", highlight=False)
+        raise typer.Exit(1)  # raised inside the MLflow run: it ends FAILED
+
+
+def _broker_host(broker) -> str:
+    """The host (and port) a broker talks to, for error messages."""
+    from urllib.parse import urlsplit
+
+    url = getattr(broker, "url", None)
+    if url:
+        return urlsplit(url).netloc or url
+    if getattr(broker, "name", "") == "alpaca":
+        live = getattr(broker, "mode", "paper") == "live"
+        return "api.alpaca.markets" if live else "paper-api.alpaca.markets"
+    return getattr(broker, "name", "the broker")
 
 
 def _sim(store, account, symbols, start, cash, fill_at, commission, slippage, volume_share):
@@ -207,7 +253,7 @@ def paper_status(
 ) -> None:
     """Recent cycles, current positions and open orders of an account, from the store."""
     try:
-        with Store.open(resolve_db_path(db), read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             cycles = store.con.execute(
                 'SELECT cycle, status, broker_now, market_open, "asof", submitted, fills, '
                 "differences, nav, cash, message FROM paper_cycles WHERE account = ? "
@@ -274,7 +320,7 @@ def paper_chaos(
         fail(f"cannot read --start {start!r} as YYYY-MM-DD")
     path = resolve_db_path(db)
     try:
-        with Store.open(path, read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             symbols = universe(store, source)
     except (KronosDataError, FileNotFoundError) as exc:
         fail(str(exc))

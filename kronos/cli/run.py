@@ -78,7 +78,13 @@ def run(
     ] = Path("experiments/runs"),
     as_json: JsonOption = False,
 ) -> None:
-    """Execute a notebook with papermill as one MLflow run; exit 1 if a cell failed."""
+    """Execute a notebook with papermill as one MLflow run; exit 1 if a cell failed.
+
+    SIGINT, SIGTERM and SIGHUP stop the kernel, log the partial notebook and
+    mark the run KILLED (exit 130, 143, 129). Before starting, RUNNING runs of
+    this host whose process has ended are marked FAILED.
+    """
+    from kronos.interrupts import RunInterrupted, stop_on_signals
     from kronos.runner import RunnerError, load_run_spec, run_notebook
     from kronos.runner.base import DEFAULT_CELL_TIMEOUT
 
@@ -98,22 +104,29 @@ def run(
                 tags["mlflow.note.content"] = spec.description  # the run's description in the UI
         params.update(_assignments(param or []))
 
+        _close_orphans(_client())
+
         def started(run_id: str, output: Path) -> None:
             err.print(f"running {notebook} as MLflow run {run_id}\n  -> {output}", highlight=False)
 
-        outcome = run_notebook(
-            notebook,
-            params,
-            name=name,
-            experiment=experiment,
-            timeout=timeout or DEFAULT_CELL_TIMEOUT,
-            out_root=out_dir,
-            tags=tags,
-            progress=err.is_terminal,
-            on_start=started,
-        )
+        with stop_on_signals():
+            outcome = run_notebook(
+                notebook,
+                params,
+                name=name,
+                experiment=experiment,
+                timeout=timeout or DEFAULT_CELL_TIMEOUT,
+                out_root=out_dir,
+                tags=tags,
+                progress=err.is_terminal,
+                on_start=started,
+            )
     except RunnerError as exc:
         fail(str(exc))
+    except KeyboardInterrupt as exc:
+        why = str(exc) if isinstance(exc, RunInterrupted) else "stopped by SIGINT"
+        err.print(f"[red]{why}:[/red] the run is KILLED; its partial notebook is logged")
+        raise typer.Exit(exc.exit_status if isinstance(exc, RunInterrupted) else 130) from None
 
     if as_json:
         data = {
@@ -185,6 +198,19 @@ def _key_metrics(metrics: dict[str, float], n: int = 3) -> str:
     return " ".join(f"{m}={_number(metrics[m])}" for m in ranked[:n])
 
 
+def _close_orphans(client) -> None:
+    """Mark FAILED this host's RUNNING runs whose process ended, saying which."""
+    from kronos.runner import close_orphaned
+    from kronos.tracking import ORPHANED, PID_TAG
+
+    for run in close_orphaned(client):
+        err.print(
+            f"run {run.info.run_id[:8]} ({run.info.run_name}, PID {run.data.tags.get(PID_TAG)}): "
+            f"{ORPHANED}; marked FAILED",
+            highlight=False,
+        )
+
+
 @runs_app.command("list")
 def list_runs(
     experiment: Annotated[
@@ -193,11 +219,18 @@ def list_runs(
     max_runs: Annotated[int, typer.Option("--max", min=1, help="Newest runs at most.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """Recent runs, newest first, with a few key metrics."""
+    """Recent runs, newest first, with a few key metrics.
+
+    A RUNNING run of this host whose process has ended is first marked FAILED
+    ("process ended without closing the run") with its partial notebook logged;
+    runs started on other hosts are left as they are.
+    """
     from kronos.runner import RunnerError, recent_runs
 
+    client = _client()
+    _close_orphans(client)
     try:
-        runs, names = recent_runs(_client(), experiment, max_runs)
+        runs, names = recent_runs(client, experiment, max_runs)
     except RunnerError as exc:
         fail(str(exc))
     if as_json:

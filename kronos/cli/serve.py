@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kronos.cli._common import DbOption, err, fail
-from kronos.config import DataSettings, ModelSettings, resolve_db_path
+from kronos.config import CalibrationSettings, DataSettings, ModelSettings, resolve_db_path
 from kronos.data.errors import KronosDataError
 from kronos.models.base import ForecastError
 
@@ -31,15 +31,16 @@ def serve(
 
     from kronos.serve import ServiceConfig, create_app
 
+    settings = DataSettings()
     config = ServiceConfig(
-        db=resolve_db_path(db, DataSettings()),
+        db=resolve_db_path(db, settings),
         model=model,
         model_dir=model_dir or ModelSettings().model_dir,
         fit_source=source,
         max_symbols=max_symbols,
     )
     try:
-        app = create_app(config)
+        app = create_app(config, CalibrationSettings(), settings)
     except (ForecastError, KronosDataError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     service = app.state.service

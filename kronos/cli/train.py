@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, out, table
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
 from kronos.config import DataSettings, ModelSettings, config_hash, resolve_db_path
-from kronos.data.store import Store
 from kronos.models.base import Forecaster, ForecastError, TrainingConfig
 
 app = typer.Typer(
@@ -48,7 +47,7 @@ def _run(
     root = model_dir or settings.model_dir
     cutoff = date.fromisoformat(asof) if asof else date.today()
     try:
-        with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             panel = returns_panel(
                 store,
                 cutoff,
@@ -192,7 +191,7 @@ def _sectors(db: Path | None, asof: str | None) -> dict[str, str]:
 
     cutoff = date.fromisoformat(asof) if asof else date.today()
     try:
-        with Store.open(resolve_db_path(db, DataSettings()), read_only=True) as store:
+        with open_store(db, read_only=True) as store:
             return readers.sectors(store, cutoff)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
@@ -314,7 +313,7 @@ def train_regime_command(
     result: dict = {"asof": str(cutoff)}
     if not features_only:
         try:
-            with Store.open(path, read_only=True) as store:
+            with open_store(path, read_only=True) as store:
                 features = market_features_at(store, cutoff, source)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
@@ -348,7 +347,7 @@ def train_regime_command(
     if not path.exists():
         fail(f"no store at {path}: run kronos data ingest first")
     try:
-        with Store.open(path) as store:
+        with open_store(path) as store:
             refreshed = refresh_regime(store, root, cutoff, source)
             reading = latest_regime(store, cutoff)
     except ValueError as exc:

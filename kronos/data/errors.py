@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kronos.errors import KronosError
 
-class KronosDataError(Exception):
+
+class KronosDataError(KronosError):
     """Base class for data-layer errors."""
 
 
@@ -45,3 +47,20 @@ class InputError(KronosDataError):
         more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
         noun = "problem" if len(problems) == 1 else "problems"
         super().__init__(f"{len(problems)} {noun} in input, nothing was written:\n{shown}{more}")
+        self.limit = limit
+
+    def __reduce__(self) -> tuple:
+        # rebuilt from its problems when pickled (a Ray task's error crosses processes)
+        return _input_error, (self.problems, self.limit)
+
+
+def _input_error(problems: list[Problem], limit: int) -> InputError:
+    return InputError(problems, limit=limit)
+
+
+class SourceError(KronosDataError):
+    """A data source (Alpaca, FMP) answered with an error or data we cannot use."""
+
+
+class SourceUnreachable(SourceError):
+    """A data source could not be reached (no connection, no DNS, no answer in time)."""

@@ -6,21 +6,75 @@ errors can point at it. :func:`conform` refuses bad rows, naming file, line,
 column and symbol; :func:`upsert` writes one batch in one transaction, touching
 only rows that are new or changed, so a second run of the same ingest writes
 nothing.
+
+Rows that come from a source (files, FMP, Alpaca, the bundled and synthetic
+data) also pass :class:`IngestRules`: symbols normalised and matched against a
+pattern, bars on sessions of the exchange calendar with consistent OHLC and
+prices under a sanity bound, and no reference row known after the ingest time.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
+import numpy as np
 import polars as pl
 
+from kronos.calendar import Calendar, CalendarError, get_calendar
+from kronos.config import DataSettings
 from kronos.data.errors import InputError, Problem
 from kronos.data.schema import TABLES, TableSpec
 from kronos.data.store import Store
 
 ROW = "_row"
+PRICES = ("open", "high", "low", "close", "adj_close")
+
+
+@dataclass(frozen=True)
+class IngestRules:
+    """What rows from a source must satisfy beyond the table contract.
+
+    Build one per command with :meth:`from_settings` (the calendar takes a
+    fraction of a second to load); ``now`` is the ingest time, after which no
+    reference row may have become known.
+    """
+
+    calendar: Calendar
+    max_price: float = 1e6
+    symbol_pattern: str = r"^[A-Z][A-Z0-9.\-]{0,14}$"
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_settings(
+        cls, settings: DataSettings | None = None, calendar: str | None = None
+    ) -> IngestRules:
+        """Rules from data settings; ``calendar`` overrides ``settings.calendar``."""
+        settings = settings or DataSettings()
+        return cls(
+            calendar=get_calendar(calendar or settings.calendar),
+            max_price=settings.max_price,
+            symbol_pattern=settings.symbol_pattern,
+        )
+
+
+def normalize_symbols(
+    frame: pl.DataFrame, on_note: Callable[[str], None] | None = None
+) -> pl.DataFrame:
+    """Strip and upper-case the ``symbol`` column, reporting each symbol that changed."""
+    if "symbol" not in frame.columns or frame["symbol"].dtype != pl.String:
+        return frame
+    raw = frame["symbol"].unique(maintain_order=True).drop_nulls()
+    clean = raw.str.strip_chars().str.to_uppercase()
+    changed = dict(zip(raw.filter(raw != clean), clean.filter(raw != clean), strict=True))
+    if not changed:  # the common case: nothing to rewrite in a large batch
+        return frame
+    if on_note is not None:
+        for old, new in changed.items():
+            on_note(f"symbol {old!r} stored as {new!r}")
+    return frame.with_columns(symbol=pl.col("symbol").replace(changed))
 
 
 @dataclass(frozen=True)
@@ -45,12 +99,18 @@ def _problem(frame: pl.DataFrame, i: int, origin: str, column: str | None, msg: 
 
 
 def conform(
-    frame: pl.DataFrame, table: str, *, origin: str, max_problems: int = 50
+    frame: pl.DataFrame,
+    table: str,
+    *,
+    origin: str,
+    max_problems: int = 50,
+    rules: IngestRules | None = None,
 ) -> pl.DataFrame:
     """Return ``frame`` cast to ``table``'s contract, or raise :class:`InputError`.
 
     Checks: every column present, values castable, required columns non-null,
-    floats finite, prices strictly positive, and no duplicate keys.
+    floats finite, prices strictly positive, and no duplicate keys; with
+    ``rules``, also those of :class:`IngestRules`.
     """
     spec = TABLES[table]
     missing = [c for c in spec.columns if c not in frame.columns]
@@ -74,6 +134,8 @@ def conform(
         cast.append(out)
     out = pl.DataFrame(cast).with_columns(frame[ROW])
     problems += _value_problems(out, spec, origin, max_problems)
+    if rules is not None:
+        problems += _rule_problems(out, spec, origin, rules, max_problems)
     problems.sort(key=lambda p: p.row or 0)
     if problems:
         raise InputError(problems)
@@ -100,6 +162,111 @@ def _value_problems(frame: pl.DataFrame, spec: TableSpec, origin: str, limit: in
         keys = ", ".join(spec.key)
         flag(dup, None, lambda i: f"duplicate key ({keys}) = {frame.select(spec.key).row(i)}")
     return problems
+
+
+def _rule_problems(
+    frame: pl.DataFrame, spec: TableSpec, origin: str, rules: IngestRules, limit: int
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def flag(mask: pl.Series, col: str | None, message: Callable[[int], str]) -> None:
+        for i in mask.fill_null(False).arg_true().head(limit).to_list():
+            problems.append(_problem(frame, i, origin, col, message(i)))
+
+    if "symbol" in spec.schema:
+        sym = frame["symbol"]
+        pattern = rules.symbol_pattern
+        names = sym.unique().drop_nulls()
+        flag(
+            sym.is_in(names.filter(~names.str.contains(pattern)).implode()),
+            "symbol",
+            lambda i: f"symbol {sym[i]!r} does not match {pattern} (KRONOS_SYMBOL_PATTERN)",
+        )
+    if "available_at" in spec.schema:
+        known = frame["available_at"]
+        now = rules.now
+        flag(
+            known > now,
+            "available_at",
+            lambda i: (
+                f"available_at {known[i]:%Y-%m-%d %H:%M} UTC lies after the ingest time "
+                f"{now:%Y-%m-%d %H:%M} UTC: a row cannot be known before it happens"
+            ),
+        )
+    if spec.name == "bars":
+        problems += _bar_problems(frame, origin, rules, limit)
+    return problems
+
+
+def _bar_problems(
+    frame: pl.DataFrame, origin: str, rules: IngestRules, limit: int
+) -> list[Problem]:
+    """OHLC consistency, the price bound and sessions of the calendar."""
+    problems: list[Problem] = []
+
+    def flag(mask: pl.Series, col: str | None, message: Callable[[int], str]) -> None:
+        for i in mask.fill_null(False).arg_true().head(limit).to_list():
+            problems.append(_problem(frame, i, origin, col, message(i)))
+
+    bound = rules.max_price
+    for col in PRICES:
+        s = frame[col]
+        flag(
+            s > bound,
+            col,
+            lambda i, s=s: f"price {s[i]:g} above the sanity bound {bound:g} (KRONOS_MAX_PRICE)",
+        )
+    o, h, lo, c = (frame[k] for k in ("open", "high", "low", "close"))
+    flag(h < lo, "high", lambda i: f"high {h[i]:g} below low {lo[i]:g}")
+    for name, s in (("open", o), ("close", c)):
+        flag(
+            (s < lo) | (s > h),
+            name,
+            lambda i, name=name, s=s: f"{name} {s[i]:g} outside low..high {lo[i]:g}..{h[i]:g}",
+        )
+    problems += session_problems(frame, origin, rules.calendar, limit)
+    return problems
+
+
+def session_problems(
+    frame: pl.DataFrame, origin: str, calendar: Calendar, limit: int = 50
+) -> list[Problem]:
+    """Bars whose ``ts`` is no session of ``calendar``, naming the nearest session."""
+    days = frame["ts"].to_numpy().astype("datetime64[D]")
+    known = ~np.isnat(days)
+    span = calendar.sessions_array(date.min, date.max)
+    first, last = span[0], span[-1]
+    outside = known & ((days < first) | (days > last))
+    inside = known & ~outside
+    off = np.zeros(len(days), dtype=bool)
+    if inside.any():
+        off[inside] = ~calendar.sessions_mask(days[inside])
+    problems = [
+        _problem(
+            frame,
+            i,
+            origin,
+            "ts",
+            f"{days[i]} is outside the {calendar.name} calendar's range {first}..{last}",
+        )
+        for i in np.flatnonzero(outside)[:limit].tolist()
+    ]
+    for i in np.flatnonzero(off)[:limit].tolist():
+        day = days[i].astype(date)
+        problems.append(_problem(frame, i, origin, "ts", off_session_message(day, calendar)))
+    return problems
+
+
+def off_session_message(day: date, calendar: Calendar) -> str:
+    """Why ``day`` is no session, and the session nearest to it."""
+    why = calendar.closed_reason(day)
+    after = calendar.next_session(day)
+    try:
+        before = calendar.previous_session(day)
+    except CalendarError:
+        before = None
+    near = after if before is None or (after - day) <= (day - before) else before
+    return f"{day} is not a {calendar.name} session ({why}); the nearest session is {near}"
 
 
 def check_known_symbols(
@@ -182,9 +349,13 @@ def ingest(
     source: str,
     origin: str,
     on_batch: Callable[[UpsertResult], None] | None = None,
+    rules: IngestRules | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> UpsertResult:
     """Conform and upsert each batch in turn; each batch commits on its own.
 
+    With ``rules`` (every source loader passes them), symbols are normalised
+    first (each change reported through ``on_note``) and the rules are checked.
     Returns the totals. A bad batch raises before anything of it is written;
     batches committed before it stay.
     """
@@ -192,7 +363,9 @@ def ingest(
     # reference batches never add symbols, so the known set is read once
     known = store.known_symbols() if TABLES[table].reference else None
     for raw in batches:
-        frame = conform(raw, table, origin=origin)
+        if rules is not None:
+            raw = normalize_symbols(raw, on_note)
+        frame = conform(raw, table, origin=origin, rules=rules)
         if known is not None:
             check_known_symbols(store, frame, origin=origin, known=known)
         result = upsert(store, table, frame, source=source, origin=origin)

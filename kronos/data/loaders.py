@@ -1,7 +1,9 @@
 """Source-to-store pipelines: each reads one kind of source and ingests it.
 
 The CLI and notebooks call these; every one returns the per-table totals and
-reports each committed batch through ``on_batch``.
+reports each committed batch through ``on_batch``. Every row passes the
+:class:`~kronos.data.ingest.IngestRules` (built from ``DataSettings`` when the
+caller gives none); notes such as a normalised symbol go to ``on_note``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from pathlib import Path
 import polars as pl
 
 from kronos.config import DataSettings
-from kronos.data.ingest import UpsertResult, ingest
+from kronos.data.ingest import IngestRules, UpsertResult, ingest
 from kronos.data.sources import bundled, fmp, synthetic
 from kronos.data.sources.files import read_bars_file
 from kronos.data.store import Store
 
 OnBatch = Callable[[UpsertResult], None] | None
+OnNote = Callable[[str], None] | None
+
+
+def _rules(rules: IngestRules | None, settings: DataSettings | None = None) -> IngestRules:
+    return rules if rules is not None else IngestRules.from_settings(settings)
 
 
 def _merge(results: Iterable[UpsertResult]) -> dict[str, UpsertResult]:
@@ -50,8 +57,16 @@ def _normalize_fmp(
     return table, frame
 
 
-def load_bundled(store: Store, on_batch: OnBatch = None) -> dict[str, UpsertResult]:
+def load_bundled(
+    store: Store,
+    on_batch: OnBatch = None,
+    *,
+    rules: IngestRules | None = None,
+    on_note: OnNote = None,
+) -> dict[str, UpsertResult]:
     """Ingest the real prices shipped with skfolio and backtesting.py, and their profiles."""
+    rules = _rules(rules)
+    checks = {"rules": rules, "on_note": on_note}
     results = [
         ingest(
             store,
@@ -60,11 +75,12 @@ def load_bundled(store: Store, on_batch: OnBatch = None) -> dict[str, UpsertResu
             source="bundled",
             origin="kronos/data/resources/profiles.csv",
             on_batch=on_batch,
+            **checks,
         )
     ]
     for label, frame in bundled.bundled_bars().items():
         results.append(
-            ingest(store, "bars", [frame], source=label, origin=label, on_batch=on_batch)
+            ingest(store, "bars", [frame], source=label, origin=label, on_batch=on_batch, **checks)
         )
     return _merge(results)
 
@@ -78,17 +94,41 @@ def load_bar_files(
     tz: str | None = None,
     settings: DataSettings | None = None,
     on_batch: OnBatch = None,
+    source: str | None = None,
+    date_format: str | None = None,
+    rules: IngestRules | None = None,
+    on_note: OnNote = None,
 ) -> dict[str, UpsertResult]:
-    """Ingest CSV/Parquet bar files, one file per atomic batch."""
-    settings = settings or DataSettings()
+    """Ingest CSV/Parquet bar files, one file per atomic batch.
+
+    ``source`` (csv or parquet), when given, must match each file's content;
+    ``tz`` places naive intraday timestamps and ``date_format`` reads non-ISO
+    dates (see :mod:`kronos.data.sources.files` for which session a bar gets).
+    """
+    rules = _rules(rules, settings)
     results = []
     for path in paths:
         frame = read_bars_file(
-            path, mapping=mapping, symbol=symbol, tz=tz, market_tz=settings.market_tz
+            path,
+            mapping=mapping,
+            symbol=symbol,
+            tz=tz,
+            source=source,
+            calendar=rules.calendar,
+            date_format=date_format,
         )
-        label = frame["source"][0] if frame.height else "csv"
+        label = frame["source"][0]
         results.append(
-            ingest(store, "bars", [frame], source=label, origin=str(path), on_batch=on_batch)
+            ingest(
+                store,
+                "bars",
+                [frame],
+                source=label,
+                origin=str(path),
+                on_batch=on_batch,
+                rules=rules,
+                on_note=on_note,
+            )
         )
     return _merge(results)
 
@@ -100,8 +140,11 @@ def load_fmp_files(
     kind: str | None = None,
     known_at: datetime | None = None,
     on_batch: OnBatch = None,
+    rules: IngestRules | None = None,
+    on_note: OnNote = None,
 ) -> dict[str, UpsertResult]:
     """Ingest saved FMP JSON payload files, one file per atomic batch."""
+    rules = _rules(rules)
     results = []
     for path in paths:
         kind_, records = fmp.read_fmp_records(path, kind=kind)
@@ -109,7 +152,16 @@ def load_fmp_files(
             store, kind_, records, origin=str(path), source="fmp", known_at=known_at
         )
         results.append(
-            ingest(store, table, [frame], source="fmp", origin=str(path), on_batch=on_batch)
+            ingest(
+                store,
+                table,
+                [frame],
+                source="fmp",
+                origin=str(path),
+                on_batch=on_batch,
+                rules=rules,
+                on_note=on_note,
+            )
         )
     return _merge(results)
 
@@ -124,8 +176,15 @@ def load_synthetic(
     reference: bool = True,
     batch_symbols: int = 250,
     on_batch: OnBatch = None,
+    rules: IngestRules | None = None,
+    on_note: OnNote = None,
 ) -> dict[str, UpsertResult]:
-    """Ingest a synthetic universe (labelled ``source='synthetic'``) and its reference data."""
+    """Ingest a synthetic universe (labelled ``source='synthetic'``) and its reference data.
+
+    Its days are the sessions of the rules' calendar (XNYS unless told otherwise).
+    """
+    rules = _rules(rules)
+    checks = {"rules": rules, "on_note": on_note}
     symbols = synthetic.synthetic_symbols(n_symbols)
     origin = f"synthetic(n_symbols={n_symbols}, years={years}, seed={seed})"
     results = [
@@ -136,23 +195,30 @@ def load_synthetic(
             source="synthetic",
             origin=origin,
             on_batch=on_batch,
+            **checks,
         ),
         ingest(
             store,
             "bars",
             synthetic.iter_synthetic_bars(
-                n_symbols, years, seed, start=start, batch_symbols=batch_symbols
+                n_symbols,
+                years,
+                seed,
+                start=start,
+                batch_symbols=batch_symbols,
+                calendar=rules.calendar,
             ),
             source="synthetic",
             origin=origin,
             on_batch=on_batch,
+            **checks,
         ),
     ]
     if reference:
         last = store.con.execute(
             "SELECT max(ts) FROM bars WHERE symbol IN (SELECT unnest(?::VARCHAR[]))", [symbols]
         ).fetchall()[0][0]
-        ref = synthetic.synthetic_reference(symbols, start, last, seed)
+        ref = synthetic.synthetic_reference(symbols, start, last, seed, calendar=rules.calendar)
         for kind, records in ref.payloads.items():
             table, frame = _normalize_fmp(
                 store, kind, records, origin=f"{origin}:{kind}", source="synthetic"
@@ -165,6 +231,7 @@ def load_synthetic(
                     source="synthetic",
                     origin=f"{origin}:{kind}",
                     on_batch=on_batch,
+                    **checks,
                 )
             )
         results.append(
@@ -175,18 +242,31 @@ def load_synthetic(
                 source="synthetic",
                 origin=f"{origin}:social",
                 on_batch=on_batch,
+                **checks,
             )
         )
     return _merge(results)
 
 
 def load_alpaca(
-    store: Store, symbols: list[str], start: date, end: date, on_batch: OnBatch = None
+    store: Store,
+    symbols: list[str],
+    start: date,
+    end: date,
+    on_batch: OnBatch = None,
+    *,
+    rules: IngestRules | None = None,
+    on_note: OnNote = None,
 ) -> dict[str, UpsertResult]:
     """Ingest daily bars (raw and adjusted) through alpaca-py; keys from the environment."""
     from kronos.data.sources.alpaca import fetch_alpaca_bars, load_alpaca_settings
 
-    frame = fetch_alpaca_bars(symbols, start, end, load_alpaca_settings())
+    wanted = [s.strip().upper() for s in symbols if s.strip()]
+    if on_note is not None:
+        for raw in symbols:
+            if raw.strip() and raw != raw.strip().upper():
+                on_note(f"symbol {raw!r} stored as {raw.strip().upper()!r}")
+    frame = fetch_alpaca_bars(wanted, start, end, load_alpaca_settings())
     return _merge(
         [
             ingest(
@@ -194,8 +274,10 @@ def load_alpaca(
                 "bars",
                 [frame],
                 source="alpaca",
-                origin=f"alpaca({','.join(symbols)})",
+                origin=f"alpaca({','.join(wanted)})",
                 on_batch=on_batch,
+                rules=_rules(rules),
+                on_note=on_note,
             )
         ]
     )

@@ -12,15 +12,23 @@ Rules, each judged per symbol:
 - ``extreme_moves``: fewer than ``qa_max_extreme_frac`` (0.1%) of days move more
   than ``qa_extreme_move`` in absolute log return;
 - ``min_span``: at least ``qa_min_span_years`` (5) of history;
-- ``calendar_gaps``: never more than ``qa_max_gap_days`` weekdays missing in a row.
+- ``off_session``: every bar lies on a session of the exchange calendar (a
+  Sunday or a holiday bar is a date shifted by a time zone, or not a bar);
+- ``calendar_gaps``: never more than ``qa_max_gap_days`` sessions missing in a
+  row (holidays and weekends are not gaps).
+
+The calendar is :mod:`kronos.calendar`'s (``DataSettings.calendar``, XNYS by
+default; ``none`` for 24/7 assets, where every day is a session).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import polars as pl
 
+from kronos.calendar import Calendar, get_calendar
 from kronos.config import DataSettings
 from kronos.data.ingest import ROW
 from kronos.data.schema import TABLES
@@ -34,6 +42,7 @@ RULES = (
     "monotonic_dates",
     "extreme_moves",
     "min_span",
+    "off_session",
     "calendar_gaps",
 )
 PRICES = ("open", "high", "low", "close", "adj_close")
@@ -122,13 +131,45 @@ def _lenient(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return cast, pl.concat(bad)
 
 
-def run_qa(frame: pl.DataFrame, origin: str, settings: DataSettings | None = None) -> QAReport:
+def _sessions(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.Series, pl.Series]:
+    """Per row: whether ``ts`` is a session, and why not (a closed day, or out of range)."""
+    days = frame["ts"].to_numpy().astype("datetime64[D]")
+    known = ~np.isnat(days)
+    inside = known & calendar.in_range(np.where(known, days, np.datetime64(calendar.first)))
+    ok = ~known.copy()
+    ok[inside] = calendar.sessions_mask(days[inside])
+    why = np.where(
+        inside,
+        f"not a session of the {calendar.name} calendar",
+        f"outside the {calendar.name} calendar ({calendar.first}..{calendar.last})",
+    )
+    return pl.Series(ok), pl.Series(why)
+
+
+def _gaps(bars: pl.DataFrame, calendar: Calendar) -> pl.Series:
+    """Sessions missing between each bar and the symbol's previous one (null for the first)."""
+    prev = bars.select(pl.col("ts").shift(1).over("symbol"))["ts"]
+    first = prev.is_null().to_numpy()
+    cur = bars["ts"].to_numpy().astype("datetime64[D]")
+    before = np.where(first, cur, prev.to_numpy().astype("datetime64[D]"))
+    counts = calendar.gaps(before, cur).astype(np.int64)
+    return pl.Series("gap", counts).scatter(np.flatnonzero(first), None)
+
+
+def run_qa(
+    frame: pl.DataFrame,
+    origin: str,
+    settings: DataSettings | None = None,
+    calendar: Calendar | None = None,
+) -> QAReport:
     """Judge every rule for every symbol of a bars frame.
 
     ``frame`` has the ``bars`` columns (values may still be text) and optionally
     ``_row``, the file line of each row; without it, rows are named by date.
+    Sessions are those of ``calendar`` (else the one ``settings.calendar`` names).
     """
     settings = settings or DataSettings()
+    calendar = calendar or get_calendar(settings.calendar)
     has_rows = ROW in frame.columns
     if not has_rows:
         frame = frame.with_row_index(ROW, offset=1)
@@ -174,6 +215,21 @@ def run_qa(frame: pl.DataFrame, origin: str, settings: DataSettings | None = Non
         pl.lit("ts").alias("column"),
     )
     viol["monotonic_dates"] = back
+    on_session, why = _sessions(frame, calendar)
+    viol["off_session"] = (
+        frame.select("symbol", "ts", ROW)
+        .with_columns(on=on_session, why=why)
+        .filter(~pl.col("on"))
+        .select(
+            "symbol",
+            "ts",
+            ROW,
+            pl.concat_str(pl.col("ts").dt.strftime("%a %Y-%m-%d"), pl.lit(" is "), "why").alias(
+                "value"
+            ),
+            pl.lit("ts").alias("column"),
+        )
+    )
 
     bars = frame.filter(pl.col("ts").is_not_null() & pl.col("adj_close").is_not_null())
     bars = bars.sort("symbol", "ts", ROW).unique(
@@ -181,7 +237,7 @@ def run_qa(frame: pl.DataFrame, origin: str, settings: DataSettings | None = Non
     )
     bars = bars.with_columns(
         log_ret=(pl.col("adj_close") / pl.col("adj_close").shift(1).over("symbol")).log(),
-        gap=pl.business_day_count(pl.col("ts").shift(1).over("symbol"), pl.col("ts")) - 1,
+        gap=_gaps(bars, calendar),
     )
     extreme = bars.filter(pl.col("log_ret").abs() > settings.qa_extreme_move).select(
         "symbol",
@@ -194,7 +250,7 @@ def run_qa(frame: pl.DataFrame, origin: str, settings: DataSettings | None = Non
         "symbol",
         "ts",
         ROW,
-        (pl.col("gap").cast(pl.String) + " weekdays missing").alias("value"),
+        (pl.col("gap").cast(pl.String) + f" sessions missing ({calendar.name})").alias("value"),
         pl.lit("ts").alias("column"),
     )
     viol["calendar_gaps"] = gaps
@@ -252,4 +308,5 @@ def run_qa(frame: pl.DataFrame, origin: str, settings: DataSettings | None = Non
                 {k: rules[k] for k in RULES},
             )
         )
-    return QAReport(origin, reports, settings.model_dump(mode="json"))
+    used = settings.model_dump(mode="json") | {"calendar": calendar.name}
+    return QAReport(origin, reports, used)

@@ -1,9 +1,10 @@
 """Point-in-time readers. Every read takes ``asof`` and sees only what was known then.
 
 ``asof`` is a date or a time-zone-aware datetime. A date means the end of that
-day in the market's time zone. A daily bar becomes known at the market close of
-its day; reference rows at their ``available_at``. All readers return polars
-frames in long format, sorted by symbol and time.
+day in the market's time zone. A daily bar becomes known at the close of its
+session (the exchange calendar's, early closes included); reference rows at
+their ``available_at``. All readers return polars frames in long format,
+sorted by symbol and time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from kronos.calendar import get_calendar
 from kronos.config import DataSettings
 from kronos.data.store import Store
 
@@ -43,9 +45,14 @@ class PointInTime:
             )
         else:
             raise TypeError(f"asof must be a date or datetime, not {type(asof).__name__}")
-        close = time.fromisoformat(settings.market_close)
-        bar_date = local.date() if local.time() >= close else local.date() - timedelta(days=1)
-        return cls(local.astimezone(ZoneInfo("UTC")), bar_date)
+        cutoff = local.astimezone(ZoneInfo("UTC"))
+        day = local.date()
+        close = get_calendar(settings.calendar).close_if_session(day)
+        if close is None:  # no session that day: the configured close
+            known = local.time() >= time.fromisoformat(settings.market_close)
+        else:
+            known = cutoff >= close
+        return cls(cutoff, day if known else day - timedelta(days=1))
 
 
 def _symbol_filter(symbols: Sequence[str] | None, column: str = "symbol") -> tuple[str, list]:

@@ -3,21 +3,41 @@
 Schema changes are numbered SQL files in ``kronos/data/migrations``. Opening a
 database applies the ones it lacks, each in its own transaction, and records
 them in ``kronos_schema``; a database from a newer kronos is refused.
+
+DuckDB lets one process write a file, or any number of processes read it, never
+both. An open that meets another process's lock retries with backoff for
+``lock_wait_s`` (``KRONOS_LOCK_WAIT_S``, read at the edges), then raises
+:class:`~kronos.errors.StoreBusy` naming the holder's PID and command line.
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import duckdb
 
-from kronos.data.errors import SchemaVersionError
+from kronos.data.errors import KronosDataError, SchemaVersionError
+from kronos.errors import StoreBusy
+
+T = TypeVar("T")
+
+DEFAULT_LOCK_WAIT_S = 30.0  # DataSettings.lock_wait_s's default
+FIRST_DELAY_S, MAX_DELAY_S = 0.05, 1.0
+_LOCK_CONFLICT = "could not set lock on file"
+_HOLDER_PID = re.compile(r"\(PID (\d+)\)")
+
+
+class StoreNotFound(KronosDataError, FileNotFoundError):
+    """A read-only open of a store file that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,68 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB refusing a file another process has locked."""
+    return isinstance(exc, duckdb.IOException) and _LOCK_CONFLICT in str(exc).lower()
+
+
+def command_line(pid: int) -> str | None:
+    """The command line of process ``pid`` from ``/proc``; None if gone or unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if not args:
+        return None
+    line = " ".join(args)
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def lock_holder(message: str) -> str | None:
+    """``PID n (command line)`` of the holder named in a DuckDB lock-conflict message."""
+    match = _HOLDER_PID.search(message)
+    if not match:
+        return None
+    pid = int(match[1])
+    cmd = command_line(pid)
+    return f"PID {pid} ({cmd})" if cmd else f"PID {pid} (its command line is not readable)"
+
+
+def wait_for_lock(
+    connect: Callable[[], T],
+    path: Path,
+    lock_wait_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``connect()``, retried with jittered backoff while another process holds ``path``.
+
+    Backoff starts at 50 ms and doubles up to 1 s. When ``lock_wait_s`` is spent,
+    :class:`StoreBusy` names the holder; any other DuckDB error fails at once as a
+    :class:`KronosDataError`.
+    """
+    start = clock()
+    delay = FIRST_DELAY_S
+    while True:
+        try:
+            return connect()
+        except duckdb.Error as exc:
+            if not is_lock_conflict(exc):
+                raise KronosDataError(f"cannot open {path}: {_duckdb_message(exc)}") from exc
+            left = start + lock_wait_s - clock()
+            if left <= 0:
+                raise StoreBusy(str(path), clock() - start, lock_holder(str(exc))) from exc
+        sleep(min(left, delay * random.uniform(0.5, 1.0)))
+        delay = min(2 * delay, MAX_DELAY_S)
+
+
+def _duckdb_message(exc: BaseException) -> str:
+    """A DuckDB error without its class prefix ("IO Error: ...")."""
+    return re.sub(r"^[\w ]+Error: ", "", str(exc).strip(), count=1)
+
+
 class Store:
     """An open DuckDB store at the current schema version.
 
@@ -65,24 +147,60 @@ class Store:
         *,
         read_only: bool = False,
         target_version: int | None = None,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
     ) -> Store:
         """Open (creating if needed) and migrate the database at ``path``.
 
-        ``target_version`` stops migrating at that version (for tests of upgrades).
+        Waits up to ``lock_wait_s`` for another process to let go of the file
+        (:func:`wait_for_lock`). ``target_version`` stops migrating at that version
+        (for tests of upgrades).
         """
         path = Path(path)
         if read_only and not path.exists():
-            raise FileNotFoundError(f"no kronos database at {path}; run 'kronos data ingest' first")
+            raise StoreNotFound(f"no kronos database at {path}; run 'kronos data ingest' first")
         if path.parent != Path():
             path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise SchemaVersionError(f"cannot open {path}: {exc}") from exc
+        con = wait_for_lock(
+            lambda: duckdb.connect(str(path), read_only=read_only), path, lock_wait_s
+        )
         con.execute("SET TimeZone = 'UTC'")
         store = cls(con, path)
         try:
             store._migrate(read_only=read_only, target=target_version or latest_version())
+        except BaseException:
+            con.close()
+            raise
+        return store
+
+    @classmethod
+    def snapshot(cls, path: Path | str, *, lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> Store:
+        """An in-memory copy of the store at ``path``, holding the file only while copying.
+
+        For long-lived readers (the forecast service): writers are locked out for
+        the copy (tens of milliseconds for the bundled data), not for the reader's
+        lifetime. The copy is writable but nothing written to it reaches the file.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise StoreNotFound(f"no kronos database at {path}; run 'kronos data ingest' first")
+        con = duckdb.connect(":memory:")
+        try:
+            wait_for_lock(
+                lambda: con.execute("ATTACH ? AS kronos_file (READ_ONLY)", [str(path)]),
+                path,
+                lock_wait_s,
+            )
+            try:
+                con.execute("COPY FROM DATABASE kronos_file TO memory")
+            finally:
+                con.execute("DETACH kronos_file")
+            con.execute("SET TimeZone = 'UTC'")
+            store = cls(con, path)
+            if store.version != latest_version():
+                raise SchemaVersionError(
+                    f"{path} has schema version {store.version}, this kronos reads "
+                    f"{latest_version()}; open it once without read-only to migrate it"
+                )
         except BaseException:
             con.close()
             raise

@@ -22,6 +22,10 @@ One :meth:`PaperLoop.cycle`:
    by looking the order up, never by sending it again blindly; an order the
    broker still does not know stays planned, and the next cycle looks it up
    before sending it (the broker refuses a second order with the same id).
+   A refusal (buying power, wash trade, pattern-day-trader protection, not
+   tradable, invalid) marks the order ``rejected`` with the venue rule and the
+   broker's words in ``orders.reason``; a rate limit that outlasts the retries
+   keeps it ``planned`` with the reason, for the next cycle. Neither stops the loop.
 5. **Follow fills**, record them with the allocator's metadata, and log the
    cycle's metrics (NAV, cash, orders, fills, differences) to the recorder.
 
@@ -69,7 +73,14 @@ from kronos.models.artifacts import Loaded, load_promoted
 from kronos.portfolio import Account
 from kronos.risk import FailSafeController, active_breakers, panic_exit_orders, trip
 
-__all__ = ["CycleReport", "PaperConfig", "PaperLoop", "Recorder", "settings_for_store"]
+__all__ = [
+    "CycleFailure",
+    "CycleReport",
+    "PaperConfig",
+    "PaperLoop",
+    "Recorder",
+    "settings_for_store",
+]
 
 LOOKUPS = 3  # tries to learn an ambiguous submit's outcome within one cycle
 
@@ -94,6 +105,15 @@ class PaperConfig:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     forecast: bool = True  # store the session's forecasts when none are stored
     failsafe: bool = True  # evaluate the fail-safe controller on each new session
+
+
+@dataclass(frozen=True)
+class CycleFailure:
+    """A cycle that ended in a broker error (journalled ``failed``)."""
+
+    cycle: int
+    message: str
+    unavailable: bool  # the broker could not be reached (network, 5xx, 429 after retries)
 
 
 @dataclass(frozen=True)
@@ -147,6 +167,23 @@ def settings_for_store(
     return replace(base, strategy=strategy), note
 
 
+def _request(row: tuple) -> OrderRequest:
+    """A planned order row as the broker's request; a row no broker could take is refused."""
+    try:
+        return OrderRequest(
+            client_order_id=row[0],
+            symbol=row[1],
+            side=row[2],
+            qty=row[3],
+            order_type=row[4],
+            limit_price=row[5],
+            take_profit=row[6],
+            stop_loss=row[7],
+        )
+    except (TypeError, ValueError) as exc:
+        raise OrderRejected(f"planned order refused before sending: {exc}", "invalid") from None
+
+
 class PaperLoop:
     """The paper-trading loop over one broker and one account (module steps)."""
 
@@ -166,6 +203,8 @@ class PaperLoop:
         self.data = config.settings.data
         self._cycle = 0
         self._clock: Clock | None = None
+        self.failures: list[CycleFailure] = []  # the last run()'s failed cycles
+        self.last_failed = False  # whether the last run()'s last cycle failed
         self._model: Loaded | None = None
         if config.symbols is None:
             rows = store.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
@@ -347,26 +386,14 @@ class PaperLoop:
         return len(rows)
 
     # -- submission --------------------------------------------------------
-    def _planned(self, run_id: str) -> list[OrderRequest]:
-        rows = self.store.con.execute(
+    def _planned(self, run_id: str) -> list[tuple]:
+        """The run's planned order rows, sells first (see :func:`_request`)."""
+        return self.store.con.execute(
             "SELECT client_order_id, symbol, side, qty, order_type, limit_price, take_profit, "
             "stop_loss FROM orders WHERE run_id = ? AND status = 'planned' "
             "ORDER BY side DESC, symbol, client_order_id",  # sells first
             [run_id],
         ).fetchall()
-        return [
-            OrderRequest(
-                client_order_id=r[0],
-                symbol=r[1],
-                side=r[2],
-                qty=r[3],
-                order_type=r[4],
-                limit_price=r[5],
-                take_profit=r[6],
-                stop_loss=r[7],
-            )
-            for r in rows
-        ]
 
     def _lookup(self, cid: str) -> BrokerOrder | None:
         for k in range(LOOKUPS):
@@ -380,20 +407,21 @@ class PaperLoop:
         """Send the run's planned orders; returns (submitted, rejected, notes)."""
         submitted = rejected = 0
         notes: list[str] = []
-        for req in self._planned(run_id):
-            cid = req.client_order_id
+        for row in self._planned(run_id):
+            cid, symbol = row[0], row[1]
             try:
-                found = self.broker.submit(req)
+                found = self.broker.submit(_request(row))
             except DuplicateOrder:
                 found = self._lookup(cid)
             except OrderRejected as exc:
+                reason = f"{exc.kind}: {exc}"  # the venue rule and Alpaca's words
                 self.store.con.execute(
-                    "UPDATE orders SET status = 'rejected', updated_at = ? "
+                    "UPDATE orders SET status = 'rejected', reason = ?, updated_at = ? "
                     "WHERE client_order_id = ?",
-                    [now, cid],
+                    [reason[:1000], now, cid],
                 )
                 rejected += 1
-                notes.append(f"{req.symbol} rejected: {exc}")
+                notes.append(f"{symbol} rejected: {reason}")
                 continue
             except AmbiguousOutcome as exc:
                 found = self._lookup(cid)
@@ -401,6 +429,12 @@ class PaperLoop:
                     notes.append(f"{cid} outcome unknown ({exc}): looked up next cycle")
                     continue
             except BrokerUnavailable as exc:
+                # nothing was placed (429 after retries, refused connection): the order
+                # stays planned with the reason, and the next cycle sends it again
+                self.store.con.execute(
+                    "UPDATE orders SET reason = ?, updated_at = ? WHERE client_order_id = ?",
+                    [f"unavailable, retried next cycle: {exc}"[:1000], now, cid],
+                )
                 notes.append(f"broker unavailable ({exc}): the rest next cycle")
                 break
             if found is None:
@@ -477,23 +511,32 @@ class PaperLoop:
 
         ``wait`` is called between cycles with the clock the last cycle read
         (``None`` when it failed before reading it): the simulated broker
-        advances its clock there, a live run sleeps.
+        advances its clock there, a live run sleeps. Returns the completed
+        cycles; the failed ones are in :attr:`failures`, and :meth:`outcome`
+        says whether the run did its work.
         """
         if cycles is None and until is None:
             raise ValueError("give cycles or until (or both)")
         reports: list[CycleReport] = []
+        self.failures = []
+        self.last_failed = False
         attempts = 0
         while cycles is None or attempts < cycles:
             attempts += 1
             self._clock = None
             try:
                 reports.append(self.cycle())
+                self.last_failed = False
             except BrokerError as exc:
                 self.store.con.execute(
                     "UPDATE paper_cycles SET status = 'failed', message = ?, finished_at = ? "
                     "WHERE account = ? AND cycle = ?",
                     [str(exc)[:500], datetime.now(UTC), self.config.account, self._cycle],
                 )
+                self.failures.append(
+                    CycleFailure(self._cycle, str(exc), isinstance(exc, BrokerUnavailable))
+                )
+                self.last_failed = True
                 self.say(f"cycle {self._cycle} failed: {exc}")
             clock = self._clock
             if until is not None and clock is not None and clock.now >= until:
@@ -503,3 +546,18 @@ class PaperLoop:
             if wait is not None:
                 wait(clock)
         return reports
+
+    def outcome(self, reports: Sequence[CycleReport]) -> str | None:
+        """Why the last :meth:`run` did not do its work, or None when it did.
+
+        A run fails when no cycle completed or its last cycle failed (the broker
+        is unreachable now); earlier failed cycles that a later one recovered
+        from are counted, not failed on.
+        """
+        if not self.failures:
+            return None if reports else "no cycle ran"
+        if reports and not self.last_failed:
+            return None
+        last = self.failures[-1]
+        done = f"{len(reports)} of {len(reports) + len(self.failures)} cycle(s) completed"
+        return f"{done}; the last failed (cycle {last.cycle}): {last.message}"

@@ -99,12 +99,16 @@ def _our_open_orders(store: Store, account: str) -> list[tuple[str, str, date, s
 
 
 def update_order(store: Store, found: BrokerOrder, now: datetime) -> None:
-    """Take the broker's view of one order (status, broker id)."""
+    """Take the broker's view of one order (status, broker id, the reason when it gives one).
+
+    A reason kept from a refused attempt is cleared once the broker has the order.
+    """
     store.con.execute(
-        "UPDATE orders SET status = ?, broker_order_id = ?, "
+        "UPDATE orders SET status = ?, broker_order_id = ?, reason = ?, "
         "submitted_at = coalesce(submitted_at, ?), updated_at = ? WHERE client_order_id = ?",
-        [found.status, found.broker_order_id, found.submitted_at, now, found.client_order_id],
-    )
+        [found.status, found.broker_order_id, found.reason, found.submitted_at, now,
+         found.client_order_id],
+    )  # fmt: skip
 
 
 def record_fills(store: Store, fills: Sequence[BrokerFill], broker: str) -> int:

@@ -6,8 +6,9 @@ from any origin ``asof``, using only rows with ``ts <= asof``.
 
 Panel: a polars frame ``symbol (str), ts (date), y (float: daily log return)``
 sorted by symbol and ts. Forecast frame: :data:`FORECAST_SCHEMA`, one row per
-(symbol, asof, step); ``target_ts`` is the ``step``-th weekday after ``asof``
-(exchange holidays are not modelled).
+(symbol, asof, step); ``target_ts`` is the ``step``-th session after ``asof``
+of the exchange calendar (:mod:`kronos.calendar`, XNYS unless one is passed):
+a holiday or weekend is never a target.
 
 Models never import mlflow: training takes a :class:`Recorder`.
 """
@@ -17,13 +18,15 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import ClassVar, Protocol, Self
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
+
+from kronos.calendar import Calendar, step_sessions
 
 QUANTILES: tuple[float, float, float] = (0.05, 0.5, 0.95)
 QUANTILE_COLUMNS: tuple[str, str, str] = ("p05", "p50", "p95")
@@ -98,14 +101,11 @@ def flatten_params(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def target_dates(asof: date, horizon: int = HORIZON) -> list[date]:
-    """The ``horizon`` weekdays after ``asof``."""
-    out, day = [], asof
-    while len(out) < horizon:
-        day += timedelta(days=1)
-        if day.weekday() < 5:
-            out.append(day)
-    return out
+def target_dates(
+    asof: date, horizon: int = HORIZON, calendar: Calendar | None = None
+) -> list[date]:
+    """The ``horizon`` sessions after ``asof`` (XNYS unless ``calendar`` is given)."""
+    return step_sessions(asof, horizon, calendar)
 
 
 def forecast_frame(
@@ -114,10 +114,15 @@ def forecast_frame(
     quantiles: np.ndarray,
     model: str,
     version: str,
+    calendar: Calendar | None = None,
 ) -> pl.DataFrame:
-    """Build a forecast frame from a ``(n_symbols, horizon, 3)`` array of quantiles."""
+    """Build a forecast frame from a ``(n_symbols, horizon, 3)`` array of quantiles.
+
+    ``target_ts`` of step ``h`` is the ``h``-th session of ``calendar`` (default
+    XNYS) after ``asof``.
+    """
     n, horizon, _ = quantiles.shape
-    targets = target_dates(asof, horizon)
+    targets = target_dates(asof, horizon, calendar)
     return pl.DataFrame(
         {
             "symbol": np.repeat(np.asarray(symbols, dtype=object), horizon).tolist(),

@@ -11,12 +11,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from kronos.config import DataSettings, TrackingSettings, config_hash, resolve_db_path
 from kronos.runner.base import DEFAULT_EXPERIMENT, KERNEL, RUN_ID_PARAMETER, WORKFLOWS, RunnerError
 from kronos.runner.params import checked_parameters, redact, redact_notebook, secret_values
-from kronos.tracking import MlflowRecorder, experiment_id, git_state
+from kronos.tracking import (
+    ORPHANED,
+    MlflowRecorder,
+    close_orphaned_runs,
+    experiment_id,
+    git_state,
+    process_tags,
+)
+
+NOTEBOOK_PATH_TAG = "kronos.notebook_path"  # absolute: a later command logs it if orphaned
 
 # ------------------------------------------------------------------ execution
 
@@ -95,10 +105,12 @@ def _first_line(source: str) -> str:
     return next((ln.strip() for ln in source.splitlines() if ln.strip()), "")[:80]
 
 
-def _mark_stopped_cell(path: Path, message: str) -> str:
-    """Mark a timeout or dead kernel on the cell that was running; returns its description.
+def _mark_stopped_cell(path: Path, message: str, *, running_only: bool = False) -> str:
+    """Mark a timeout, dead kernel or stop on the cell that was running; returns its description.
 
-    papermill leaves that cell looking completed, with no error output.
+    papermill leaves that cell looking completed, with no error output. With
+    ``running_only`` (a notebook whose process died) only a cell papermill saved
+    as still running is marked.
     """
     import nbformat
 
@@ -107,6 +119,8 @@ def _mark_stopped_cell(path: Path, message: str) -> str:
     if not started:
         return ""
     cell = started[-1]
+    if running_only and cell.metadata.papermill.get("status") != "running":
+        return ""
     cell.outputs.append(
         nbformat.v4.new_output("error", ename="RunnerError", evalue=message, traceback=[message])
     )
@@ -133,8 +147,12 @@ def run_notebook(
 
     Bad parameters raise :class:`RunnerError` before anything runs. A failing
     cell, a timeout (``timeout`` seconds per cell) or a dead kernel returns a
-    FAILED outcome with the partial notebook saved and logged. ``on_start``
-    receives the run id and output path once the run exists.
+    FAILED outcome with the partial notebook saved and logged. An interrupt
+    (Ctrl-C, or SIGTERM/SIGHUP under :func:`kronos.interrupts.stop_on_signals`)
+    stops the kernel, logs the partial notebook, marks the run KILLED and is
+    raised again. Runs of this host whose process ended without closing them
+    are marked FAILED first (:func:`close_orphaned`). ``on_start`` receives the
+    run id and output path once the run exists.
     """
     import papermill
 
@@ -154,12 +172,14 @@ def run_notebook(
 
     ensure_experiments(settings)  # every workflow's, up front: parallel runs never race
     client = MlflowClient(tracking_uri=settings.tracking_uri())
+    close_orphaned(client)
     secrets = sorted(secret_values(), key=len, reverse=True)
     run = client.create_run(
         experiment_id(client, experiment, settings),
         run_name=name,
         tags={
             **git_state(repo),
+            **process_tags(),
             "notebook": shown,
             "spec_hash": config_hash({"notebook": shown, "parameters": effective}),
             "argv": redact(" ".join(sys.argv), secrets)[:5000],
@@ -174,7 +194,7 @@ def run_notebook(
     try:
         recorder.log_params(effective)
         output = _reserve(Path(out_root) / name)
-        recorder.set_tags({"output_notebook": str(output)})
+        recorder.set_tags({"output_notebook": str(output), NOTEBOOK_PATH_TAG: output.resolve()})
         if on_start is not None:
             on_start(run_id, output)
         try:
@@ -200,12 +220,18 @@ def run_notebook(
             end_tags["error"] = error[:5000]
         recorder.set_tags(end_tags)
         _keep_notebook(client, run_id, output)
-    except BaseException:
-        # Ctrl-C or a broken store: redact and keep what ran, never leave the run RUNNING
+    except BaseException as exc:
+        # a stop signal or a broken store: redact and keep what ran, never leave the run RUNNING
+        interrupted = isinstance(exc, KeyboardInterrupt)  # SIGINT, or RunInterrupted
+        why = (str(exc) or "stopped by SIGINT") if interrupted else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            if interrupted and output is not None and _saved(output):
+                _mark_stopped_cell(output, why)
+            client.set_tag(run_id, "error", redact(why, secrets)[:5000])
         if output is not None:
             with contextlib.suppress(Exception):
                 _keep_notebook(client, run_id, output)
-        client.set_terminated(run_id, status="KILLED")
+        client.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
         raise
     client.set_terminated(run_id, status=status)
     return RunOutcome(
@@ -216,6 +242,23 @@ def run_notebook(
         error=error,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+def close_orphaned(client: MlflowClient) -> list[Run]:
+    """Mark FAILED the RUNNING runs of this host whose process ended; log their notebooks.
+
+    The partial notebook a run recorded (tag ``kronos.notebook_path``) is
+    redacted and logged when it is still on disk. Runs of other hosts are left
+    alone (see :func:`kronos.tracking.close_orphaned_runs`).
+    """
+
+    def keep(run: Run) -> None:
+        path = run.data.tags.get(NOTEBOOK_PATH_TAG)
+        if path and _saved(Path(path)):
+            _mark_stopped_cell(Path(path), ORPHANED, running_only=True)
+            _keep_notebook(client, run.info.run_id, Path(path))
+
+    return close_orphaned_runs(client, keep)
 
 
 def _saved(output: Path) -> bool:

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import tokenize
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -309,16 +309,117 @@ def redact(value: Any, secrets: Iterable[str]) -> Any:
     return value
 
 
+def _text(value: Any) -> str:
+    """A notebook text field (a string or a list of lines) as one string."""
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def _redact_pieces(pieces: list[str], secrets: Sequence[str]) -> list[str]:
+    """``pieces`` with every secret found in their concatenation masked.
+
+    A secret split over several pieces (a key printed a character at a time)
+    becomes ``***`` in the piece where it starts and vanishes from the others,
+    so the pieces keep their order and the text between them.
+    """
+    joined = "".join(pieces)
+    spans: list[tuple[int, int]] = []
+    taken = [False] * len(joined) if any(s in joined for s in secrets) else []
+    for secret in secrets:  # longest first
+        start = joined.find(secret)
+        while start >= 0:
+            end = start + len(secret)
+            if not any(taken[start:end]):
+                spans.append((start, end))
+                taken[start:end] = [True] * (end - start)
+            start = joined.find(secret, start + 1)
+    if not spans:
+        return pieces
+    spans.sort()
+    out, offset = [], 0
+    for piece in pieces:
+        lo, hi = offset, offset + len(piece)
+        kept, at = [], lo
+        for start, end in spans:
+            if end <= lo or start >= hi:
+                continue
+            kept.append(piece[at - lo : max(start, lo) - lo])
+            if start >= lo:
+                kept.append(REDACTED)
+            at = min(end, hi)
+        kept.append(piece[at - lo :])
+        out.append("".join(kept))
+        offset = hi
+    return out
+
+
+def redact_outputs(outputs: list[dict[str, Any]], secrets: Sequence[str]) -> list[dict[str, Any]]:
+    """A cell's outputs with secrets masked in each stream's joined text and every rich output.
+
+    Stream outputs are checked per stream name (stdout, stderr) over their joined
+    text, so a secret flushed in small pieces is found; rich outputs
+    (``text/plain``, ``text/html``, ``application/json``...) are checked whole.
+    """
+    outputs = [dict(o) for o in outputs]
+    by_name: dict[str, list[int]] = {}
+    for i, output in enumerate(outputs):
+        if output.get("output_type") == "stream":
+            by_name.setdefault(str(output.get("name")), []).append(i)
+            output["text"] = _text(output.get("text", ""))
+        elif isinstance(output.get("data"), dict):
+            output["data"] = {
+                mime: redact(_text(v) if isinstance(v, list) else v, secrets)
+                for mime, v in output["data"].items()
+            }
+    for indices in by_name.values():
+        pieces = _redact_pieces([outputs[i]["text"] for i in indices], secrets)
+        for i, piece in zip(indices, pieces, strict=True):
+            outputs[i]["text"] = piece
+    return redact(outputs, secrets)  # tracebacks, metadata and anything else
+
+
 def redact_notebook(path: Path, env: Mapping[str, str] | None = None) -> bool:
-    """Redact secret environment values from a saved notebook; True when any was found."""
+    """Redact secret environment values from a saved notebook; True when any was found.
+
+    Covers cell sources, each cell's joined stream output, every rich output and
+    the metadata, so the notebook can be kept and logged.
+    """
     import nbformat
 
     secrets = sorted(secret_values(env), key=len, reverse=True)  # longest first
     if not secrets:
         return False
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    clean = redact(raw, secrets)
-    if clean == raw:
+    clean = redact({k: v for k, v in raw.items() if k != "cells"}, secrets)
+    clean["cells"] = []
+    for cell in raw.get("cells", []):
+        cell = redact({k: v for k, v in cell.items() if k != "outputs"}, secrets) | (
+            {"outputs": redact_outputs(cell["outputs"], secrets)} if "outputs" in cell else {}
+        )
+        clean["cells"].append(cell)
+    if _normal(clean) == _normal(raw):
         return False
     nbformat.write(nbformat.from_dict(clean), str(path))
     return True
+
+
+def _normal(nb: dict[str, Any]) -> dict[str, Any]:
+    """``nb`` with its multi-line text fields joined, so equal notebooks compare equal."""
+    cells = []
+    for cell in nb.get("cells", []):
+        cell = dict(cell)
+        if "source" in cell:
+            cell["source"] = _text(cell["source"])
+        outputs = []
+        for output in cell.get("outputs", []):
+            output = dict(output)
+            if "text" in output:
+                output["text"] = _text(output["text"])
+            if isinstance(output.get("data"), dict):
+                output["data"] = {
+                    k: _text(v) if isinstance(v, list) else v for k, v in output["data"].items()
+                }
+            outputs.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+        cells.append(cell)
+    return {**nb, "cells": cells}

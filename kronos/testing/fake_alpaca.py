@@ -15,15 +15,22 @@ all symbols (default 3), so clients must paginate.
 **Trading** (``TradingClient``), served from a :class:`~kronos.testing.fake_market.FakeMarket`
 (404 when the server has none): ``GET /v2/account``, ``GET /v2/positions``,
 ``GET /v2/positions/{symbol}``, ``POST /v2/orders``, ``GET /v2/orders`` (``status``
-open|closed|all, ``after``/``until`` exclusive on ``submitted_at``, ``limit`` 1..500
-default 50, ``direction`` default desc, ``nested``, ``symbols``, ``side``),
+open|closed|all, ``after``/``until`` exclusive on ``submitted_at``, ``limit``
+default 50, at most 500 per page (larger limits are capped), ``direction`` default
+desc, ``nested``, ``symbols``, ``side``),
 ``GET /v2/orders:by_client_order_id``, ``GET /v2/orders/{id}``,
 ``DELETE /v2/orders/{id}`` (204; 422 when not open), ``GET /v2/clock``, and
 ``GET /v2/account/activities/FILL`` (``after``/``until`` exclusive on
 ``transaction_time``, ``direction`` default desc, ``page_size`` 1..100 default 100,
 ``page_token`` = the id of the last activity of the previous page). Fill
 activities carry ``order_id`` but, as at Alpaca, no ``client_order_id``. Order
-legs of brackets are not simulated (``legs`` is null). With
+legs of brackets are not simulated (``legs`` is null). The account reports the
+market's ``daytrade_count`` and ``pattern_day_trader``. Orders are checked as
+Alpaca checks them (:mod:`kronos.testing.venue_rules`: auction cut-offs, wash
+trades, pattern-day-trader protection, not tradable symbols); a refusal carries
+Alpaca's status and body, e.g. 403 ``{"code": 40310000, "message": "potential
+wash trade detected. use complex orders", "existing_order_id": ...,
+"reject_reason": ...}``. With
 ``advance_on_clock=True`` every ``GET /v2/clock`` moves the market one phase
 before answering, so a loop drives time by asking the clock.
 
@@ -31,7 +38,8 @@ before answering, so a loop drives time by asking the clock.
 per request from a seeded :class:`random.Random` at :class:`FaultConfig` rates, or
 queued exactly with :meth:`FakeAlpacaServer.inject`:
 
-* ``"429"``: answered 429 with ``Retry-After: retry_after_s``; nothing happens.
+* ``"429"``: answered 429 with ``Retry-After: retry_after_s`` and Alpaca's
+  ``X-RateLimit-Limit/Remaining/Reset`` headers; nothing happens.
 * ``"500"`` / ``"503"``: answered with that status; nothing happens.
 * ``"504_after_accept"`` (``POST /v2/orders`` only): the order is processed, the
   answer is a 504 with a non-JSON body.
@@ -51,10 +59,8 @@ from __future__ import annotations
 
 import base64
 import json
-import random
+import math
 import threading
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,14 +70,21 @@ from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from kronos.testing.alpaca_wire import (
+    ACCOUNT_ID,
+    fill_json,
+    float_or_none,
+    num,
+    order_json,
+    position_json,
+    ts,
+)
 from kronos.testing.fake_market import (
     DailyBar,
     FakeMarket,
     MarketError,
-    SimFill,
-    SimOrder,
-    SimPosition,
 )
+from kronos.testing.faults import FAULT_KINDS, FaultConfig, Faults
 
 __all__ = [
     "ADJUSTMENTS",
@@ -97,11 +110,8 @@ DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 _BAR_FIELDS = ("o", "h", "l", "c", "v", "n", "vw")
 
-FAULT_KINDS = ("429", "500", "503", "504_after_accept", "timeout", "reject", "partial")
-_REQUEST_FAULTS = FAULT_KINDS[:-1]
-_ORDER_FAULTS = frozenset({"504_after_accept", "reject"})
 _ORDERS = "/v2/orders"
-_NS = uuid.UUID("0d5bd2f4-7c1e-4f47-8d0e-6b726f6e6f73")
+MAX_ORDERS_PAGE = 500
 
 
 # --- requests and responses ---------------------------------------------------------
@@ -182,144 +192,6 @@ def _parse_instant(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-# --- faults -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FaultConfig:
-    """Random fault rates per kind (probability per eligible request or execution).
-
-    ``retry_after_s`` is the ``Retry-After`` of a 429; ``timeout_s`` how long a
-    ``"timeout"`` answer waits; ``partial_fraction`` the share of a partial fill.
-    """
-
-    rates: Mapping[str, float] = field(default_factory=dict)
-    seed: int = 0
-    retry_after_s: float = 0.0
-    timeout_s: float = 2.0
-    partial_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        unknown = set(self.rates) - set(FAULT_KINDS)
-        if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
-        bad = {k: r for k, r in self.rates.items() if not 0.0 <= r <= 1.0}
-        if bad:
-            raise ValueError(f"fault rates must lie in [0, 1]: {bad}")
-        if sum(r for k, r in self.rates.items() if k != "partial") > 1.0:
-            raise ValueError("request fault rates add up to more than 1")
-        if self.retry_after_s < 0 or self.timeout_s < 0:
-            raise ValueError("retry_after_s and timeout_s must be >= 0")
-        if not 0.0 < self.partial_fraction < 1.0:
-            raise ValueError("partial_fraction must lie in (0, 1)")
-
-
-def _eligible(kind: str, method: str, path: str) -> bool:
-    if kind == "partial":
-        return False
-    if kind in _ORDER_FAULTS:
-        return method == "POST" and path == _ORDERS
-    return True
-
-
-@dataclass(frozen=True)
-class _Scripted:
-    kind: str
-    method: str | None
-    path: str | None
-
-    def matches(self, method: str, path: str) -> bool:
-        return (
-            _eligible(self.kind, method, path)
-            and self.method in (None, method)
-            and self.path in (None, path)
-        )
-
-
-class Faults:
-    """Decides which faults happen: a scripted queue first, then seeded random draws.
-
-    Thread-safe; counts every fault it hands out by kind.
-    """
-
-    def __init__(self, config: FaultConfig | None = None) -> None:
-        self.config = config or FaultConfig()
-        self._rng = random.Random(self.config.seed)
-        self._lock = threading.Lock()
-        self._queue: list[_Scripted] = []
-        self._counts: Counter[str] = Counter()
-
-    def inject(
-        self, kind: str, *, method: str | None = None, path: str | None = None, times: int = 1
-    ) -> None:
-        """Queue ``times`` faults of ``kind`` for the next matching requests (or executions).
-
-        ``method``/``path`` narrow the match (exact path, e.g. ``"/v2/account"``);
-        ``"504_after_accept"`` and ``"reject"`` only ever match ``POST /v2/orders``.
-        """
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
-        if times < 1:
-            raise ValueError("times must be >= 1")
-        with self._lock:
-            self._queue += [_Scripted(kind, method, path)] * times
-
-    def clear(self) -> None:
-        """Drop every queued fault."""
-        with self._lock:
-            self._queue.clear()
-
-    @property
-    def pending(self) -> int:
-        """How many queued faults have not happened yet."""
-        with self._lock:
-            return len(self._queue)
-
-    def draw(self, method: str, path: str) -> str | None:
-        """The fault for this request, if any."""
-        with self._lock:
-            for i, scripted in enumerate(self._queue):
-                if scripted.matches(method, path):
-                    del self._queue[i]
-                    return self._count(scripted.kind)
-            kinds = [
-                k
-                for k in _REQUEST_FAULTS
-                if self.config.rates.get(k, 0.0) > 0 and _eligible(k, method, path)
-            ]
-            if not kinds:
-                return None
-            u, total = self._rng.random(), 0.0
-            for kind in kinds:
-                total += self.config.rates[kind]
-                if u < total:
-                    return self._count(kind)
-            return None
-
-    def partial(self) -> float | None:
-        """The fraction to fill at this execution, or ``None`` for a full fill."""
-        with self._lock:
-            for i, scripted in enumerate(self._queue):
-                if scripted.kind == "partial":
-                    del self._queue[i]
-                    self._count("partial")
-                    return self.config.partial_fraction
-            rate = self.config.rates.get("partial", 0.0)
-            if rate > 0 and self._rng.random() < rate:
-                self._count("partial")
-                return self.config.partial_fraction
-            return None
-
-    def counts(self) -> dict[str, int]:
-        """Faults handed out so far, by kind."""
-        with self._lock:
-            return dict(self._counts)
-
-    def _count(self, kind: str) -> str:
-        self._counts[kind] += 1
-        return kind
-
-
 @dataclass(frozen=True)
 class FakeStats:
     """What the server has done so far.
@@ -341,119 +213,6 @@ class FakeStats:
     def faults_injected(self) -> int:
         """All faults, every kind."""
         return sum(self.faults.values())
-
-
-# --- wire formats -------------------------------------------------------------------
-
-
-def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _num(value: float | None) -> str | None:
-    """A decimal string as Alpaca sends (``"10"``, ``"101.5"``); exact for floats."""
-    if value is None:
-        return None
-    value = float(value)
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-
-
-def _asset_id(symbol: str) -> str:
-    return str(uuid.uuid5(_NS, f"asset-{symbol}"))
-
-
-ACCOUNT_ID = str(uuid.uuid5(_NS, "account"))
-
-
-def _order_json(order: SimOrder) -> dict[str, Any]:
-    return {
-        "id": order.id,
-        "client_order_id": order.client_order_id,
-        "created_at": _ts(order.submitted_at),
-        "updated_at": _ts(order.updated_at),
-        "submitted_at": _ts(order.submitted_at),
-        "filled_at": _ts(order.filled_at),
-        "expired_at": _ts(order.expired_at),
-        "canceled_at": _ts(order.canceled_at),
-        "failed_at": None,
-        "replaced_at": None,
-        "replaced_by": None,
-        "replaces": None,
-        "asset_id": _asset_id(order.symbol),
-        "symbol": order.symbol,
-        "asset_class": "us_equity",
-        "notional": None,
-        "qty": _num(order.qty),
-        "filled_qty": _num(order.filled_qty),
-        "filled_avg_price": _num(order.filled_avg_price),
-        "order_class": order.order_class,
-        "order_type": order.order_type,
-        "type": order.order_type,
-        "side": order.side,
-        "time_in_force": order.time_in_force,
-        "limit_price": _num(order.limit_price),
-        "stop_price": None,
-        "status": order.status,
-        "extended_hours": False,
-        "legs": None,
-        "trail_percent": None,
-        "trail_price": None,
-        "hwm": None,
-        "position_intent": "buy_to_open" if order.side == "buy" else "sell_to_close",
-    }
-
-
-def _position_json(position: SimPosition) -> dict[str, Any]:
-    unrealized = position.market_value - position.cost_basis
-    return {
-        "asset_id": _asset_id(position.symbol),
-        "symbol": position.symbol,
-        "exchange": "NASDAQ",
-        "asset_class": "us_equity",
-        "asset_marginable": False,
-        "avg_entry_price": _num(position.avg_entry_price),
-        "qty": _num(position.qty),
-        "qty_available": _num(position.qty),
-        "side": "long",
-        "market_value": _num(position.market_value),
-        "cost_basis": _num(position.cost_basis),
-        "unrealized_pl": _num(unrealized),
-        "unrealized_plpc": _num(unrealized / position.cost_basis if position.cost_basis else 0.0),
-        "unrealized_intraday_pl": "0",
-        "unrealized_intraday_plpc": "0",
-        "current_price": _num(position.mark),
-        "lastday_price": _num(position.mark),
-        "change_today": "0",
-    }
-
-
-def _fill_json(fill: SimFill) -> dict[str, Any]:
-    return {
-        "id": fill.id,
-        "account_id": ACCOUNT_ID,
-        "activity_type": "FILL",
-        "transaction_time": _ts(fill.at),
-        "type": "partial_fill" if fill.is_partial else "fill",
-        "price": _num(fill.price),
-        "qty": _num(fill.qty),
-        "side": fill.side,
-        "symbol": fill.symbol,
-        "leaves_qty": _num(fill.leaves_qty),
-        "order_id": fill.order_id,
-        "cum_qty": _num(fill.cum_qty),
-        "order_status": fill.order_status,
-    }
-
-
-def _float_or_none(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise MarketError(422, 40010001, f"invalid {name}: {value!r}") from None
 
 
 # --- the server ---------------------------------------------------------------------
@@ -617,11 +376,17 @@ class FakeAlpacaServer:
         trading = not request.path.startswith("/v2/stocks/")
         fault = self.faults.draw(request.method, request.path) if trading else None
         if fault == "429":
-            retry_after = f"{self.faults.config.retry_after_s:g}"
+            wait = self.faults.config.retry_after_s
+            reset = datetime.now(UTC).timestamp() + wait
             return FakeResponse(
                 429,
                 {"code": 42910000, "message": "rate limit exceeded"},
-                {"Retry-After": retry_after},
+                {
+                    "Retry-After": f"{wait:g}",
+                    "X-RateLimit-Limit": "200",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": f"{math.ceil(reset)}",
+                },
             )
         if fault in ("500", "503"):
             return _error(int(cast(str, fault)), 50010000, "internal server error (injected)")
@@ -652,7 +417,7 @@ class FakeAlpacaServer:
                     if tail and "/" not in tail:
                         return handler(request, tail)
         except MarketError as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return FakeResponse(exc.status, {"code": exc.code, "message": exc.message, **exc.extra})
         return _error(404, 40410000, f"endpoint not found: {request.method} {request.path}")
 
     def _require_market(self) -> FakeMarket:
@@ -665,7 +430,7 @@ class FakeAlpacaServer:
     def _account(self, request: RecordedRequest) -> FakeResponse:
         """``GET /v2/account``."""
         acct = self._require_market().account()
-        bp = _num(acct.buying_power)
+        bp = num(acct.buying_power)
         return FakeResponse(
             200,
             {
@@ -679,11 +444,11 @@ class FakeAlpacaServer:
                 "daytrading_buying_power": "0",
                 "non_marginable_buying_power": bp,
                 "options_buying_power": bp,
-                "cash": _num(acct.cash),
+                "cash": num(acct.cash),
                 "accrued_fees": "0",
                 "pending_transfer_in": "0",
-                "portfolio_value": _num(acct.equity),
-                "pattern_day_trader": False,
+                "portfolio_value": num(acct.equity),
+                "pattern_day_trader": acct.pattern_day_trader,
                 "trading_blocked": False,
                 "transfers_blocked": False,
                 "account_blocked": False,
@@ -691,28 +456,28 @@ class FakeAlpacaServer:
                 "trade_suspended_by_user": False,
                 "multiplier": "1",
                 "shorting_enabled": False,
-                "equity": _num(acct.equity),
-                "last_equity": _num(acct.last_equity),
-                "long_market_value": _num(acct.long_market_value),
+                "equity": num(acct.equity),
+                "last_equity": num(acct.last_equity),
+                "long_market_value": num(acct.long_market_value),
                 "short_market_value": "0",
                 "initial_margin": "0",
                 "maintenance_margin": "0",
                 "last_maintenance_margin": "0",
                 "sma": "0",
-                "daytrade_count": 0,
+                "daytrade_count": acct.daytrade_count,
             },
         )
 
     def _positions(self, request: RecordedRequest) -> FakeResponse:
         """``GET /v2/positions``."""
-        return FakeResponse(200, [_position_json(p) for p in self._require_market().positions()])
+        return FakeResponse(200, [position_json(p) for p in self._require_market().positions()])
 
     def _position(self, request: RecordedRequest, symbol: str) -> FakeResponse:
         """``GET /v2/positions/{symbol}``."""
         position = self._require_market().position(symbol)
         if position is None:
             return _error(404, 40410000, "position does not exist")
-        return FakeResponse(200, _position_json(position))
+        return FakeResponse(200, position_json(position))
 
     def _submit(self, request: RecordedRequest) -> FakeResponse:
         """``POST /v2/orders``."""
@@ -720,7 +485,7 @@ class FakeAlpacaServer:
         body = request.body if isinstance(request.body, dict) else {}
         if body.get("notional") is not None:
             raise MarketError(422, 40010001, "notional orders are not supported by the fake")
-        qty = _float_or_none(body.get("qty"), "qty")
+        qty = float_or_none(body.get("qty"), "qty")
         if qty is None:
             raise MarketError(422, 40010001, "qty is required")
         take_profit = body.get("take_profit") or {}
@@ -731,13 +496,13 @@ class FakeAlpacaServer:
             qty=qty,
             order_type=str(body.get("type", "")),
             time_in_force=str(body.get("time_in_force", "")),
-            limit_price=_float_or_none(body.get("limit_price"), "limit_price"),
+            limit_price=float_or_none(body.get("limit_price"), "limit_price"),
             client_order_id=body.get("client_order_id"),
             order_class=str(body.get("order_class") or "simple"),
-            take_profit=_float_or_none(take_profit.get("limit_price"), "take_profit.limit_price"),
-            stop_loss=_float_or_none(stop_loss.get("stop_price"), "stop_loss.stop_price"),
+            take_profit=float_or_none(take_profit.get("limit_price"), "take_profit.limit_price"),
+            stop_loss=float_or_none(stop_loss.get("stop_price"), "stop_loss.stop_price"),
         )
-        return FakeResponse(200, _order_json(order))
+        return FakeResponse(200, order_json(order))
 
     def _orders(self, request: RecordedRequest) -> FakeResponse:
         """``GET /v2/orders``."""
@@ -754,8 +519,9 @@ class FakeAlpacaServer:
             until = _parse_instant(q["until"]) if "until" in q else None
         except ValueError as exc:
             raise MarketError(422, 40010001, f"invalid parameter: {exc}") from None
-        if not 1 <= limit <= 500:
+        if limit < 1:
             raise MarketError(422, 40010001, f"invalid limit: {limit}")
+        limit = min(limit, MAX_ORDERS_PAGE)  # Alpaca's maximum page
         symbols = {s for s in q.get("symbols", "").split(",") if s}
         orders = [
             o
@@ -767,21 +533,21 @@ class FakeAlpacaServer:
             and q.get("side") in (None, o.side)
         ]
         orders.sort(key=lambda o: o.submitted_at, reverse=direction == "desc")
-        return FakeResponse(200, [_order_json(o) for o in orders[:limit]])
+        return FakeResponse(200, [order_json(o) for o in orders[:limit]])
 
     def _order_by_client_id(self, request: RecordedRequest) -> FakeResponse:
         """``GET /v2/orders:by_client_order_id?client_order_id=...``."""
         order = self._require_market().order_by_client_id(request.query.get("client_order_id", ""))
         if order is None:
             return _error(404, 40410000, "order not found")
-        return FakeResponse(200, _order_json(order))
+        return FakeResponse(200, order_json(order))
 
     def _order(self, request: RecordedRequest, order_id: str) -> FakeResponse:
         """``GET /v2/orders/{id}``."""
         order = self._require_market().order(order_id)
         if order is None:
             return _error(404, 40410000, "order not found")
-        return FakeResponse(200, _order_json(order))
+        return FakeResponse(200, order_json(order))
 
     def _cancel(self, request: RecordedRequest, order_id: str) -> FakeResponse:
         """``DELETE /v2/orders/{id}``: 204."""
@@ -797,10 +563,10 @@ class FakeAlpacaServer:
         return FakeResponse(
             200,
             {
-                "timestamp": _ts(clock.now),
+                "timestamp": ts(clock.now),
                 "is_open": clock.is_open,
-                "next_open": _ts(clock.next_open),
-                "next_close": _ts(clock.next_close),
+                "next_open": ts(clock.next_open),
+                "next_close": ts(clock.next_close),
             },
         )
 
@@ -831,7 +597,7 @@ class FakeAlpacaServer:
             if token not in ids:
                 raise MarketError(422, 40010001, f"invalid page_token: {token}")
             fills = fills[ids.index(token) + 1 :]
-        return FakeResponse(200, [_fill_json(f) for f in fills[:page_size]])
+        return FakeResponse(200, [fill_json(f) for f in fills[:page_size]])
 
     # --- data routes ----------------------------------------------------------------
 

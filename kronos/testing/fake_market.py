@@ -1,12 +1,14 @@
 """A small deterministic market behind the fake Alpaca trading API.
 
-Time moves in phases over a list of sessions (trading days): session ``k`` is
-``"open"`` (the clock reads ``15:00Z`` of its date, the market is open) and then
-``"closed"`` (``21:30Z``, closed). :meth:`FakeMarket.advance` moves
+Time moves in phases over a list of sessions of an exchange calendar
+(:mod:`kronos.calendar`, XNYS by default: holidays are closed, early closes and
+daylight saving time are the exchange's): session ``k`` is ``"open"`` (the
+clock reads 30 minutes after the session's open, the market is open) and then
+``"closed"`` (8:00pm exchange time, after Alpaca's 7:00pm cut-over, so auction
+orders for the next session are accepted). :meth:`FakeMarket.advance` moves
 open -> closed within a session and closed -> open of the next session; the
 market starts in the closed phase of its first session unless told otherwise.
-Sessions open at ``14:30Z`` and close at ``21:00Z`` for ``next_open`` /
-``next_close`` (daylight saving time is ignored).
+``next_open`` / ``next_close`` are the calendar's.
 
 Orders execute only when time advances, against the daily bar of the session:
 
@@ -18,9 +20,17 @@ Orders execute only when time advances, against the daily bar of the session:
   ``day`` order still open expires. ``gtc`` orders stay.
 
 An order submitted while the market is open does not fill at once: it waits for
-the close like any other. A symbol without a bar in a session does not trade in
-it. A bracket's entry behaves as its market or limit parent; its take-profit and
-stop-loss legs are validated but not simulated. The account is a cash account:
+the close like any other. ``opg`` orders execute only at the next open (market
+at ``open_k``, limit when ``open_k`` crosses it), ``cls`` orders only at the next
+close (at ``close_k``); what they do not fill there is canceled.
+
+The venue's rules (:mod:`kronos.testing.venue_rules`) apply at submission:
+auction cut-offs for ``opg``/``cls``, wash-trade and pattern-day-trader
+protection; symbols in ``not_tradable`` are refused.
+
+A symbol without a bar in a session does not trade in it. A bracket's entry
+behaves as its market or limit parent; its take-profit and stop-loss legs are
+validated but not simulated. The account is a cash account:
 buys need ``cash`` minus open buy commitments (``qty x limit``, or the last
 price for market orders), sells need shares held minus open sells; no shorting,
 no commission. A market order may fill above its commitment, so cash can end up
@@ -41,17 +51,37 @@ import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from kronos.calendar import Calendar, get_calendar
+from kronos.testing.market_records import (
+    AccountSnapshot,
+    DailyBar,
+    MarketClock,
+    MarketError,
+    SimFill,
+    SimOrder,
+    SimPosition,
+)
+from kronos.testing.venue_rules import (
+    PDT_CODE,
+    PDT_MESSAGE,
+    PDT_WINDOW_SESSIONS,
+    WASH_CODE,
+    WASH_MESSAGE,
+    auction_cutoff,
+    pdt_protected,
+    wash_conflict,
+)
+
 __all__ = [
-    "CLOSED_NOW",
-    "OPEN_NOW",
-    "SESSION_CLOSE",
-    "SESSION_OPEN",
+    "CLOSED_LOCAL",
+    "OPEN_AFTER",
     "AccountSnapshot",
     "DailyBar",
     "FakeMarket",
@@ -65,149 +95,17 @@ __all__ = [
 Phase = Literal["open", "closed"]
 PartialSource = Callable[[], float | None]
 
-SESSION_OPEN = time(14, 30)
-SESSION_CLOSE = time(21, 0)
-OPEN_NOW = time(15, 0)
-CLOSED_NOW = time(21, 30)
-OPEN_STATUSES = frozenset({"new", "accepted", "partially_filled"})
+OPEN_AFTER = timedelta(minutes=30)  # the open phase's clock: this long after the open
+CLOSED_LOCAL = time(20, 0)  # the closed phase's clock, exchange time
+TIME_IN_FORCE = ("day", "gtc", "opg", "cls")
 _EPS = 1e-9
 _NS = uuid.UUID("6b1f3b4e-5d0c-4a57-9a43-6b726f6e6f73")  # fixed: ids are reproducible
-
-
-def _at(day: date, clock_time: time) -> datetime:
-    return datetime.combine(day, clock_time, tzinfo=UTC)
-
-
-def _next_weekday(day: date) -> date:
-    day += timedelta(days=1)
-    while day.weekday() >= 5:
-        day += timedelta(days=1)
-    return day
 
 
 def _ticks_ok(price: float) -> bool:
     """Alpaca's minimum increments: $0.01 at or above $1, $0.0001 below."""
     step = 0.01 if price >= 1.0 else 0.0001
     return abs(price / step - round(price / step)) < 1e-6
-
-
-class MarketError(Exception):
-    """A request the market refuses, with Alpaca's HTTP status, error code and message."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class DailyBar:
-    """One session's prices for one symbol."""
-
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float = 0.0
-
-
-@dataclass(frozen=True)
-class MarketClock:
-    """What ``GET /v2/clock`` reports."""
-
-    now: datetime
-    is_open: bool
-    next_open: datetime
-    next_close: datetime
-
-
-@dataclass(frozen=True)
-class SimOrder:
-    """An order in the fake (a snapshot; the market keeps its own copy)."""
-
-    id: str
-    client_order_id: str
-    symbol: str
-    side: Literal["buy", "sell"]
-    qty: float
-    order_type: Literal["market", "limit"]
-    limit_price: float | None
-    time_in_force: Literal["day", "gtc"]
-    order_class: Literal["simple", "bracket"]
-    take_profit: float | None
-    stop_loss: float | None
-    status: str
-    submitted_at: datetime
-    updated_at: datetime
-    filled_qty: float = 0.0
-    filled_avg_price: float | None = None
-    filled_at: datetime | None = None
-    expired_at: datetime | None = None
-    canceled_at: datetime | None = None
-
-    @property
-    def remaining(self) -> float:
-        """Shares still to fill."""
-        return self.qty - self.filled_qty
-
-    @property
-    def is_open(self) -> bool:
-        """New, accepted or partially filled."""
-        return self.status in OPEN_STATUSES
-
-
-@dataclass(frozen=True)
-class SimFill:
-    """One execution; ``id`` is Alpaca's activity id (``YYYYMMDDhhmmssmmm::uuid``)."""
-
-    id: str
-    order_id: str
-    client_order_id: str
-    symbol: str
-    side: Literal["buy", "sell"]
-    qty: float
-    price: float
-    at: datetime
-    cum_qty: float
-    leaves_qty: float
-    order_status: str
-
-    @property
-    def is_partial(self) -> bool:
-        """The order still had shares to fill after this execution."""
-        return self.leaves_qty > _EPS
-
-
-@dataclass(frozen=True)
-class SimPosition:
-    """A held symbol: shares, average entry price, last price."""
-
-    symbol: str
-    qty: float
-    avg_entry_price: float
-    mark: float
-
-    @property
-    def market_value(self) -> float:
-        """``qty x mark``."""
-        return self.qty * self.mark
-
-    @property
-    def cost_basis(self) -> float:
-        """``qty x avg_entry_price``."""
-        return self.qty * self.avg_entry_price
-
-
-@dataclass(frozen=True)
-class AccountSnapshot:
-    """The account in USD."""
-
-    cash: float
-    buying_power: float
-    long_market_value: float
-    equity: float
-    last_equity: float
 
 
 class FakeMarket:
@@ -221,6 +119,10 @@ class FakeMarket:
         start: index of the session the market starts in.
         phase: the phase it starts in (``"closed"``: after the close of ``start``).
         marks: last prices known before ``start`` (overridden by the start session's bar).
+        calendar: the exchange calendar (XNYS when ``None``); every session must be one of its.
+        not_tradable: symbols Alpaca lists but refuses orders for.
+        daytrades: sessions of day trades made before the market starts (one entry each).
+        pattern_day_trader: the account is flagged PDT.
 
     """
 
@@ -233,7 +135,13 @@ class FakeMarket:
         start: int = 0,
         phase: Phase = "closed",
         marks: Mapping[str, float] | None = None,
+        calendar: Calendar | None = None,
+        not_tradable: Sequence[str] = (),
+        daytrades: Sequence[date] = (),
+        pattern_day_trader: bool = False,
     ) -> None:
+        self.calendar = calendar or get_calendar()
+        self._tz = ZoneInfo(self.calendar.tz)
         self.sessions: tuple[date, ...] = tuple(sessions)
         if not self.sessions:
             raise ValueError("FakeMarket needs at least one session")
@@ -245,6 +153,12 @@ class FakeMarket:
             raise ValueError(f"phase must be 'open' or 'closed', got {phase!r}")
         if not cash >= 0:
             raise ValueError(f"cash must be >= 0, got {cash}")
+        closed = [d for d, ok in zip(self.sessions, self.calendar.sessions_mask(self.sessions),
+                                     strict=True) if not ok]  # fmt: skip
+        if closed:
+            raise ValueError(
+                f"not {self.calendar.name} sessions: {', '.join(map(str, closed[:5]))}"
+            )
         self._bars = {day: dict(bars.get(day, {})) for day in self.sessions}
         self.symbols: frozenset[str] = frozenset(
             s for day_bars in self._bars.values() for s in day_bars
@@ -262,6 +176,10 @@ class FakeMarket:
         self._by_client_id: dict[str, str] = {}
         self._fills: list[SimFill] = []
         self._last_equity = self._cash
+        self.not_tradable = frozenset(not_tradable)
+        self.pattern_day_trader = pattern_day_trader
+        self._daytrades: list[date] = list(daytrades)
+        self._last_side_today: dict[str, str] = {}  # symbol -> side of its last fill this session
         self.orders_accepted = 0
         self.orders_refused = 0
         self.duplicates_refused = 0
@@ -275,14 +193,19 @@ class FakeMarket:
         end: date | None = None,
         cash: float = 100_000.0,
         phase: Phase = "closed",
+        calendar: Calendar | None = None,
+        **kwargs: Any,
     ) -> FakeMarket:
-        """A market over the days of ``frame`` in ``start..end`` (inclusive).
+        """A market over the calendar's sessions from the first to the last day of ``frame``.
 
         ``frame`` is long: ``symbol, ts`` (date or datetime) and ``open, high, low,
         close`` (``volume`` optional). A missing ``close`` falls back to
         ``adj_close`` when that column exists; missing open/high/low fall back to
         the close (close-only data: ``o = h = l = c``). Rows before ``start`` only
-        seed the last prices. The sessions are the distinct days in the range.
+        seed the last prices. The sessions are the calendar's (XNYS by default)
+        between the first and last day in ``start..end``; a session without bars
+        does not trade; a bar on a day that is no session is refused.
+        ``kwargs`` go to the constructor (``not_tradable``, ``daytrades``...).
         """
         missing = {"symbol", "ts", "close"} - set(frame.columns)
         if missing:
@@ -310,7 +233,16 @@ class FakeMarket:
         bars: dict[date, dict[str, DailyBar]] = {}
         for symbol, day, c, o, h, low, v in inside.iter_rows():
             bars.setdefault(day, {})[symbol] = DailyBar(o, h, low, c, v)
-        return cls(sorted(bars), bars, cash=cash, phase=phase, marks=marks)
+        calendar = calendar or get_calendar()
+        days = sorted(bars)
+        off = [d for d, ok in zip(days, calendar.sessions_mask(days), strict=True) if not ok]
+        if off:
+            raise ValueError(
+                f"FakeMarket.from_bars: bars on days that are no {calendar.name} session: "
+                f"{', '.join(map(str, off[:5]))}"
+            )
+        sessions = calendar.sessions(days[0], days[-1])
+        return cls(sessions, bars, cash=cash, phase=phase, marks=marks, calendar=calendar, **kwargs)
 
     # --- clock -----------------------------------------------------------------
 
@@ -331,8 +263,14 @@ class FakeMarket:
 
     @property
     def now(self) -> datetime:
-        """The clock's time: ``15:00Z`` (open) or ``21:30Z`` (closed) of the session."""
-        return _at(self.session, OPEN_NOW if self._phase == "open" else CLOSED_NOW)
+        """The clock: 30 minutes after the session's open, or 8:00pm exchange time (closed)."""
+        return self._phase_time(self.session, self._phase)
+
+    def _phase_time(self, day: date, phase: Phase) -> datetime:
+        if phase == "open":
+            return self.calendar.session_open(day).astimezone(UTC) + OPEN_AFTER
+        evening = datetime.combine(day, CLOSED_LOCAL, tzinfo=self._tz).astimezone(UTC)
+        return max(evening, self.calendar.session_close(day).astimezone(UTC) + OPEN_AFTER)
 
     @property
     def finished(self) -> bool:
@@ -341,19 +279,20 @@ class FakeMarket:
             return self._phase == "closed" and self._index == len(self.sessions) - 1
 
     def clock(self) -> MarketClock:
-        """Now, whether open, the next open and close (past the last session: next weekday)."""
+        """Now, whether open, the next open and close (the calendar's, past the last session)."""
         with self._lock:
             following = (
                 self.sessions[self._index + 1]
                 if self._index + 1 < len(self.sessions)
-                else _next_weekday(self.session)
+                else self.calendar.next_session(self.session)
             )
             is_open = self._phase == "open"
+            close_day = self.session if is_open else following
             return MarketClock(
                 now=self.now,
                 is_open=is_open,
-                next_open=_at(following, SESSION_OPEN),
-                next_close=_at(self.session if is_open else following, SESSION_CLOSE),
+                next_open=self.calendar.session_open(following).astimezone(UTC),
+                next_close=self.calendar.session_close(close_day).astimezone(UTC),
             )
 
     def advance(self, partial: PartialSource | None = None) -> bool:
@@ -369,27 +308,39 @@ class FakeMarket:
                 self._index += 1
                 self._phase = "open"
                 self._tick = 0
+                self._last_side_today.clear()
                 day_bars = self._bars[self.session]
                 for symbol, bar in day_bars.items():
                     self._marks[symbol] = bar.open
                 for order in self._open_orders():
+                    if order.time_in_force == "cls":
+                        continue  # waits for the closing auction
                     bar = day_bars.get(order.symbol)
                     if bar is None:
+                        if order.time_in_force == "opg":
+                            self._cancel(order)
                         continue
                     if order.status == "accepted":
                         order = self._update(order, status="new")
                     price = self._price_at_open(order, bar)
                     if price is not None:
-                        self._execute(order, price, partial)
+                        order = self._execute(order, price, partial)
+                    if order.time_in_force == "opg" and order.is_open:
+                        self._cancel(order)  # the opening auction is over
             else:
                 self._phase = "closed"
                 self._tick = 0
                 day_bars = self._bars[self.session]
                 for order in self._open_orders():
                     bar = day_bars.get(order.symbol)
-                    price = None if bar is None else self._price_in_session(order, bar)
+                    if order.time_in_force == "cls":
+                        price = None if bar is None else self._price_at_close(order, bar)
+                    else:
+                        price = None if bar is None else self._price_in_session(order, bar)
                     if price is not None:
-                        self._execute(order, price, partial)
+                        order = self._execute(order, price, partial)
+                    if order.time_in_force == "cls" and order.is_open:
+                        self._cancel(order)  # the closing auction is over
                 for symbol, bar in day_bars.items():
                     self._marks[symbol] = bar.close
                 for order in self._open_orders():
@@ -449,8 +400,7 @@ class FakeMarket:
                 raise MarketError(404, 40410000, "order not found")
             if not order.is_open:
                 raise MarketError(422, 42210000, f'order is already in "{order.status}" state')
-            stamp = self._stamp()
-            return self._update(order, status="canceled", canceled_at=stamp, updated_at=stamp)
+            return self._cancel(order)
 
     def order(self, order_id: str) -> SimOrder | None:
         """The order with this id, if any."""
@@ -502,7 +452,17 @@ class FakeMarket:
                 long_market_value=long_value,
                 equity=self._cash + long_value,
                 last_equity=self._last_equity,
+                daytrade_count=self.daytrade_count(),
+                pattern_day_trader=self.pattern_day_trader,
             )
+
+    def daytrade_count(self) -> int:
+        """Day trades in the last 5 sessions, the current one included."""
+        with self._lock:
+            first = self.session
+            for _ in range(PDT_WINDOW_SESSIONS - 1):
+                first = self.calendar.previous_session(first)
+            return sum(1 for d in self._daytrades if first <= d <= self.session)
 
     # --- internals (called with the lock held) ----------------------------------
 
@@ -528,12 +488,16 @@ class FakeMarket:
 
         if symbol not in self.symbols:
             raise invalid(f'asset "{symbol}" not found')
+        if symbol in self.not_tradable:
+            raise MarketError(422, 42210000, f"asset {symbol} is not tradable")
         if side not in ("buy", "sell"):
             raise invalid(f"invalid side: {side}")
         if order_type not in ("market", "limit"):
             raise invalid(f"order type {order_type!r} is not supported by the fake")
-        if time_in_force not in ("day", "gtc"):
+        if time_in_force not in TIME_IN_FORCE:
             raise invalid(f"time_in_force {time_in_force!r} is not supported by the fake")
+        if time_in_force in ("opg", "cls") and order_class != "simple":
+            raise MarketError(422, 42210000, f"{time_in_force} orders must be simple orders")
         if order_class not in ("simple", "bracket"):
             raise invalid(f"order_class {order_class!r} is not supported by the fake")
         if not (math.isfinite(qty) and qty > 0):
@@ -559,6 +523,22 @@ class FakeMarket:
             raise invalid(f'asset "{symbol}" has no price yet')
         if order_class == "bracket":
             self._check_bracket(side, price, take_profit, stop_loss)
+        closed = auction_cutoff(time_in_force, self.now, self.calendar)
+        if closed:
+            raise MarketError(422, 42210000, closed)
+        conflict = wash_conflict(
+            side, limit_price, order_class, (o for o in self._open_orders() if o.symbol == symbol)
+        )
+        if conflict is not None:
+            other, reason = conflict
+            raise MarketError(
+                403,
+                WASH_CODE,
+                WASH_MESSAGE,
+                {"existing_order_id": other.id, "reject_reason": reason},
+            )
+        if self._pdt_protected() and self._could_day_trade(symbol, side):
+            raise MarketError(403, PDT_CODE, PDT_MESSAGE)
         if side == "buy":
             if qty * price > self._buying_power() + _EPS:
                 raise MarketError(403, 40310000, "insufficient buying power")
@@ -621,6 +601,26 @@ class FakeMarket:
                 f"stop_loss.stop_price must be {op} base_price {'-' if sign > 0 else '+'} 0.01",
             )
 
+    def _pdt_protected(self) -> bool:
+        """Under 25,000 equity with 3 day trades in 5 sessions (or flagged PDT)."""
+        return pdt_protected(self._equity(), self.daytrade_count(), self.pattern_day_trader)
+
+    def _could_day_trade(self, symbol: str, side: str) -> bool:
+        """Whether the order could close, this session, what this session opened.
+
+        While the market is open the order executes today: a sell after today's
+        buy (or a buy after today's short sale) is a day trade. Orders placed
+        after the close execute in a later session.
+        """
+        if self._phase != "open":
+            return False
+        last = self._last_side_today.get(symbol)
+        return last is not None and last != side
+
+    def _cancel(self, order: SimOrder) -> SimOrder:
+        stamp = self._stamp()
+        return self._update(order, status="canceled", canceled_at=stamp, updated_at=stamp)
+
     def _stamp(self) -> datetime:
         stamp = self.now + timedelta(microseconds=self._tick)
         self._tick += 1
@@ -657,6 +657,15 @@ class FakeMarket:
         return bar.open if bar.open >= limit else None
 
     @staticmethod
+    def _price_at_close(order: SimOrder, bar: DailyBar) -> float | None:
+        limit = order.limit_price
+        if limit is None:
+            return bar.close
+        if order.side == "buy":
+            return bar.close if bar.close <= limit else None
+        return bar.close if bar.close >= limit else None
+
+    @staticmethod
     def _price_in_session(order: SimOrder, bar: DailyBar) -> float | None:
         limit = order.limit_price
         if limit is None:
@@ -665,13 +674,16 @@ class FakeMarket:
             return min(limit, bar.open) if bar.low <= limit else None
         return max(limit, bar.open) if bar.high >= limit else None
 
-    def _execute(self, order: SimOrder, price: float, partial: PartialSource | None) -> None:
+    def _execute(self, order: SimOrder, price: float, partial: PartialSource | None) -> SimOrder:
         qty = order.remaining
         if partial is not None and qty >= 2:
             fraction = partial()
             if fraction is not None:
                 qty = min(qty, max(1.0, math.floor(qty * fraction)))
         held, avg = self._positions.get(order.symbol, (0.0, 0.0))
+        if order.side == "sell" and self._last_side_today.get(order.symbol) == "buy":
+            self._daytrades.append(self.session)  # bought this session, now sold: a day trade
+        self._last_side_today[order.symbol] = order.side
         if order.side == "buy":
             self._cash -= qty * price
             new_held = held + qty
@@ -712,3 +724,4 @@ class FakeMarket:
                 order_status=order.status,
             )
         )
+        return order

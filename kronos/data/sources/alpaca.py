@@ -9,6 +9,11 @@ calendar date, the trading day.
 Credentials come from ``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY`` (environment
 or ``.env``) and are held as :class:`~pydantic.SecretStr`, so they never show in
 a repr, a log line or an error message.
+
+Failures are one-line :class:`~kronos.data.errors.SourceError` messages naming
+the host and what to check: :class:`~kronos.data.errors.SourceUnreachable` when
+no answer came (no connection, unknown host, no answer within
+``APCA_DATA_TIMEOUT_S``), ``SourceError`` when Alpaca refused the request.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import polars as pl
+import requests
+from alpaca.common.enums import BaseURL
+from alpaca.common.exceptions import APIError
 from alpaca.data.enums import Adjustment, DataFeed
 from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.data.models import BarSet
@@ -31,6 +40,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from kronos.data.errors import KronosDataError, SourceError, SourceUnreachable
 from kronos.data.schema import TABLES
 
 __all__ = [
@@ -48,9 +58,10 @@ ENV_KEY_ID = "APCA_API_KEY_ID"
 ENV_SECRET_KEY = "APCA_API_SECRET_KEY"
 ENV_DATA_URL = "APCA_DATA_URL"
 ENV_DATA_FEED = "APCA_DATA_FEED"
+ENV_DATA_TIMEOUT = "APCA_DATA_TIMEOUT_S"
 
 
-class AlpacaConfigError(ValueError):
+class AlpacaConfigError(KronosDataError, ValueError):
     """Alpaca settings are missing or invalid; the message names the variables."""
 
 
@@ -103,6 +114,12 @@ class AlpacaDataSettings(OwnVariablesSettings):
         description="Base URL override (tests, proxies); alpaca-py appends /v2/...",
     )
     feed: str = Field(default=DataFeed.IEX.value, validation_alias=ENV_DATA_FEED)
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=ENV_DATA_TIMEOUT,
+        description="Seconds to wait for each answer before giving up",
+    )
 
     @field_validator("data_url")
     @classmethod
@@ -161,11 +178,11 @@ def fetch_alpaca_bars(
 
     Raises:
         TypeError: ``symbols`` is a single string rather than a list.
-        ValueError: no symbols, ``end`` before ``start``, a symbol with no bars in
-            the range (all such symbols are named), or raw and adjusted series that
-            do not cover the same days.
-        alpaca.common.exceptions.APIError: the API refused the request (bad keys,
-            bad parameters, ...).
+        ValueError: no symbols, or ``end`` before ``start``.
+        SourceUnreachable: no answer from the host (connection, DNS, timeout).
+        SourceError: the API refused the request (bad keys, bad parameters, ...),
+            a symbol has no bars in the range (all such symbols are named), or
+            raw and adjusted series do not cover the same days.
 
     """
     if isinstance(symbols, str):
@@ -176,23 +193,37 @@ def fetch_alpaca_bars(
     if end < start:
         raise ValueError(f"fetch_alpaca_bars: end {end} is before start {start}")
 
-    client = StockHistoricalDataClient(
+    client = _DataClient(
+        timeout_s=settings.timeout_s,
         api_key=settings.api_key.get_secret_value(),
         secret_key=settings.secret_key.get_secret_value(),
         url_override=settings.data_url,
     )
+    host = urlsplit(settings.data_url or BaseURL.DATA.value).netloc
 
     def request(adjustment: Adjustment) -> BarSet:
-        bar_set = client.get_stock_bars(
-            StockBarsRequest(
-                symbol_or_symbols=wanted,
-                timeframe=TimeFrame.Day,
-                start=datetime.combine(start, time.min, tzinfo=EXCHANGE_TZ),
-                end=datetime.combine(end, time(23, 59, 59), tzinfo=EXCHANGE_TZ),
-                adjustment=adjustment,
-                feed=DataFeed(settings.feed),
-            )
+        query = StockBarsRequest(
+            symbol_or_symbols=wanted,
+            timeframe=TimeFrame.Day,
+            start=datetime.combine(start, time.min, tzinfo=EXCHANGE_TZ),
+            end=datetime.combine(end, time(23, 59, 59), tzinfo=EXCHANGE_TZ),
+            adjustment=adjustment,
+            feed=DataFeed(settings.feed),
         )
+        try:
+            bar_set = client.get_stock_bars(query)
+        except requests.JSONDecodeError:
+            raise SourceError(
+                f"Alpaca market data at {host} answered with something that is not JSON; "
+                f"check {ENV_DATA_URL}"
+            ) from None
+        except requests.RequestException as exc:
+            raise SourceUnreachable(
+                f"cannot reach Alpaca market data at {host} ({_why(exc, settings.timeout_s)}); "
+                f"check the network connection and {ENV_DATA_URL}"
+            ) from None
+        except APIError as exc:
+            raise SourceError(_refusal(exc, host)) from None
         if not isinstance(bar_set, BarSet):  # only with raw_data=True, which we never set
             raise TypeError(f"expected a BarSet from alpaca-py, got {type(bar_set).__name__}")
         return bar_set
@@ -200,7 +231,7 @@ def fetch_alpaca_bars(
     raw = request(Adjustment.RAW)
     empty = [symbol for symbol in wanted if not raw.data.get(symbol)]
     if empty:
-        raise ValueError(
+        raise SourceError(
             f"Alpaca returned no bars for {', '.join(empty)} "
             f"between {start} and {end} (feed {settings.feed})"
         )
@@ -212,7 +243,7 @@ def fetch_alpaca_bars(
     if only_raw.height or only_adjusted.height:
         odd = pl.concat([only_raw.select(_KEY), only_adjusted.select(_KEY)])
         shown = ", ".join(f"{s} {d}" for s, d in odd.head(10).iter_rows())
-        raise ValueError(f"Alpaca raw and adjusted bars cover different days: {shown}")
+        raise SourceError(f"Alpaca raw and adjusted bars cover different days: {shown}")
 
     schema = TABLES["bars"].schema
     return (
@@ -223,10 +254,55 @@ def fetch_alpaca_bars(
     )
 
 
+class _DataClient(StockHistoricalDataClient):
+    """alpaca-py's data client with a timeout on every request (it sets none itself)."""
+
+    def __init__(self, *, timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._timeout_s = timeout_s
+
+    def _one_request(self, method: str, url: str, opts: dict, retry: int) -> dict:
+        return super()._one_request(method, url, {**opts, "timeout": self._timeout_s}, retry)
+
+
+def _why(exc: requests.RequestException, timeout_s: float) -> str:
+    """Why no answer came, in a few words."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout_s:g} s ({ENV_DATA_TIMEOUT})"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    text = str(exc)
+    if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
+        return "host name not found"
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Connection reset" in text or "RemoteDisconnected" in text:
+        return "connection dropped"
+    return type(exc).__name__
+
+
+def _refusal(exc: APIError, host: str) -> str:
+    """One line for an HTTP error answer: status, Alpaca's message and what to check."""
+    status = exc.status_code
+    try:
+        message = str(exc.message)
+    except (ValueError, KeyError, TypeError):
+        message = " ".join(str(exc).split())[:200] or "no message"
+    if status in (401, 403):
+        hint = f"check {ENV_KEY_ID} and {ENV_SECRET_KEY}"
+    elif status == 429:
+        hint = "too many requests; try again later"
+    elif status is not None and status >= 500:
+        hint = "a fault on Alpaca's side; try again later"
+    else:
+        hint = f"check the symbols, dates and {ENV_DATA_FEED}"
+    return f"Alpaca market data at {host} refused the request: HTTP {status} {message}; {hint}"
+
+
 def _frame(bar_set: BarSet, fields: list[str]) -> pl.DataFrame:
     """Flatten a BarSet into (symbol, ts, *fields), ts being the New York date.
 
-    Raises ValueError if two bars of one symbol fall on the same New York day.
+    Raises SourceError if two bars of one symbol fall on the same New York day.
     """
     columns: dict[str, list[Any]] = {"symbol": [], "ts": [], **{f: [] for f in fields}}
     for symbol, bars in bar_set.data.items():
@@ -245,5 +321,5 @@ def _frame(bar_set: BarSet, fields: list[str]) -> pl.DataFrame:
     dupes = frame.filter(pl.struct(_KEY).is_duplicated()).select(_KEY).unique().sort(_KEY)
     if dupes.height:
         shown = ", ".join(f"{s} {d}" for s, d in dupes.head(10).iter_rows())
-        raise ValueError(f"Alpaca returned more than one daily bar per day: {shown}")
+        raise SourceError(f"Alpaca returned more than one daily bar per day: {shown}")
     return frame

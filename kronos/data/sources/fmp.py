@@ -13,6 +13,9 @@ row became known (``available_at``) is taken, most exact first, from:
   record's ``knownAt`` (a kronos extension) or the ``known_at`` the caller
   gives (when the file was downloaded); with neither, they are refused;
 - ratings: the end of the rating's ``date``; news: ``publishedDate`` (US Eastern).
+
+An error payload saved in place of data (``{"Error Message": "Invalid API
+KEY..."}``) is refused with FMP's own message, as is a file with no records.
 """
 
 from __future__ import annotations
@@ -209,7 +212,9 @@ def normalize(
     ``_row`` holds each record's 1-based index in the file, for error messages.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown FMP kind {kind!r}; one of {sorted(KINDS)}")
+        raise InputError(
+            [Problem(f"unknown FMP kind {kind!r} (--kind); one of {sorted(KINDS)}", file=origin)]
+        )
     if known_at is not None and known_at.tzinfo is None:
         raise ValueError("known_at must be time-zone aware")
     table = KINDS[kind]
@@ -256,15 +261,22 @@ def infer_kind(path: Path) -> str:
             return kind
     if "stock_news" in name or "stock-news" in name:
         return "news"
-    raise ValueError(
-        f"{path}: cannot tell the FMP endpoint from the file name; "
-        f"pass --kind (one of {sorted(KINDS)})"
+    raise InputError(
+        [
+            Problem(
+                f"cannot tell the FMP endpoint from the file name; pass --kind (one of "
+                f"{sorted(KINDS)})",
+                file=str(path),
+            )
+        ]
     )
 
 
 def read_fmp_records(path: Path | str, *, kind: str | None = None) -> tuple[str, list[dict]]:
     """Read one saved FMP JSON file (a list of records, or one record) and its kind."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError([Problem("no such file", file=str(path))])
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -276,8 +288,26 @@ def read_fmp_records(path: Path | str, *, kind: str | None = None) -> tuple[str,
                 )
             ]
         ) from exc
+    error = _error_message(data)
+    if error is not None:
+        raise InputError([Problem(f"FMP returned an error: {error}", file=str(path))])
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
         raise InputError([Problem("expected a JSON list of records", file=str(path))])
-    return kind or infer_kind(path), data
+    kind = kind or infer_kind(path)
+    if not data:
+        raise InputError([Problem("no records (an empty JSON list)", file=str(path))])
+    return kind, data
+
+
+def _error_message(data: object) -> str | None:
+    """The message of an FMP error payload (``{"Error Message": ...}``), else None."""
+    if not isinstance(data, dict):
+        return None
+    for key in ("Error Message", "error", "Error"):
+        if isinstance(data.get(key), str):
+            return " ".join(data[key].split())
+    if set(data) == {"message"} and isinstance(data["message"], str):
+        return " ".join(data["message"].split())
+    return None

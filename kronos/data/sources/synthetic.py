@@ -8,7 +8,7 @@ therefore the same whichever other symbols are generated with it and however
 they are batched, and its sector in :func:`synthetic_profiles` is the one its
 bars are driven by.
 
-Price model (daily log returns, one row per weekday)::
+Price model (daily log returns, one row per exchange session)::
 
     r[t, i] = beta_m[i] * m[t] + beta_s[i] * s[t, sector(i)] + mu[i] + e[t, i] + J[t, i]
 
@@ -22,6 +22,10 @@ Price model (daily log returns, one row per weekday)::
 Factor paths depend only on ``seed`` and the number of days; every random
 array is drawn day-major, so extending ``years`` leaves the earlier history
 unchanged. Synthetic names have no corporate actions: ``adj_close == close``.
+
+Days are sessions of an exchange calendar (:mod:`kronos.calendar`, XNYS unless
+one is passed): bars, filing days, rating days and daily social aggregates
+fall on sessions; news flows every day, thinner when the exchange is closed.
 
 Reference data (:func:`synthetic_reference`) mimics FMP's JSON payloads:
 quarterly statements with realistic filing lags, analyst consensus snapshots
@@ -42,6 +46,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kronos.calendar import Calendar, get_calendar
 from kronos.data.schema import TABLES, TS, empty_frame
 
 SOURCE = "synthetic"
@@ -207,17 +212,6 @@ def synthetic_profiles(symbols: list[str], seed: int) -> pl.DataFrame:
 # ---------------------------------------------------------------- calendar and factors
 
 
-def _weekdays(start: date, n: int) -> np.ndarray:
-    """Return the first ``n`` Mon-Fri dates on or after ``start`` as ``datetime64[D]``."""
-    cal = np.datetime64(start, "D") + np.arange(n * 7 // 5 + 7)
-    return cal[np.is_busday(cal)][:n]
-
-
-def _weekdays_between(start: date, end: date) -> np.ndarray:
-    cal = np.arange(np.datetime64(start, "D"), np.datetime64(end, "D") + 1)
-    return cal[np.is_busday(cal)]
-
-
 @dataclass(frozen=True)
 class _Factors:
     market: np.ndarray  # (days,)
@@ -319,25 +313,28 @@ def iter_synthetic_bars(
     seed: int,
     start: date = date(2000, 1, 3),
     batch_symbols: int = 250,
+    calendar: Calendar | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Yield ``bars`` frames for ``SYN0001..`` in batches of consecutive symbols.
 
-    Each frame is sorted by (symbol, ts) and covers ``round(years * 252)`` weekdays
-    from ``start``. Memory is bounded by ``batch_symbols`` x days.
+    Each frame is sorted by (symbol, ts) and covers ``round(years * 252)``
+    sessions of ``calendar`` (XNYS when None) from ``start``. Memory is bounded
+    by ``batch_symbols`` x days.
     """
     if n_symbols < 0 or years < 0 or batch_symbols < 1:
         raise ValueError("need n_symbols >= 0, years >= 0, batch_symbols >= 1")
-    return _iter_bars(n_symbols, years, seed, start, batch_symbols)
+    n_days = round(years * _DAYS_PER_YEAR)
+    days = (calendar or get_calendar()).first_sessions(start, n_days)
+    return _iter_bars(n_symbols, seed, days, batch_symbols)
 
 
 def _iter_bars(
-    n_symbols: int, years: float, seed: int, start: date, batch_symbols: int
+    n_symbols: int, seed: int, days: np.ndarray, batch_symbols: int
 ) -> Iterator[pl.DataFrame]:
-    n_days = round(years * _DAYS_PER_YEAR)
+    n_days = len(days)
     if n_days == 0:
         return
     symbols = synthetic_symbols(n_symbols)
-    days = _weekdays(start, n_days)
     factors = _factor_paths(seed, n_days)
     traits = _symbol_traits(symbols, seed)
     for lo in range(0, n_symbols, batch_symbols):
@@ -346,10 +343,14 @@ def _iter_bars(
 
 
 def synthetic_bars(
-    n_symbols: int, years: float, seed: int, start: date = date(2000, 1, 3)
+    n_symbols: int,
+    years: float,
+    seed: int,
+    start: date = date(2000, 1, 3),
+    calendar: Calendar | None = None,
 ) -> pl.DataFrame:
     """All batches of :func:`iter_synthetic_bars` in one frame."""
-    frames = list(iter_synthetic_bars(n_symbols, years, seed, start))
+    frames = list(iter_synthetic_bars(n_symbols, years, seed, start, calendar=calendar))
     return pl.concat(frames) if frames else empty_frame("bars")
 
 
@@ -415,7 +416,7 @@ class _Fundamentals:
 
 
 def _fundamentals(
-    symbols: Sequence[str], traits: _Traits, qe: np.ndarray, seed: int
+    symbols: Sequence[str], traits: _Traits, qe: np.ndarray, seed: int, calendar: Calendar
 ) -> _Fundamentals:
     n_s, n_q = len(symbols), len(qe)
     st = np.empty((n_s, 8))
@@ -469,7 +470,7 @@ def _fundamentals(
     market_cap = traits.market_cap[:, col] * np.exp(
         np.cumsum(growth[:, col] / 4 + 0.12 * z[:, :, 4], axis=1)
     )
-    filing = np.busday_offset(qe[None, :] + lag, 0, roll="forward")
+    filing = calendar.sessions_on_or_after(qe[None, :] + lag)
     return _Fundamentals(
         quarter_ends=qe,
         filing=filing,
@@ -655,10 +656,10 @@ _RECOMMENDATION = ("Strong Sell", "Sell", "Neutral", "Buy", "Strong Buy")
 
 
 def _rating_payloads(
-    symbols: Sequence[str], start: date, end: date, seed: int
+    symbols: Sequence[str], start: date, end: date, seed: int, calendar: Calendar
 ) -> list[dict[str, Any]]:
     months = np.arange(np.datetime64(start, "M"), np.datetime64(end, "M") + 1)
-    days = np.busday_offset(months.astype("datetime64[D]"), 0, roll="forward")
+    days = calendar.sessions_on_or_after(months.astype("datetime64[D]"))
     days = days[(days >= np.datetime64(start)) & (days <= np.datetime64(end))]
     n_s, n_m = len(symbols), len(days)
     if n_m == 0 or n_s == 0:
@@ -724,10 +725,10 @@ class _News:
     burst_sign: np.ndarray
 
 
-def _news(symbols: Sequence[str], start: date, end: date, seed: int) -> _News:
+def _news(symbols: Sequence[str], start: date, end: date, seed: int, calendar: Calendar) -> _News:
     days = np.arange(np.datetime64(start, "D"), np.datetime64(end, "D") + 1)
     day_s = _seconds(days)
-    lam = np.where(np.is_busday(days), 0.3, 0.12)
+    lam = np.where(calendar.sessions_mask(days), 0.3, 0.12)
     lo, hi = int(day_s[0]), int(day_s[-1]) + _DAY_S
     years = len(days) / 365.25
     keys = ("sym", "ts", "title", "b_sym", "b_s", "b_e", "b_g")
@@ -809,9 +810,12 @@ def _news_payloads(symbols: Sequence[str], news: _News) -> list[dict[str, Any]]:
 
 
 def _social(
-    symbols: Sequence[str], traits: _Traits, news: _News, start: date, end: date, seed: int
+    symbols: Sequence[str],
+    traits: _Traits,
+    news: _News,
+    days: np.ndarray,
+    seed: int,
 ) -> pl.DataFrame:
-    days = _weekdays_between(start, end)
     n_s, n_d = len(symbols), len(days)
     if n_s == 0 or n_d == 0:
         return empty_frame("social_features")
@@ -871,9 +875,13 @@ def _bursts_frame(symbols: Sequence[str], news: _News) -> pl.DataFrame:
 
 
 def synthetic_reference(
-    symbols: list[str], start: date, end: date, seed: int
+    symbols: list[str], start: date, end: date, seed: int, calendar: Calendar | None = None
 ) -> SyntheticReference:
-    """FMP-shaped reference payloads and social features for ``symbols`` over [start, end]."""
+    """FMP-shaped reference payloads and social features for ``symbols`` over [start, end].
+
+    Filing, rating and social days are sessions of ``calendar`` (XNYS when None).
+    """
+    calendar = calendar or get_calendar()
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
     traits = _symbol_traits(symbols, seed)
@@ -881,14 +889,14 @@ def synthetic_reference(
     # after ``end`` are already being revised inside it, and quarters ending
     # shortly before ``start`` are still awaiting their filing.
     qe = _quarter_ends(start - timedelta(days=70), end + timedelta(days=200))
-    fd = _fundamentals(symbols, traits, qe, seed)
-    news = _news(symbols, start, end, seed)
+    fd = _fundamentals(symbols, traits, qe, seed, calendar)
+    news = _news(symbols, start, end, seed, calendar)
     payloads = _statement_payloads(symbols, fd, start, end)
     payloads["analyst-estimates"] = _estimate_payloads(symbols, traits, fd, start, end, seed)
-    payloads["rating"] = _rating_payloads(symbols, start, end, seed)
+    payloads["rating"] = _rating_payloads(symbols, start, end, seed, calendar)
     payloads["news"] = _news_payloads(symbols, news)
     return SyntheticReference(
         payloads=payloads,
-        social=_social(symbols, traits, news, start, end, seed),
+        social=_social(symbols, traits, news, calendar.sessions_array(start, end), seed),
         news_bursts=_bursts_frame(symbols, news),
     )

@@ -1,12 +1,8 @@
 """The Alpaca broker: the :class:`~kronos.execution.brokers.base.Broker` contract over alpaca-py.
 
-Settings (environment or ``.env``, see :class:`AlpacaTradingSettings`): paper keys
-``APCA_PAPER_API_KEY_ID`` / ``APCA_PAPER_API_SECRET_KEY``, live keys
-``APCA_LIVE_API_KEY_ID`` / ``APCA_LIVE_API_SECRET_KEY``, ``KRONOS_ALPACA_MODE``
-(``paper`` by default; ``live`` is refused unless ``KRONOS_ALLOW_LIVE_TRADING=true``),
-``KRONOS_ALPACA_TRADING_URL`` (base URL override) and ``KRONOS_ALPACA_TIMEOUT_S``
-(per request, default 10). Keys are :class:`~pydantic.SecretStr`: they never
-show in a repr, an error message or a log line.
+Settings (keys, mode, the live-trading switch, URL override, timeout) live in
+:mod:`kronos.execution.brokers.alpaca_settings`; keys never show in a repr, an
+error message or a log line.
 
 Retries are ours, not alpaca-py's (it would retry 429/504 after a fixed 3 s with
 no timeout): every request carries the timeout and is sent once; then
@@ -22,20 +18,33 @@ no timeout): every request carries the timeout and is sent once; then
 * a cancel of an order that is unknown or no longer open is a no-op; a timeout
   or 5xx raises :class:`AmbiguousOutcome`.
 
-Fills come from the ``FILL`` account activities (their ids are stable); an
-activity names its order by id only, so each new order id is looked up once for
-its ``client_order_id``.
+alpaca-py's own retry (``RESTClient._request``: 429 and 504 raise
+``RetryException`` and are retried 3 times after a fixed 3 s, ignoring
+``Retry-After``) is switched off by sending with ``retry=0``; the 429 wait
+honours ``Retry-After`` (or ``X-RateLimit-Reset``), capped at ``max_wait_s``, so
+one request waits at most ``(attempts - 1) x max_wait_s``.
+
+Before an order is sent, the venue's rules are checked
+(:mod:`kronos.execution.brokers.venue`): ``opg``/``cls`` orders outside their
+auction windows are refused; under pattern-day-trader protection an order that
+could be a day trade is refused; an open opposite-side order for the symbol that
+the new one would wash against is cancelled first (and the cancel confirmed).
+Every refusal is an :class:`OrderRejected` whose ``kind`` names the rule.
+
+Fills come from the ``FILL`` account activities, one per execution with its own
+quantity and price (their ids are stable), never from differences of an order's
+cumulative ``filled_qty``; an activity names its order by id only, so each new
+order id is looked up once for its ``client_order_id``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo
 
 import requests
 from alpaca.common.exceptions import APIError
@@ -50,11 +59,17 @@ from alpaca.trading.requests import (
     StopLossRequest,
     TakeProfitRequest,
 )
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import ValidationError
 from urllib3.exceptions import NewConnectionError
 
-from kronos.data.sources.alpaca import AlpacaConfigError, OwnVariablesSettings
+from kronos.calendar import Calendar, get_calendar
+from kronos.execution.brokers.alpaca_settings import (
+    AlpacaConfigError,
+    AlpacaTradingSettings,
+    credentials,
+    live_trading_allowed,
+    load_alpaca_trading_settings,
+)
 from kronos.execution.brokers.base import (
     AccountState,
     AmbiguousOutcome,
@@ -68,24 +83,24 @@ from kronos.execution.brokers.base import (
     OrderRejected,
     OrderRequest,
 )
+from kronos.execution.brokers.venue import (
+    auction_cutoff,
+    crosses,
+    pdt_protected,
+    rejection_kind,
+    retry_after_s,
+)
 
 __all__ = [
     "AlpacaBroker",
     "AlpacaConfigError",
     "AlpacaTradingSettings",
+    "live_trading_allowed",
     "load_alpaca_trading_settings",
 ]
 
 log = logging.getLogger(__name__)
 
-ENV_PAPER_KEY_ID = "APCA_PAPER_API_KEY_ID"
-ENV_PAPER_SECRET = "APCA_PAPER_API_SECRET_KEY"
-ENV_LIVE_KEY_ID = "APCA_LIVE_API_KEY_ID"
-ENV_LIVE_SECRET = "APCA_LIVE_API_SECRET_KEY"
-ENV_MODE = "KRONOS_ALPACA_MODE"
-ENV_ALLOW_LIVE = "KRONOS_ALLOW_LIVE_TRADING"
-ENV_URL = "KRONOS_ALPACA_TRADING_URL"
-ENV_TIMEOUT = "KRONOS_ALPACA_TIMEOUT_S"
 _DUPLICATE = "client_order_id must be unique"
 _PAGE = 500  # GET /v2/orders maximum
 _FILL_PAGE = 100  # GET /v2/account/activities maximum
@@ -101,93 +116,6 @@ _STATUS = {
     "rejected": "rejected",
     "replaced": "canceled",  # replaced by another order: this one is over
 }
-
-
-# --- settings -----------------------------------------------------------------------
-
-
-class AlpacaTradingSettings(OwnVariablesSettings):
-    """Connection settings for the Alpaca trading API.
-
-    Populated from the environment or ``.env`` by variable name (field names are
-    not read); pass the same names as keywords to build one directly, e.g.
-    ``AlpacaTradingSettings(APCA_PAPER_API_KEY_ID=..., APCA_PAPER_API_SECRET_KEY=...)``.
-    Which keys are needed depends on the mode; :class:`AlpacaBroker` checks.
-    """
-
-    model_config = SettingsConfigDict(
-        frozen=True,
-        extra="forbid",
-        env_file=".env",
-        env_file_encoding="utf-8",
-    )
-
-    paper_key_id: SecretStr | None = Field(default=None, validation_alias=ENV_PAPER_KEY_ID)
-    paper_secret_key: SecretStr | None = Field(default=None, validation_alias=ENV_PAPER_SECRET)
-    live_key_id: SecretStr | None = Field(default=None, validation_alias=ENV_LIVE_KEY_ID)
-    live_secret_key: SecretStr | None = Field(default=None, validation_alias=ENV_LIVE_SECRET)
-    mode: Literal["paper", "live"] = Field(default="paper", validation_alias=ENV_MODE)
-    allow_live: bool = Field(default=False, validation_alias=ENV_ALLOW_LIVE)
-    trading_url: str | None = Field(
-        default=None,
-        validation_alias=ENV_URL,
-        description="Base URL override (tests, the fake); alpaca-py appends /v2/...",
-    )
-    timeout_s: float = Field(default=10.0, gt=0, validation_alias=ENV_TIMEOUT)
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _lower_mode(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("trading_url")
-    @classmethod
-    def _normalise_url(cls, value: str | None) -> str | None:
-        value = (value or "").strip().rstrip("/")
-        return value or None
-
-
-def _credentials(settings: AlpacaTradingSettings) -> tuple[str, str]:
-    """The key pair for the settings' mode; refuses live trading without the flag."""
-    if settings.mode == "live":
-        if not settings.allow_live:
-            raise AlpacaConfigError(
-                f"live trading is refused: {ENV_MODE}=live needs {ENV_ALLOW_LIVE}=true "
-                "(real money); use paper mode otherwise"
-            )
-        names = (ENV_LIVE_KEY_ID, ENV_LIVE_SECRET)
-        pair = (settings.live_key_id, settings.live_secret_key)
-    else:
-        names = (ENV_PAPER_KEY_ID, ENV_PAPER_SECRET)
-        pair = (settings.paper_key_id, settings.paper_secret_key)
-    values = [p.get_secret_value().strip() if p is not None else "" for p in pair]
-    missing = [name for name, value in zip(names, values, strict=True) if not value]
-    if missing:
-        raise AlpacaConfigError(
-            f"Alpaca {settings.mode} trading: set {', '.join(missing)} (environment or .env)"
-        )
-    return values[0], values[1]
-
-
-def load_alpaca_trading_settings() -> AlpacaTradingSettings:
-    """Read :class:`AlpacaTradingSettings` from the environment / ``.env`` and check them.
-
-    Raises:
-        AlpacaConfigError: a value is invalid, the mode's keys are unset, or live
-            mode lacks ``KRONOS_ALLOW_LIVE_TRADING=true``; the message names the
-            variables and never includes a secret.
-
-    """
-    try:
-        settings = AlpacaTradingSettings()
-    except ValidationError as exc:
-        invalid = [
-            f"{error['loc'][0] if error['loc'] else '?'}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        ]
-        raise AlpacaConfigError("Alpaca trading settings: invalid " + "; ".join(invalid)) from None
-    _credentials(settings)
-    return settings
 
 
 # --- the client ---------------------------------------------------------------------
@@ -244,6 +172,12 @@ def _f(value: Any, default: float = 0.0) -> float:
     return default if value is None or value == "" else float(value)
 
 
+def _tif(value: Any) -> Literal["day", "gtc", "opg", "cls"]:
+    """Alpaca's time in force as the contract's (``ioc``/``fok``, never sent here, read as day)."""
+    text = str(getattr(value, "value", value) or "day")
+    return text if text in ("day", "gtc", "opg", "cls") else "day"  # type: ignore[return-value]
+
+
 def _qty(qty: float) -> float | int:
     """Whole shares as ``int``; fractional quantities as they are."""
     whole = round(qty)
@@ -262,6 +196,9 @@ class AlpacaBroker:
         backoff_s: first wait before retrying a read after a timeout or 5xx (doubles).
         max_wait_s: cap on any wait, ``Retry-After`` included.
         sleep: how to wait (tests pass a recorder).
+        calendar: the exchange calendar of the auction windows (XNYS when ``None``).
+        cancel_opposite: cancel an open opposite-side order that a new order would
+            wash against before sending it (off: the venue's refusal is reported).
 
     Raises:
         AlpacaConfigError: keys missing for the mode, or live mode without permission.
@@ -278,16 +215,20 @@ class AlpacaBroker:
         backoff_s: float = 0.5,
         max_wait_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        calendar: Calendar | None = None,
+        cancel_opposite: bool = True,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
-        key_id, secret = _credentials(settings)
+        key_id, secret = credentials(settings)
         self.mode = settings.mode
         self.url = settings.trading_url
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._max_wait_s = max_wait_s
         self._sleep = sleep
+        self._calendar = calendar or get_calendar()
+        self._cancel_opposite = cancel_opposite
         self._client = _Client(
             timeout_s=settings.timeout_s,
             api_key=key_id,
@@ -406,8 +347,9 @@ class AlpacaBroker:
     # --- commands -------------------------------------------------------------------
 
     def submit(self, order: OrderRequest) -> BrokerOrder:
-        """Place ``order`` once; see the module docstring for the errors."""
+        """Place ``order`` once, after the venue checks; see the module docstring."""
         request = self._order_request(order)
+        self._check_venue(order)
         what = f"submit {order.client_order_id}"
         for attempt in range(1, self._attempts + 1):
             try:
@@ -424,7 +366,9 @@ class AlpacaBroker:
                 elif status == 422 and _DUPLICATE in message:
                     raise DuplicateOrder(f"{what}: {message}") from None
                 else:
-                    raise OrderRejected(f"{what}: HTTP {status}: {message}") from None
+                    raise OrderRejected(
+                        f"{what}: HTTP {status}: {message}", rejection_kind(status, message)
+                    ) from None
             except requests.RequestException as exc:
                 if not _never_sent(exc):
                     raise AmbiguousOutcome(
@@ -432,7 +376,85 @@ class AlpacaBroker:
                     ) from None
                 wait = self._backoff(attempt)
             self._pause(what, attempt, wait)
-        raise BrokerUnavailable(f"{what}: not accepted after {self._attempts} attempts")
+        raise BrokerUnavailable(
+            f"{what}: rate limited or unreachable, not accepted after {self._attempts} attempts"
+        )
+
+    # --- the venue's rules ----------------------------------------------------------
+
+    def _check_venue(self, order: OrderRequest) -> None:
+        """Auction window, pattern-day-trader protection, then wash-trade cancels."""
+        what = f"submit {order.client_order_id}"
+        clock: Clock | None = None
+        if order.time_in_force in ("opg", "cls"):
+            clock = self.clock()
+            closed = auction_cutoff(order.time_in_force, clock.now, self._calendar)
+            if closed:
+                raise OrderRejected(f"{what}: {closed}", "market_closed")
+        acct = TradeAccount(**self._get("GET /v2/account", "/account"))
+        equity = _f(acct.equity, _f(acct.portfolio_value))
+        count = int(acct.daytrade_count or 0)
+        if pdt_protected(equity, count, bool(acct.pattern_day_trader)):
+            clock = clock or self.clock()
+            if self._could_day_trade(order, clock):
+                raise OrderRejected(
+                    f"{what}: pattern day trading protection: {count} day trade(s) in 5 "
+                    f"sessions and equity {equity:,.2f} < 25,000; {order.side} {order.symbol} "
+                    "would close a position opened today",
+                    "pattern_day_trader",
+                )
+        if self._cancel_opposite and order.order_type != "bracket":
+            self._cancel_opposite_orders(order)
+
+    def _could_day_trade(self, order: OrderRequest, clock: Clock) -> bool:
+        """Whether the order could close today what today's fills opened (market open only)."""
+        if not clock.is_open:
+            return False  # it executes in a later session
+        tz = ZoneInfo(self._calendar.tz)
+        day = clock.now.astimezone(tz).date()
+        midnight = datetime.combine(day, datetime.min.time(), tzinfo=tz)
+        today = [f for f in self.fills_since(midnight) if f.symbol == order.symbol]
+        return bool(today) and today[-1].side != order.side
+
+    def _cancel_opposite_orders(self, order: OrderRequest) -> None:
+        """Cancel open opposite-side orders the new order would wash against; confirm it."""
+        request = GetOrdersRequest(
+            status=QueryOrderStatus.OPEN, limit=_PAGE, direction="asc", nested=True
+        )
+        params = {**request.to_request_fields(), "symbols": order.symbol}  # joined, as alpaca-py
+        raw = self._get("GET /v2/orders", "/orders", params)
+        limit = order.limit_price if order.order_type == "limit" else None
+        opposite = [
+            o
+            for o in (self._order(Order(**item)) for item in raw or [])
+            if o.symbol == order.symbol
+            and o.side != order.side
+            and not o.is_terminal
+            and o.order_type != "bracket"
+            and crosses(order.side, limit, o.limit_price)
+        ]
+        for other in opposite:
+            log.warning(
+                "alpaca: cancelling open %s order %s (%s) before %s %s: Alpaca refuses a "
+                "potential wash trade",
+                other.side,
+                other.client_order_id,
+                other.symbol,
+                order.side,
+                order.client_order_id,
+            )
+            self.cancel(other.client_order_id)
+            for attempt in range(1, self._attempts + 1):
+                now = self.order(other.client_order_id)
+                if now is None or now.is_terminal:
+                    break
+                if attempt == self._attempts:
+                    raise BrokerUnavailable(
+                        f"submit {order.client_order_id}: the opposite order "
+                        f"{other.client_order_id} is still {now.status} after its cancel; "
+                        "try again later (Alpaca refuses a potential wash trade)"
+                    )
+                self._pause(f"cancel of {other.client_order_id}", attempt, self._backoff(attempt))
 
     def cancel(self, client_order_id: str) -> None:
         """Cancel an open order; an unknown or already terminal order is left alone."""
@@ -505,21 +527,12 @@ class AlpacaBroker:
         return min(self._backoff_s * 2 ** (attempt - 1), self._max_wait_s)
 
     def _retry_after(self, exc: APIError) -> float:
-        """The ``Retry-After`` of a 429 in seconds (capped); the backoff when absent."""
+        """A 429's ``Retry-After`` (or ``X-RateLimit-Reset``) in seconds, capped; else backoff."""
         response = exc.response
-        header = response.headers.get("Retry-After") if response is not None else None
-        wait: float | None = None
-        if header:
-            try:
-                wait = float(header)
-            except ValueError:
-                try:
-                    wait = (parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds()
-                except (TypeError, ValueError):
-                    wait = None
-        if wait is None or not math.isfinite(wait):
+        wait = retry_after_s(response.headers) if response is not None else None
+        if wait is None:
             wait = self._backoff_s
-        return min(max(wait, 0.0), self._max_wait_s)
+        return min(wait, self._max_wait_s)
 
     def _client_order_id(self, order_id: str) -> str:
         if order_id not in self._client_ids:
@@ -554,6 +567,7 @@ class AlpacaBroker:
             limit_price=None if o.limit_price is None else _f(o.limit_price),
             submitted_at=_utc(o.submitted_at),
             updated_at=_utc(o.updated_at),
+            time_in_force=_tif(o.time_in_force),
         )
 
     @staticmethod
@@ -565,7 +579,8 @@ class AlpacaBroker:
         ):
             raise OrderRejected(
                 f"{order.client_order_id}: fractional qty {order.qty} is only allowed for "
-                "market day orders; send whole shares"
+                "market day orders; send whole shares",
+                "invalid",
             )
         common: dict[str, Any] = {
             "symbol": order.symbol,
@@ -589,5 +604,5 @@ class AlpacaBroker:
             reasons = "; ".join(
                 e["msg"] for e in exc.errors(include_input=False, include_url=False)
             )
-            raise OrderRejected(f"{order.client_order_id}: {reasons}") from None
+            raise OrderRejected(f"{order.client_order_id}: {reasons}", "invalid") from None
         return request.to_request_fields()

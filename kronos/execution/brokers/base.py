@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "REJECTION_KINDS",
     "TERMINAL_STATUSES",
     "AccountState",
     "AmbiguousOutcome",
@@ -42,14 +43,27 @@ __all__ = [
     "DuplicateOrder",
     "OrderRejected",
     "OrderRequest",
+    "TimeInForce",
 ]
 
 Side = Literal["buy", "sell"]
+TimeInForce = Literal["day", "gtc", "opg", "cls"]
 OrderType = Literal["market", "limit", "bracket"]
 OrderStatus = Literal[
     "new", "accepted", "partially_filled", "filled", "canceled", "expired", "rejected"
 ]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"filled", "canceled", "expired", "rejected"})
+# what a venue refuses an order for (OrderRejected.kind)
+REJECTION_KINDS = (
+    "buying_power",  # insufficient buying power / qty available
+    "wash_trade",  # an opposite-side order for the symbol is open
+    "pattern_day_trader",  # a 4th day trade in 5 sessions under 25,000 equity
+    "market_closed",  # outside the hours the order's time in force allows
+    "not_tradable",  # unknown, inactive, not tradable or not shortable asset
+    "invalid",  # 422: invalid qty, price, time in force ...
+    "unauthorized",  # 401/403 on credentials
+    "other",
+)
 
 
 class BrokerError(RuntimeError):
@@ -57,7 +71,14 @@ class BrokerError(RuntimeError):
 
 
 class OrderRejected(BrokerError):
-    """The broker refused the order (e.g. insufficient buying power); nothing was placed."""
+    """The broker refused the order (e.g. insufficient buying power); nothing was placed.
+
+    ``kind`` names the venue rule when it is known (one of :data:`REJECTION_KINDS`).
+    """
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DuplicateOrder(BrokerError):
@@ -112,7 +133,7 @@ class OrderRequest:
     limit_price: float | None = None
     take_profit: float | None = None
     stop_loss: float | None = None
-    time_in_force: Literal["day", "gtc"] = "day"
+    time_in_force: TimeInForce = "day"
 
     def __post_init__(self) -> None:
         if not self.client_order_id:
@@ -123,6 +144,11 @@ class OrderRequest:
             raise ValueError(f"{self.client_order_id}: qty must be positive, got {self.qty!r}")
         if self.order_type == "limit" and self.limit_price is None:
             raise ValueError(f"{self.client_order_id}: a limit order needs limit_price")
+        if self.time_in_force not in ("day", "gtc", "opg", "cls"):
+            raise ValueError(
+                f"{self.client_order_id}: time_in_force must be day, gtc, opg or cls, "
+                f"got {self.time_in_force!r}"
+            )
         if self.order_type == "bracket" and (self.take_profit is None or self.stop_loss is None):
             raise ValueError(f"{self.client_order_id}: a bracket needs take_profit and stop_loss")
 
@@ -144,7 +170,7 @@ class BrokerOrder:
     submitted_at: datetime
     updated_at: datetime
     reason: str | None = None
-    time_in_force: Literal["day", "gtc"] = "day"
+    time_in_force: TimeInForce = "day"
 
     @property
     def is_terminal(self) -> bool:

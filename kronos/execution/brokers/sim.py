@@ -14,6 +14,11 @@ walk-forward engine uses (:mod:`kronos.execution.fills`):
   (partial fills), buys cut to the cash there is (sells first);
 - a day order still open at the close expires (with what filled kept).
 
+Sessions are the days of the stored bars that are sessions of the exchange
+calendar (:mod:`kronos.calendar`); the clock opens and closes at that
+calendar's times, early closes included (13:00 New York the day after
+Thanksgiving).
+
 Prices are split- and dividend-adjusted (``open * adj_close / close``) as in
 the backtest. Every piece of state (clock, cash, orders, fills, positions)
 lives in the ``sim_broker_*`` tables and changes in one transaction per call,
@@ -24,12 +29,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, time
-from zoneinfo import ZoneInfo
+from datetime import date, datetime
 
 import numpy as np
 import polars as pl
 
+from kronos.calendar import Calendar, get_calendar
 from kronos.config import DataSettings
 from kronos.data.store import Store
 from kronos.execution.brokers.base import (
@@ -46,7 +51,6 @@ from kronos.execution.fills import FillRules, fill_orders, limit_fills, within_c
 
 __all__ = ["SimBroker"]
 
-OPEN_TIME = time(9, 30)
 _ORDER_COLUMNS = (
     "client_order_id, broker_order_id, symbol, side, qty, filled_qty, filled_avg_price, status, "
     "order_type, limit_price, time_in_force, submitted_at, updated_at, reason"
@@ -65,6 +69,7 @@ class SimBroker:
         rules: FillRules | None = None,
         symbols: Sequence[str] | None = None,
         data_settings: DataSettings | None = None,
+        calendar: Calendar | None = None,
     ) -> None:
         self.store = store
         self.account_id = account
@@ -72,6 +77,7 @@ class SimBroker:
         if self.rules.at == "close":
             raise ValueError("the simulated broker cannot fill at the decision's own close")
         self.data = data_settings or DataSettings()
+        self.calendar = calendar or get_calendar(self.data.calendar)
         if symbols is None:
             rows = store.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
             symbols = [r[0] for r in rows]
@@ -82,7 +88,11 @@ class SimBroker:
         rows = store.con.execute(
             f"SELECT DISTINCT ts FROM bars WHERE symbol IN ({marks}) ORDER BY 1", self.symbols
         ).fetchall()
-        self.sessions: list[date] = [r[0] for r in rows]
+        days = np.array([r[0] for r in rows], dtype="datetime64[D]")
+        keep = self.calendar.in_range(days)
+        keep[keep] = self.calendar.sessions_mask(days[keep])
+        # a bar on a closed day (``kronos data validate``: off_session) is no session
+        self.sessions: list[date] = days[keep].tolist()
         self._index = {d: i for i, d in enumerate(self.sessions)}
 
     # -- state -------------------------------------------------------------
@@ -113,9 +123,9 @@ class SimBroker:
         return state
 
     def _moment(self, session: date, phase: str) -> datetime:
-        tz = ZoneInfo(self.data.market_tz)
-        local = OPEN_TIME if phase == "open" else time.fromisoformat(self.data.market_close)
-        return datetime.combine(session, local, tz).astimezone(UTC)
+        if phase == "open":
+            return self.calendar.session_open(session)
+        return self.calendar.session_close(session)
 
     @property
     def session(self) -> date:
