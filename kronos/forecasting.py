@@ -15,12 +15,13 @@ from pathlib import Path
 
 import polars as pl
 
+from kronos.calendar import Calendar
 from kronos.config import CalibrationSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.models.artifacts import Loaded, load_promoted
-from kronos.models.base import Forecaster
+from kronos.models.base import Forecaster, retarget
 from kronos.nightly import load_calibrator
 
 
@@ -72,14 +73,18 @@ def forecast_with(
     *,
     symbols: Sequence[str] | None = None,
     settings: CalibrationSettings | None = None,
+    calendar: Calendar | None = None,
 ) -> Produced:
     """Forecast steps 1-5 from the panel's last session with a loaded model; calibrate.
 
+    ``target_ts`` counts sessions of ``calendar`` (the models' XNYS when None).
     Writes nothing; the service calls this with the model it loaded once.
     """
     settings = settings or CalibrationSettings()
     origin = panel["ts"].max()
     raw = loaded.forecaster.predict(panel, origin, symbols)
+    if calendar is not None:
+        raw = retarget(raw, calendar)
     calibrated, night = None, None
     if settings.calibration_enabled:
         names = sorted(raw["symbol"].unique().to_list())
@@ -100,10 +105,13 @@ def forecast_and_store(
     symbols: Sequence[str] | None = None,
     settings: CalibrationSettings | None = None,
     write: bool = True,
+    calendar: Calendar | None = None,
 ) -> Produced:
     """Forecast steps 1-5 from the panel's last session; calibrate; store (idempotent)."""
     loaded = load_promoted(model_dir, model, fallback(model, panel))
-    made = forecast_with(store, loaded, model, panel, symbols=symbols, settings=settings)
+    made = forecast_with(
+        store, loaded, model, panel, symbols=symbols, settings=settings, calendar=calendar
+    )
     if write:
         store_forecasts(store, model, made)
     return made

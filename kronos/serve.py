@@ -278,6 +278,7 @@ class Service:
                         panel,
                         symbols=names,
                         settings=self.calibration,
+                        calendar=self.calendar,
                     )
             except ForecastError as exc:
                 raise ServiceError(422, str(exc)) from exc

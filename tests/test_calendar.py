@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kronos.calendar import CalendarError, get_calendar, period_key, step_sessions
-from kronos.models.base import forecast_frame, target_dates
+from kronos.models.base import forecast_frame, retarget, target_dates
 
 XNYS = get_calendar()
 ALWAYS = get_calendar("none")
@@ -99,6 +99,17 @@ def test_forecast_frame_takes_a_calendar():
     always = forecast_frame(["BTC"], date(2022, 12, 30), q, "m", "v", calendar=ALWAYS)
     assert always["target_ts"].to_list() == [date(2022, 12, 31), date(2023, 1, 1), date(2023, 1, 2)]
     assert step_sessions(date(2022, 12, 30), 3, ALWAYS) == always["target_ts"].to_list()
+
+
+def test_retarget_restamps_steps_with_the_configured_calendar():
+    q = np.zeros((2, 5, 3))
+    frame = forecast_frame(["KO", "PG"], date(2022, 12, 30), q, "ewma", "v1")
+    assert frame["target_ts"][:5].to_list()[0] == date(2023, 1, 3)  # XNYS: skips the holiday
+    always = retarget(frame, get_calendar("none"))
+    assert always.columns == frame.columns
+    days = [date(2022, 12, 31) + timedelta(days=i) for i in range(5)]
+    assert always.filter(symbol="PG")["target_ts"].to_list() == days
+    assert retarget(frame, get_calendar()).equals(frame)
 
 
 def test_holiday_is_not_a_gap_and_24_7_counts_weekends():

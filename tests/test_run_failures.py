@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from fakes.notebooks import write_notebook
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -57,28 +58,11 @@ display(HTML(f"<b>{key}</b>"), JSON({"key": key}))
 SLEEP = "import time\ntime.sleep(sleep_s)\nprint('woke')"
 
 
-def write_notebook(path: Path) -> Path:
-    """A notebook that prints the secret in flushed pieces, then sleeps ``sleep_s``."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    params = nbformat.v4.new_code_cell(PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(PRINT_KEY), nbformat.v4.new_code_cell(SLEEP)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, mlflow_settings) -> Path:
     """A scratch repository with the notebook; the test experiment exists up front."""
     root = tmp_path_factory.mktemp("failures")
-    write_notebook(root / "notebooks" / "keyed.ipynb")
+    write_notebook(root / "notebooks" / "keyed.ipynb", PARAMETERS, PRINT_KEY, SLEEP)
     client = MlflowClient(mlflow_settings.tracking_uri())
     experiment_id(client, EXPERIMENT, mlflow_settings)
     return root

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from fakes.notebooks import write_notebook
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -54,25 +55,6 @@ from kronos.tracking import attach_run
 attach_run(mlflow_run_id).log_metrics({"x": n * scale, "sharpe": n / 10, "val_crps": 1 / n})
 print("secret:", os.environ.get("APCA_API_SECRET_KEY"), "items:", items)
 """
-
-
-def write_notebook(path: Path, parameters: str | None, *cells: str) -> Path:
-    """A notebook papermill can run: kernelspec and language_info, a parameters cell."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        nb.cells.append(cell)
-    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
 
 
 def declared(path: Path) -> dict[str, Parameter]:

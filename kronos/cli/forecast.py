@@ -10,8 +10,9 @@ from typing import Annotated
 import polars as pl
 import typer
 
+from kronos.calendar import get_calendar
 from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import CalibrationSettings, ModelSettings
+from kronos.config import CalibrationSettings, DataSettings, ModelSettings
 from kronos.data.errors import KronosDataError
 from kronos.models.base import ForecastError
 
@@ -33,8 +34,10 @@ def forecast(
     cutoff = date.fromisoformat(asof) if asof else date.today()
     names = symbols.split(",") if symbols else None
     settings = CalibrationSettings()
+    data = DataSettings()
     try:
-        with open_store(db) as store:
+        calendar = get_calendar(data.calendar)
+        with open_store(db, settings=data) as store:
             panel = returns_panel(store, cutoff, names, source=None if names else source)
             made = forecast_and_store(
                 store,
@@ -44,6 +47,7 @@ def forecast(
                 symbols=names,
                 settings=settings,
                 write=write,
+                calendar=calendar,
             )
             origin = made.origin
             err.print(made.message, highlight=False)

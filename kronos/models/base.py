@@ -108,6 +108,27 @@ def target_dates(
     return step_sessions(asof, horizon, calendar)
 
 
+def retarget(frame: pl.DataFrame, calendar: Calendar) -> pl.DataFrame:
+    """``frame`` with ``target_ts`` recomputed as the ``step``-th session of ``calendar``.
+
+    Models stamp XNYS sessions; the edge that knows the configured calendar
+    (``KRONOS_CALENDAR``) re-stamps a forecast frame with it.
+    """
+    if frame.is_empty():
+        return frame
+    horizon = int(frame["step"].max())
+    table = pl.DataFrame(
+        [
+            {"asof": a, "step": h, "target_ts": t}
+            for a in frame["asof"].unique().to_list()
+            for h, t in enumerate(calendar.next_sessions(a, horizon), start=1)
+        ],
+        schema={"asof": pl.Date(), "step": pl.Int32(), "target_ts": pl.Date()},
+    )
+    columns = frame.columns
+    return frame.drop("target_ts").join(table, on=["asof", "step"], how="left").select(columns)
+
+
 def forecast_frame(
     symbols: Sequence[str],
     asof: date,

@@ -322,7 +322,7 @@ class FakeMarket:
                         continue
                     if order.status == "accepted":
                         order = self._update(order, status="new")
-                    price = self._price_at_open(order, bar)
+                    price = self._price_at(order, bar.open)
                     if price is not None:
                         order = self._execute(order, price, partial)
                     if order.time_in_force == "opg" and order.is_open:
@@ -334,7 +334,7 @@ class FakeMarket:
                 for order in self._open_orders():
                     bar = day_bars.get(order.symbol)
                     if order.time_in_force == "cls":
-                        price = None if bar is None else self._price_at_close(order, bar)
+                        price = None if bar is None else self._price_at(order, bar.close)
                     else:
                         price = None if bar is None else self._price_in_session(order, bar)
                     if price is not None:
@@ -648,22 +648,14 @@ class FakeMarket:
         )
 
     @staticmethod
-    def _price_at_open(order: SimOrder, bar: DailyBar) -> float | None:
+    def _price_at(order: SimOrder, price: float) -> float | None:
+        """``price`` when the order takes it (a market order, or a limit it satisfies)."""
         limit = order.limit_price
         if limit is None:
-            return bar.open
+            return price
         if order.side == "buy":
-            return bar.open if bar.open <= limit else None
-        return bar.open if bar.open >= limit else None
-
-    @staticmethod
-    def _price_at_close(order: SimOrder, bar: DailyBar) -> float | None:
-        limit = order.limit_price
-        if limit is None:
-            return bar.close
-        if order.side == "buy":
-            return bar.close if bar.close <= limit else None
-        return bar.close if bar.close >= limit else None
+            return price if price <= limit else None
+        return price if price >= limit else None
 
     @staticmethod
     def _price_in_session(order: SimOrder, bar: DailyBar) -> float | None:
