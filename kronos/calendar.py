@@ -24,8 +24,9 @@ from kronos.config import did_you_mean
 from kronos.errors import KronosError
 
 DEFAULT = "XNYS"
-# wide enough for the bundled history (1990) and forecasts a few years ahead
-FIRST = date(1970, 1, 2)
+# wide enough for long user histories (exchange-calendars has XNYS from 1885) and
+# forecasts a few years ahead
+FIRST = date(1900, 1, 2)
 LAST = date(2035, 12, 31)
 _ALIASES = {"none": "24/7", "24/7": "24/7", "always": "24/7"}
 

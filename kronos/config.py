@@ -11,10 +11,11 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _COMMON = {"frozen": True, "extra": "ignore", "env_file": ".env", "env_file_encoding": "utf-8"}
@@ -47,6 +48,16 @@ class DataSettings(BaseSettings):
     qa_extreme_move: float = Field(
         0.30, gt=0, description="|daily log return| above which a move counts as extreme"
     )
+
+    @field_validator("symbol_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
+
     qa_max_extreme_frac: float = Field(
         0.001, ge=0, description="largest allowed share of extreme moves per symbol (0.1%)"
     )
@@ -222,6 +233,27 @@ class PolicySettings(BaseSettings):
     planner_limit_notional: float = Field(25_000, ge=0, description="notional above: limit order")
     planner_bracket_price_max: float = Field(500, ge=0, description="brackets only below price")
     planner_cooldown_mins: float = Field(60, ge=0, description="per-symbol cooldown")
+
+
+def setting_errors(exc: ValidationError) -> str:
+    """A settings validation error as one line per bad value, naming its variable.
+
+    ``KRONOS_LOCK_WAIT_S='abc'`` reads ``invalid KRONOS_LOCK_WAIT_S 'abc': Input
+    should be a valid number``, never a traceback.
+    """
+    model = globals().get(exc.title)
+    prefix = ""
+    if isinstance(model, type) and issubclass(model, BaseSettings):
+        prefix = str(model.model_config.get("env_prefix") or "")
+    parts = []
+    for e in exc.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        info = model.model_fields.get(field) if isinstance(model, type) else None
+        alias = info.validation_alias if info is not None else None
+        name = alias if isinstance(alias, str) else (prefix + field).upper()
+        message = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"invalid {name} {e.get('input')!r}: {message}")
+    return "; ".join(parts)
 
 
 def chdir_project(start: Path | None = None) -> Path:

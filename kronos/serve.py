@@ -327,8 +327,11 @@ class Service:
 
 
 def clean_symbols(symbols: list[str], max_symbols: int) -> list[str]:
-    """Symbols split on commas, stripped, de-duplicated in order; 422 if none or too many."""
-    names = [p.strip() for s in symbols for p in s.split(",") if p.strip()]
+    """Symbols split on commas, stripped, upper-cased as ingest stores them, de-duplicated.
+
+    422 if none or too many.
+    """
+    names = [p.strip().upper() for s in symbols for p in s.split(",") if p.strip()]
     names = list(dict.fromkeys(names))
     if not names:
         raise ServiceError(422, "no symbols given: pass at least one, e.g. symbols=AAPL,KO")

@@ -198,3 +198,39 @@ def test_symbols_are_normalised_with_a_note(aapl_store: Store, tmp_path: Path):
     assert notes == ["symbol ' aapl' stored as 'AAPL'"]
     rows = aapl_store.con.execute("SELECT symbol, title FROM fmp_news").fetchall()
     assert rows == [("AAPL", "Apple falls")]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([{"Error Message": "Invalid API KEY."}], "Invalid API KEY."),
+        ([{"Error Message": "Limit Reach ."}, {"Error Message": "Limit Reach ."}], "Limit Reach ."),
+        ({"error": "Invalid  API key"}, "Invalid API key"),
+        ([{"message": "Too many requests", "status": 429}], "Too many requests"),
+    ],
+)
+def test_error_payloads_in_every_shape_give_fmps_message(tmp_path: Path, payload, message):
+    with pytest.raises(InputError) as info:
+        fmp.read_fmp_records(_write(tmp_path, "AAPL_rating.json", payload))
+    assert str(info.value).endswith(f"AAPL_rating.json: FMP returned an error: {message}")
+
+
+def test_records_that_mention_a_message_are_not_errors(tmp_path: Path):
+    records = [{**NEWS, "message": "not an error"}]
+    assert fmp.read_fmp_records(_write(tmp_path, "AAPL_stock_news.json", records)) == (
+        "news",
+        records,
+    )
+
+
+def test_a_refused_file_after_a_committed_one_names_both(aapl_store: Store, tmp_path: Path):
+    good = _write(tmp_path, "AAPL_stock_news.json", [NEWS])
+    bad = _write(tmp_path, "AAPL_rating.json", [{"Error Message": "Invalid API KEY."}])
+    with pytest.raises(loaders.PartialIngest) as info:
+        loaders.load_fmp_files(aapl_store, [good, bad])
+    assert str(info.value) == (
+        f"{bad} refused, nothing of it was written ({good} was committed: 1 fmp_news row):\n"
+        f"  {bad}: FMP returned an error: Invalid API KEY."
+    )
+    assert aapl_store.row_counts()["fmp_news"] == 1
+    assert aapl_store.row_counts()["fmp_rating"] == 0

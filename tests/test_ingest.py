@@ -99,13 +99,13 @@ def test_bad_bar_files_name_the_problem_and_write_nothing(
 
 
 def test_naive_timestamps_are_accepted_with_a_zone(store: Store, tmp_path: Path):
-    text = "ts,close\n2020-01-02 20:30:00,1\n2020-01-02 21:30:00,2\n2020-01-07 00:30:00,3\n"
+    text = "ts,close\n2020-01-02 20:30:00,1\n2020-01-03 21:30:00,2\n2020-01-07 00:30:00,3\n"
     loaders.load_bar_files(store, [_write(tmp_path, "n.csv", text)], symbol="AAA", tz="UTC")
     days = store.con.execute("SELECT ts::VARCHAR, close FROM bars ORDER BY ts").fetchall()
-    # 20:30 UTC is 15:30 in New York, within the 2nd's session; 21:30 UTC is 16:30, after
-    # its close: the next session (the 3rd). 00:30 UTC on the 7th is 19:30 on the 6th in
-    # New York, after the 6th's close: the 7th's session.
-    assert days == [("2020-01-02", 1.0), ("2020-01-03", 2.0), ("2020-01-07", 3.0)]
+    # each stamp's New York date: 20:30 UTC is 15:30 on the 2nd, within its session;
+    # 21:30 UTC is 16:30 on the 3rd, after its close, and stays the 3rd (never the next
+    # session); 00:30 UTC on the 7th is 19:30 on the 6th in New York: the 6th.
+    assert days == [("2020-01-02", 1.0), ("2020-01-03", 2.0), ("2020-01-06", 3.0)]
 
 
 def test_reference_rows_for_unknown_symbols_are_refused(store: Store, tmp_path: Path):

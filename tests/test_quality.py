@@ -202,3 +202,33 @@ def _rules(stdout: str) -> dict:
 
     payload = json.loads(stdout)
     return payload["reports"][0]["symbols"][0]["rules"]
+
+
+def test_validate_file_reads_like_ingest_and_words_its_own_errors(tmp_path: Path):
+    """``validate --file`` takes ``--date-format``; a refusal says it cannot read the file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kronos.cli import app
+
+    path = tmp_path / "us.csv"
+    # 10:00 New York on Saturday the 9th keeps its date: validate names the off-session bar
+    path.write_text("Date,Close\n01/08/2021 10:00,10\n01/09/2021 10:00,11\n")
+    base = ["data", "validate", "-f", str(path), "--symbol", "ACME", "--tz", "America/New_York"]
+    base += ["--report", str(tmp_path / "qa.json"), "--calendar", "XNYS"]
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 2
+    assert "1 problem in input, cannot read the file:" in refused.stderr
+    assert f"{path}:2, column 'ts', symbol ACME: date '01/08/2021 10:00' is ambiguous" in (
+        refused.stderr.replace("\n", "")
+    )
+    assert "nothing was written" not in refused.stderr and "Traceback" not in refused.output
+    read = CliRunner().invoke(app, [*base, "--date-format", "%m/%d/%Y %H:%M", "--json"])
+    assert read.exit_code == 1, read.output
+    (report,) = json.loads(read.stdout)["reports"]
+    symbol = report["symbols"][0]
+    assert (symbol["start"], symbol["end"]) == ("2021-01-08", "2021-01-09")
+    assert symbol["rules"]["off_session"]["first"] == (
+        f"{path}:3, column 'ts': Sat 2021-01-09 is not a session of the XNYS calendar"
+    )

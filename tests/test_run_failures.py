@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from kronos.cli import app
 from kronos.runner import redact_outputs, run_notebook
+from kronos.runner.execute import SECRET_NAMES_TAG
 from kronos.tracking import (
     HOST_TAG,
     ORPHANED,
@@ -249,6 +250,30 @@ def test_kill_9_leaves_a_run_the_next_command_marks_failed(
     assert nb.cells[-1].metadata.papermill.status == "failed"
     again = CliRunner().invoke(app, ["runs", "list", "--experiment", EXPERIMENT])
     assert again.exit_code == 0 and ORPHANED not in again.stderr  # closed once
+
+
+def test_an_orphan_closed_without_its_secrets_is_not_logged(
+    repo, env, mlflow_settings, monkeypatch
+):
+    """Where the key is not set, the partial notebook cannot be redacted: it stays local."""
+    proc, run = start_run(repo, env, mlflow_settings)
+    kernels = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    for pid in kernels:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    client = client_for(mlflow_settings)
+    names = client.get_run(run.info.run_id).data.tags[SECRET_NAMES_TAG].split(",")
+    assert "APCA_API_SECRET_KEY" in names  # names only, never values
+    assert SECRET not in ",".join(names)
+    monkeypatch.delenv("APCA_API_SECRET_KEY")
+    got = CliRunner().invoke(app, ["runs", "list", "--experiment", EXPERIMENT])
+    assert got.exit_code == 0, got.output
+    done = client.get_run(run.info.run_id)
+    assert done.info.status == "FAILED" and done.data.tags["error"] == ORPHANED
+    assert "APCA_API_SECRET_KEY not set" in done.data.tags["notebook_not_logged"]
+    assert client.list_artifacts(run.info.run_id, "notebook") == []
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from kronos.cli import bench, breakers, data, paper, train
 from kronos.cli.backtest import backtest
@@ -12,6 +13,7 @@ from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
 from kronos.cli.run import run, runs_app, schedule
 from kronos.cli.serve import serve
+from kronos.config import setting_errors
 from kronos.errors import KronosError
 from kronos.interrupts import Caught, stop_on_signals
 
@@ -53,4 +55,7 @@ def main() -> None:
         raise
     except KronosError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except ValidationError as exc:  # a bad setting in the environment or .env
+        print(f"error: {setting_errors(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)

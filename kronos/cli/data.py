@@ -113,7 +113,9 @@ def data_ingest(
     """Ingest a source into the store: idempotent, one transaction per batch.
 
     Bad input is refused (exit 2) naming file, line, column and symbol; a file
-    is stored whole or not at all. Bars must fall on sessions of the calendar.
+    is stored whole or not at all (files before a refused one stay committed, and
+    the error names them). Bars must fall on sessions of the calendar that have
+    closed by now: a bar is known only at its session's close.
     """
     from kronos.data.ingest import IngestRules
     from kronos.errors import KronosError
@@ -172,7 +174,7 @@ def data_ingest(
                     store,
                     (symbols or "").split(","),
                     start.date() if start else date.today(),
-                    (end or datetime.now()).date(),
+                    end.date() if end else None,  # None: the last session closed by now
                     on_batch,
                     **checks,
                 )
@@ -243,6 +245,13 @@ def data_validate(
         list[str] | None, typer.Option("--map", help="Column mapping NAME=COLUMN.")
     ] = None,
     tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps in files.")] = None,
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            "--date-format",
+            help="How to read non-ISO dates in files (strptime), as for ingest, e.g. '%m/%d/%Y'.",
+        ),
+    ] = None,
     calendar_name: Annotated[
         str | None,
         typer.Option(
@@ -279,11 +288,11 @@ def data_validate(
                         mapping=parse_mapping(map_),
                         symbol=symbol,
                         tz=tz,
-                        market_tz=settings.market_tz,
                         calendar=calendar,
+                        date_format=date_format,
                     )
                 except InputError as exc:
-                    fail(str(exc))
+                    fail(exc.describe("cannot read the file"))
                 reports.append(quality.run_qa(frame, str(f), settings, calendar))
         else:
             with open_store(db, read_only=True, settings=settings) as store:

@@ -43,11 +43,16 @@ class InputError(KronosDataError):
 
     def __init__(self, problems: list[Problem], *, limit: int = 10) -> None:
         self.problems = problems
-        shown = "\n".join(f"  {p}" for p in problems[:limit])
-        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-        noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{len(problems)} {noun} in input, nothing was written:\n{shown}{more}")
         self.limit = limit
+        super().__init__(self.describe())
+
+    def describe(self, outcome: str = "nothing was written") -> str:
+        """The message, saying ``outcome`` (``kronos data validate``: "cannot read the file")."""
+        shown = "\n".join(f"  {p}" for p in self.problems[: self.limit])
+        extra = len(self.problems) - self.limit
+        more = f"\n  ... and {extra} more" if extra > 0 else ""
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        return f"{len(self.problems)} {noun} in input, {outcome}:\n{shown}{more}"
 
     def __reduce__(self) -> tuple:
         # rebuilt from its problems when pickled (a Ray task's error crosses processes)

@@ -10,7 +10,8 @@ nothing.
 Rows that come from a source (files, FMP, Alpaca, the bundled and synthetic
 data) also pass :class:`IngestRules`: symbols normalised and matched against a
 pattern, bars on sessions of the exchange calendar with consistent OHLC and
-prices under a sanity bound, and no reference row known after the ingest time.
+prices under a sanity bound, and nothing known after the ingest time: no
+reference row whose ``available_at`` is later, no bar whose session closes later.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -38,8 +39,9 @@ class IngestRules:
     """What rows from a source must satisfy beyond the table contract.
 
     Build one per command with :meth:`from_settings` (the calendar takes a
-    fraction of a second to load); ``now`` is the ingest time, after which no
-    reference row may have become known.
+    fraction of a second to load); ``now`` is the ingest time (time-zone aware,
+    kept in UTC): no reference row may have become known after it, and no bar's
+    session may close after it (a bar is known only at its session's close).
     """
 
     calendar: Calendar
@@ -47,17 +49,51 @@ class IngestRules:
     symbol_pattern: str = r"^[A-Z][A-Z0-9.\-]{0,14}$"
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError(f"IngestRules.now must be time-zone aware, got {self.now}")
+        object.__setattr__(self, "now", self.now.astimezone(UTC))
+
     @classmethod
     def from_settings(
-        cls, settings: DataSettings | None = None, calendar: str | None = None
+        cls,
+        settings: DataSettings | None = None,
+        calendar: str | None = None,
+        now: datetime | None = None,
     ) -> IngestRules:
-        """Rules from data settings; ``calendar`` overrides ``settings.calendar``."""
+        """Rules from data settings; ``calendar`` overrides ``settings.calendar``.
+
+        ``now`` (the ingest time) defaults to the current time.
+        """
         settings = settings or DataSettings()
         return cls(
             calendar=get_calendar(calendar or settings.calendar),
             max_price=settings.max_price,
             symbol_pattern=settings.symbol_pattern,
+            now=now or datetime.now(UTC),
         )
+
+    @property
+    def last_session(self) -> date | None:
+        """The latest session closed at the ingest time (:func:`last_closed_session`)."""
+        return last_closed_session(self.calendar, self.now)
+
+
+def last_closed_session(calendar: Calendar, now: datetime) -> date | None:
+    """The latest session of ``calendar`` whose close is at or before ``now``.
+
+    None when ``now`` lies before the calendar's first close. Bars of later
+    sessions are not known yet at ``now``.
+    """
+    day = min(now.astimezone(UTC).date() + timedelta(days=1), calendar.last)
+    try:
+        if not calendar.is_session(day):
+            day = calendar.previous_session(day)
+        while calendar.session_close(day) > now:
+            day = calendar.previous_session(day)
+    except CalendarError:  # before the calendar's first session (or its first close)
+        return None
+    return day
 
 
 def normalize_symbols(
@@ -160,7 +196,12 @@ def _value_problems(frame: pl.DataFrame, spec: TableSpec, origin: str, limit: in
     dup = frame.select(spec.key).is_duplicated()
     if dup.any():
         keys = ", ".join(spec.key)
-        flag(dup, None, lambda i: f"duplicate key ({keys}) = {frame.select(spec.key).row(i)}")
+        values = frame.select(spec.key)
+        flag(
+            dup,
+            None,
+            lambda i: f"duplicate key ({keys}) = ({', '.join(map(str, values.row(i)))})",
+        )
     return problems
 
 
@@ -225,6 +266,41 @@ def _bar_problems(
             lambda i, name=name, s=s: f"{name} {s[i]:g} outside low..high {lo[i]:g}..{h[i]:g}",
         )
     problems += session_problems(frame, origin, rules.calendar, limit)
+    problems += future_bar_problems(frame, origin, rules, limit)
+    return problems
+
+
+def future_bar_problems(
+    frame: pl.DataFrame, origin: str, rules: IngestRules, limit: int = 50
+) -> list[Problem]:
+    """Bars whose session closes after the ingest time ``rules.now``.
+
+    Only sessions are checked here; a day that is no session is reported by
+    :func:`session_problems`.
+    """
+    calendar, now = rules.calendar, rules.now
+    days = frame["ts"].to_numpy().astype("datetime64[D]")
+    last = last_closed_session(calendar, now)
+    late = ~np.isnat(days)
+    if last is not None:
+        late &= days > np.datetime64(last, "D")
+    late &= calendar.in_range(days)
+    if late.any():
+        late[late] = calendar.sessions_mask(days[late])
+    problems = []
+    for i in np.flatnonzero(late)[:limit].tolist():
+        day = days[i].astype(date)
+        close = calendar.session_close(day)
+        problems.append(
+            _problem(
+                frame,
+                i,
+                origin,
+                "ts",
+                f"{day} closes at {close:%Y-%m-%d %H:%M} UTC, after the ingest time "
+                f"{now:%Y-%m-%d %H:%M} UTC: a bar is known only at its session's close",
+            )
+        )
     return problems
 
 

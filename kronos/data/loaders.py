@@ -4,24 +4,86 @@ The CLI and notebooks call these; every one returns the per-table totals and
 reports each committed batch through ``on_batch``. Every row passes the
 :class:`~kronos.data.ingest.IngestRules` (built from ``DataSettings`` when the
 caller gives none); notes such as a normalised symbol go to ``on_note``.
+
+Several files in one call are ingested one by one, each in its own
+transaction: a refused file writes nothing of itself, files before it stay
+committed, and the error (:class:`PartialIngest`) says which.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from itertools import chain
 from pathlib import Path
 
 import polars as pl
 
 from kronos.config import DataSettings
+from kronos.data.errors import InputError, KronosDataError, Problem
 from kronos.data.ingest import IngestRules, UpsertResult, ingest
+from kronos.data.schema import TABLES
 from kronos.data.sources import bundled, fmp, synthetic
 from kronos.data.sources.files import read_bars_file
 from kronos.data.store import Store
+from kronos.errors import KronosError
 
 OnBatch = Callable[[UpsertResult], None] | None
 OnNote = Callable[[str], None] | None
+
+
+class PartialIngest(KronosDataError):
+    """A file refused after earlier files of the same call were committed (or with more to read).
+
+    Nothing of ``refused`` was written; ``committed`` lists the files before it
+    with what each wrote; ``unread`` the files after it, which were not read.
+    """
+
+    def __init__(
+        self,
+        refused: str,
+        cause: Exception,
+        committed: list[tuple[str, UpsertResult]],
+        unread: list[str],
+    ) -> None:
+        self.refused, self.cause, self.committed, self.unread = refused, cause, committed, unread
+        done = [f"{name} was committed: {_rows(r)}" for name, r in committed]
+        if not done:
+            done = ["nothing was committed"]
+        if unread:
+            done.append(f"not read: {', '.join(unread)}")
+        if isinstance(cause, InputError):
+            shown = cause.problems[: cause.limit]
+            more = len(cause.problems) - len(shown)
+            detail = "\n".join(f"  {p}" for p in shown)
+            detail += f"\n  ... and {more} more" if more > 0 else ""
+        else:
+            detail = f"  {cause}"
+        super().__init__(
+            f"{refused} refused, nothing of it was written ({'; '.join(done)}):\n{detail}"
+        )
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.refused, self.cause, self.committed, self.unread)
+
+
+def _rows(result: UpsertResult) -> str:
+    """``5 bars``, ``1 bar``, ``3 fmp_news rows``."""
+    what = "bar" if result.table == "bars" else f"{result.table} row"
+    return f"{result.rows_in:,} {what}{'' if result.rows_in == 1 else 's'}"
+
+
+def _per_file(paths: list[Path], load: Callable[[Path], UpsertResult]) -> dict[str, UpsertResult]:
+    """Run ``load`` on each file in turn; a refusal after the first names what was committed."""
+    done: list[tuple[str, UpsertResult]] = []
+    for i, path in enumerate(paths):
+        try:
+            done.append((str(path), load(path)))
+        except (KronosError, ValueError, OSError) as exc:
+            if len(paths) == 1:
+                raise
+            raise PartialIngest(str(path), exc, done, [str(p) for p in paths[i + 1 :]]) from exc
+    return _merge(r for _, r in done)
 
 
 def _rules(rules: IngestRules | None, settings: DataSettings | None = None) -> IngestRules:
@@ -106,8 +168,8 @@ def load_bar_files(
     dates (see :mod:`kronos.data.sources.files` for which session a bar gets).
     """
     rules = _rules(rules, settings)
-    results = []
-    for path in paths:
+
+    def load(path: Path) -> UpsertResult:
         frame = read_bars_file(
             path,
             mapping=mapping,
@@ -117,20 +179,18 @@ def load_bar_files(
             calendar=rules.calendar,
             date_format=date_format,
         )
-        label = frame["source"][0]
-        results.append(
-            ingest(
-                store,
-                "bars",
-                [frame],
-                source=label,
-                origin=str(path),
-                on_batch=on_batch,
-                rules=rules,
-                on_note=on_note,
-            )
+        return ingest(
+            store,
+            "bars",
+            [frame],
+            source=frame["source"][0],
+            origin=str(path),
+            on_batch=on_batch,
+            rules=rules,
+            on_note=on_note,
         )
-    return _merge(results)
+
+    return _per_file(paths, load)
 
 
 def load_fmp_files(
@@ -145,25 +205,24 @@ def load_fmp_files(
 ) -> dict[str, UpsertResult]:
     """Ingest saved FMP JSON payload files, one file per atomic batch."""
     rules = _rules(rules)
-    results = []
-    for path in paths:
+
+    def load(path: Path) -> UpsertResult:
         kind_, records = fmp.read_fmp_records(path, kind=kind)
         table, frame = _normalize_fmp(
             store, kind_, records, origin=str(path), source="fmp", known_at=known_at
         )
-        results.append(
-            ingest(
-                store,
-                table,
-                [frame],
-                source="fmp",
-                origin=str(path),
-                on_batch=on_batch,
-                rules=rules,
-                on_note=on_note,
-            )
+        return ingest(
+            store,
+            table,
+            [frame],
+            source="fmp",
+            origin=str(path),
+            on_batch=on_batch,
+            rules=rules,
+            on_note=on_note,
         )
-    return _merge(results)
+
+    return _per_file(paths, load)
 
 
 def load_synthetic(
@@ -182,11 +241,29 @@ def load_synthetic(
     """Ingest a synthetic universe (labelled ``source='synthetic'``) and its reference data.
 
     Its days are the sessions of the rules' calendar (XNYS unless told otherwise).
+    A history that would run past the last session closed at the ingest time
+    (``rules.now``) is refused before anything is written: synthetic data is never
+    generated into the future. Reference rows the generator dates after the
+    ingest time (filings of the last quarters) are left out, with a note, as a
+    real source would not have them yet.
     """
     rules = _rules(rules)
     checks = {"rules": rules, "on_note": on_note}
     symbols = synthetic.synthetic_symbols(n_symbols)
     origin = f"synthetic(n_symbols={n_symbols}, years={years}, seed={seed})"
+    batches = iter(
+        synthetic.iter_synthetic_bars(
+            n_symbols,
+            years,
+            seed,
+            start=start,
+            batch_symbols=batch_symbols,
+            calendar=rules.calendar,
+        )
+    )
+    first = next(batches, None)
+    if first is not None and first.height:
+        _refuse_future_history(first["ts"].max(), start, years, origin, rules)
     results = [
         ingest(
             store,
@@ -200,14 +277,7 @@ def load_synthetic(
         ingest(
             store,
             "bars",
-            synthetic.iter_synthetic_bars(
-                n_symbols,
-                years,
-                seed,
-                start=start,
-                batch_symbols=batch_symbols,
-                calendar=rules.calendar,
-            ),
+            chain([] if first is None else [first], batches),
             source="synthetic",
             origin=origin,
             on_batch=on_batch,
@@ -220,16 +290,17 @@ def load_synthetic(
         ).fetchall()[0][0]
         ref = synthetic.synthetic_reference(symbols, start, last, seed, calendar=rules.calendar)
         for kind, records in ref.payloads.items():
-            table, frame = _normalize_fmp(
-                store, kind, records, origin=f"{origin}:{kind}", source="synthetic"
-            )
+            # one kind at a time: key-metrics take the filing times of the
+            # income statements committed just before them
+            label = f"{origin}:{kind}"
+            table, frame = _normalize_fmp(store, kind, records, origin=label, source="synthetic")
             results.append(
                 ingest(
                     store,
                     table,
-                    [frame],
+                    [_known_by_now(frame, table, rules, on_note)],
                     source="synthetic",
-                    origin=f"{origin}:{kind}",
+                    origin=label,
                     on_batch=on_batch,
                     **checks,
                 )
@@ -238,7 +309,7 @@ def load_synthetic(
             ingest(
                 store,
                 "social_features",
-                [ref.social],
+                [_known_by_now(ref.social, "social_features", rules, on_note)],
                 source="synthetic",
                 origin=f"{origin}:social",
                 on_batch=on_batch,
@@ -248,24 +319,84 @@ def load_synthetic(
     return _merge(results)
 
 
+def _refuse_future_history(
+    last: date, start: date, years: float, origin: str, rules: IngestRules
+) -> None:
+    closed = rules.last_session
+    if closed is None or last > closed:
+        raise InputError(
+            [
+                Problem(
+                    f"{years:g} years of sessions from {start} run to {last}, after {closed}, "
+                    f"the last session closed at the ingest time {rules.now:%Y-%m-%d %H:%M} UTC: "
+                    "synthetic data is never generated into the future; lower --years or "
+                    "give an earlier --start",
+                    file=origin,
+                )
+            ]
+        )
+
+
+def _known_by_now(
+    frame: pl.DataFrame, table: str, rules: IngestRules, on_note: OnNote
+) -> pl.DataFrame:
+    """``frame`` without rows that become known after the ingest time."""
+    if "available_at" not in TABLES[table].schema:
+        return frame
+    kept = frame.filter(~(pl.col("available_at") > rules.now).fill_null(False))
+    if on_note is not None and kept.height < frame.height:
+        on_note(
+            f"synthetic {table}: {frame.height - kept.height} of {frame.height} rows become "
+            f"known after the ingest time {rules.now:%Y-%m-%d %H:%M} UTC and were left out"
+        )
+    return kept
+
+
 def load_alpaca(
     store: Store,
     symbols: list[str],
     start: date,
-    end: date,
+    end: date | None = None,
     on_batch: OnBatch = None,
     *,
     rules: IngestRules | None = None,
     on_note: OnNote = None,
 ) -> dict[str, UpsertResult]:
-    """Ingest daily bars (raw and adjusted) through alpaca-py; keys from the environment."""
+    """Ingest daily bars (raw and adjusted) through alpaca-py; keys from the environment.
+
+    Bars end at ``end`` or at the last session closed at the ingest time,
+    whichever is earlier (a bar of a session still open is not known yet); a
+    given ``end`` moved back that way is reported through ``on_note``.
+    """
     from kronos.data.sources.alpaca import fetch_alpaca_bars, load_alpaca_settings
 
+    rules = _rules(rules)
     wanted = [s.strip().upper() for s in symbols if s.strip()]
+    origin = f"alpaca({','.join(wanted)})"
     if on_note is not None:
         for raw in symbols:
             if raw.strip() and raw != raw.strip().upper():
                 on_note(f"symbol {raw!r} stored as {raw.strip().upper()!r}")
+    closed = rules.last_session
+    if closed is None or start > closed:
+        raise InputError(
+            [
+                Problem(
+                    f"--start {start} is after {closed}, the last session closed at the ingest "
+                    f"time {rules.now:%Y-%m-%d %H:%M} UTC: no bar of it is known yet",
+                    file=origin,
+                )
+            ]
+        )
+    if end is not None and end > closed:
+        dropped = rules.calendar.sessions(closed + timedelta(days=1), end)
+        if dropped and on_note is not None:
+            on_note(
+                f"--end {end}: bars end at {closed}, the last session closed at the ingest "
+                f"time; {dropped[0]} closes at "
+                f"{rules.calendar.session_close(dropped[0]):%Y-%m-%d %H:%M} UTC"
+            )
+    end = closed if end is None else min(end, closed)
     frame = fetch_alpaca_bars(wanted, start, end, load_alpaca_settings())
     return _merge(
         [
@@ -274,9 +405,9 @@ def load_alpaca(
                 "bars",
                 [frame],
                 source="alpaca",
-                origin=f"alpaca({','.join(wanted)})",
+                origin=origin,
                 on_batch=on_batch,
-                rules=_rules(rules),
+                rules=rules,
                 on_note=on_note,
             )
         ]

@@ -27,6 +27,9 @@ from kronos.tracking import (
 )
 
 NOTEBOOK_PATH_TAG = "kronos.notebook_path"  # absolute: a later command logs it if orphaned
+# names (never values) of the secret variables the run's kernel could print: a later
+# command logs an orphaned notebook only where it can redact every one of them
+SECRET_NAMES_TAG = "kronos.secret_names"
 
 # ------------------------------------------------------------------ execution
 
@@ -194,7 +197,13 @@ def run_notebook(
     try:
         recorder.log_params(effective)
         output = _reserve(Path(out_root) / name)
-        recorder.set_tags({"output_notebook": str(output), NOTEBOOK_PATH_TAG: output.resolve()})
+        recorder.set_tags(
+            {
+                "output_notebook": str(output),
+                NOTEBOOK_PATH_TAG: output.resolve(),
+                SECRET_NAMES_TAG: ",".join(sorted(set(secret_values().values()))),
+            }
+        )
         if on_start is not None:
             on_start(run_id, output)
         try:
@@ -248,15 +257,30 @@ def close_orphaned(client: MlflowClient) -> list[Run]:
     """Mark FAILED the RUNNING runs of this host whose process ended; log their notebooks.
 
     The partial notebook a run recorded (tag ``kronos.notebook_path``) is
-    redacted and logged when it is still on disk. Runs of other hosts are left
-    alone (see :func:`kronos.tracking.close_orphaned_runs`).
+    redacted and logged when it is still on disk and every secret variable the
+    run had (tag ``kronos.secret_names``) is set here too; otherwise it stays
+    local, with a tag saying why. Runs of other hosts are left alone (see
+    :func:`kronos.tracking.close_orphaned_runs`).
     """
 
     def keep(run: Run) -> None:
         path = run.data.tags.get(NOTEBOOK_PATH_TAG)
-        if path and _saved(Path(path)):
-            _mark_stopped_cell(Path(path), ORPHANED, running_only=True)
-            _keep_notebook(client, run.info.run_id, Path(path))
+        if not path or not _saved(Path(path)):
+            return
+        _mark_stopped_cell(Path(path), ORPHANED, running_only=True)
+        recorded = {n for n in run.data.tags.get(SECRET_NAMES_TAG, "").split(",") if n}
+        unknown = sorted(recorded - set(secret_values().values()))
+        if unknown:
+            # their values are not here to redact with: the notebook stays local
+            redact_notebook(Path(path))
+            client.set_tag(
+                run.info.run_id,
+                "notebook_not_logged",
+                f"{', '.join(unknown)} not set where the run was closed, so the partial "
+                f"notebook could not be redacted; it stays at {path}",
+            )
+            return
+        _keep_notebook(client, run.info.run_id, Path(path))
 
     return close_orphaned_runs(client, keep)
 

@@ -12,25 +12,31 @@ Which session a daily bar belongs to (the README states the same rule):
 - a timestamp at midnight in its own stated zone (``2021-01-04T00:00:00Z``,
   ``...T00:00:00-05:00``, Parquet ``timestamp[ns, UTC]`` at 00:00) is that
   calendar date; so is a naive midnight;
-- any other timestamp belongs to the session it falls in or, outside one, the
-  next session to close (:meth:`kronos.calendar.Calendar.session_of`), once
-  placed in its zone (``tz`` for naive ones).
+- any other timestamp, once placed in its zone (``tz`` for naive ones), belongs to
+  its calendar date in the exchange's zone (America/New_York for XNYS): a
+  pre-open 05:00Z and an end-of-day 17:30 or 21:30Z both stay on that day's
+  session, never move to the next one. A date that is no session (a Saturday
+  10:00) is refused at ingest.
 
 Slash and dot dates (``01/04/2021``, ``04.01.2021``) are ambiguous and need an
-explicit ``date_format``. Whether the resulting day is a session is checked at
-ingest (:class:`kronos.data.ingest.IngestRules`), so ``kronos data validate``
-can still read and report such a file.
+explicit ``date_format``; year-first ones (``2021/01/04``) are read as year,
+month, day. Whether the resulting day is a session is checked at ingest
+(:class:`kronos.data.ingest.IngestRules`), so ``kronos data validate`` can
+still read and report such a file. Files that are JSON, ZIP/Excel or delimited
+by ``;`` or tabs are refused, naming what they are.
 """
 
 from __future__ import annotations
 
 import csv
+import re
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
-from kronos.calendar import Calendar, CalendarError, get_calendar
+from kronos.calendar import Calendar, get_calendar
 from kronos.data.errors import InputError, Problem
 from kronos.data.ingest import ROW
 from kronos.data.schema import TABLES
@@ -46,13 +52,15 @@ ALIASES = {
     "volume": ("volume", "vol", "v"),
 }
 PARQUET_MAGIC = b"PAR1"
-FORMAT_EXAMPLE = "--date-format '%m/%d/%Y' (US: 01/04/2021 is 4 January) or '%d/%m/%Y' (European)"
+ZIP_MAGIC = b"PK\x03\x04"
 _ISO = (
     r"^(\d{4}-\d{2}-\d{2})"  # date
     r"(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?))?"  # optional time
     r"\s*(Z|[+-]\d{2}:?\d{2})?$"  # optional zone
 )
 _SLASH = r"^\d{1,4}[/.]\d{1,2}[/.]\d{1,4}"
+_YEAR_FIRST = r"^(\d{4})[/.](\d{1,2})[/.](\d{1,2})(.*)$"  # 2021/01/04: not ambiguous
+GENERIC_HINT = "--date-format (strptime), e.g. '%m/%d/%Y' (US) or '%d/%m/%Y' (European)"
 _TIME_DIRECTIVES = ("%H", "%I", "%M", "%S", "%T", "%R", "%c", "%p", "%s")
 
 
@@ -75,9 +83,60 @@ def parse_mapping(items: list[str] | None) -> dict[str, str]:
 
 
 def sniff(path: Path) -> str:
-    """``"parquet"`` when the file starts with Parquet's magic bytes, else ``"csv"``."""
+    """What the file's first bytes say it is: ``parquet``, ``zip`` (.xlsx), ``json`` or ``csv``.
+
+    ``json`` means the first character after an optional BOM and white space is
+    ``{`` or ``[``; anything else is taken for text (``csv``).
+    """
     with path.open("rb") as fh:
-        return "parquet" if fh.read(4) == PARQUET_MAGIC else "csv"
+        head = fh.read(4096)
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"["):
+        return "json"
+    return "csv"
+
+
+def wrong_source(kind: str, source: str | None) -> str | None:
+    """Why a file :func:`sniff` calls ``kind`` cannot be read as ``source``, else None.
+
+    ``source`` None stands for ``kronos data validate --file`` (CSV or Parquet bars).
+    """
+    if kind == "zip":
+        return "the file is a ZIP/Excel workbook, not CSV: export it as CSV"
+    if kind == "json" and source != "fmp":
+        where = "; pass --source fmp" if source else ": bar files are CSV or Parquet"
+        return f"the file is JSON (an FMP payload?){where}"
+    if kind == "parquet" and source == "fmp":
+        return "the file is Parquet, not an FMP JSON payload; pass --source parquet"
+    if source in ("csv", "parquet") and kind in ("csv", "parquet") and source != kind:
+        what = "Parquet (it starts with PAR1)" if kind == "parquet" else "not Parquet"
+        return f"the file is {what} but --source {source} was given; pass --source {kind}"
+    return None
+
+
+def _delimiter(header: list[str], origin: str) -> None:
+    """Refuse a header read as one column holding ``;`` or a tab: the file is no comma CSV.
+
+    Such files are refused rather than re-read with their delimiter: the locales
+    that write ``;`` also write decimal commas and dot thousands (``1.234``), which
+    would be read as other numbers without a word.
+    """
+    if len(header) != 1:
+        return
+    name = header[0]
+    found = [d for d in (";", "\t") if d in name]
+    if found:
+        sep = max(found, key=name.count)
+        label = "';'" if sep == ";" else "tabs"
+        raise _fail(
+            f"the header is one column {name!r}: the file seems delimited by {label}, "
+            "not commas; save it as CSV with commas",
+            origin,
+            row=1,
+        )
 
 
 def _fail(
@@ -111,11 +170,9 @@ def _read(path: Path, source: str | None) -> pl.DataFrame:
     if not path.is_file():
         raise _fail("no such file", origin)
     kind = sniff(path)
-    if source in ("csv", "parquet") and source != kind:
-        what = "Parquet (it starts with PAR1)" if kind == "parquet" else "not Parquet"
-        raise _fail(
-            f"the file is {what} but --source {source} was given; pass --source {kind}", origin
-        )
+    refusal = wrong_source(kind, source)
+    if refusal:
+        raise _fail(refusal, origin)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -124,7 +181,9 @@ def _read(path: Path, source: str | None) -> pl.DataFrame:
             return pl.read_parquet(path).with_row_index(ROW, offset=1)
         data = path.read_bytes()
         header = data.decode("utf-8-sig", errors="replace").splitlines()[:1]
-        _duplicates(next(csv.reader(header), []), origin, row=1)
+        names = next(csv.reader(header), [])
+        _delimiter(names, origin)
+        _duplicates(names, origin, row=1)
         frame = pl.read_csv(data, infer_schema=False, truncate_ragged_lines=False)
     except (InputError, FileNotFoundError):
         raise
@@ -165,6 +224,40 @@ def _where(frame: pl.DataFrame, mask: pl.Series) -> dict:
     return {"row": int(frame[ROW][i]), "symbol": symbol}
 
 
+def format_hint(value: str, column: pl.Series) -> str:
+    """``--date-format`` options that read ``value`` (a day-month date such as 04/01/2021).
+
+    Only formats that read the whole of ``value`` are offered, each with the date
+    it gives; those that also read every other value of ``column`` come first.
+    """
+    value = value.strip()
+    found = re.match(
+        r"^(\d{1,2})([/.])(\d{1,2})\2(\d{4}|\d{2})(?:([ T])(\d\d:\d\d(:\d\d)?))?$", value
+    )
+    if found is None:
+        return GENERIC_HINT
+    sep, year = found.group(2), "%Y" if len(found.group(4)) == 4 else "%y"
+    clock = ""
+    if found.group(5):
+        clock = found.group(5) + ("%H:%M:%S" if found.group(7) else "%H:%M")
+    orders = [("%d", "%m"), ("%m", "%d")] if sep == "." else [("%m", "%d"), ("%d", "%m")]
+    labels = {("%m", "%d"): "month first, US", ("%d", "%m"): "day first, European"}
+    options = []
+    for first, second in orders:
+        fmt = f"{first}{sep}{second}{sep}{year}{clock}"
+        try:
+            day = datetime.strptime(value, fmt).date()
+        except ValueError:
+            continue
+        read = column.str.strip_chars().str.to_datetime(fmt, strict=False)
+        partial = read.null_count() > column.null_count()
+        text = f"'{fmt}' ({labels[first, second]}: {value} is {day.day} {day:%B %Y})"
+        options.append((partial, text))
+    if not options:
+        return GENERIC_HINT
+    return "--date-format " + " or ".join(text for _, text in sorted(options, key=lambda o: o[0]))
+
+
 def _parse_text(
     frame: pl.DataFrame, origin: str, date_format: str | None
 ) -> tuple[pl.Series, pl.Series | None]:
@@ -194,6 +287,16 @@ def _parse_text(
                 column="ts",
             )
         return wall, None
+    ymd = text.str.extract_groups(_YEAR_FIRST).struct.unnest()
+    iso = (
+        ymd.get_column("1")
+        + "-"
+        + ymd.get_column("2").str.zfill(2)
+        + "-"
+        + ymd.get_column("3").str.zfill(2)
+        + ymd.get_column("4")
+    )
+    raw, text = text, pl.select(pl.when(iso.is_not_null()).then(iso).otherwise(text)).to_series()
     parts = text.str.extract_groups(_ISO).struct.unnest()
     day, clock, zone = parts.get_column("1"), parts.get_column("2"), parts.get_column("3")
     unread = day.is_null() & text.is_not_null()
@@ -202,7 +305,7 @@ def _parse_text(
         if text.str.contains(_SLASH)[i]:
             raise _fail(
                 f"date {text[i]!r} is ambiguous (which is the day, which the month?); "
-                f"say how to read it with {FORMAT_EXAMPLE}",
+                f"say how to read it with {format_hint(text[i], text)}",
                 origin,
                 **_where(frame, unread),
                 column="ts",
@@ -220,7 +323,7 @@ def _parse_text(
     if bad.any():
         i = bad.arg_true()[0]
         raise _fail(
-            f"{text[i]!r} is no valid date or time", origin, **_where(frame, bad), column="ts"
+            f"{raw[i]!r} is no valid date or time", origin, **_where(frame, bad), column="ts"
         )
     if zone.is_null().all():
         return wall, None
@@ -299,17 +402,9 @@ def _to_sessions(
                 column="ts",
             )
         instant = pl.select(pl.when(naive).then(placed).otherwise(instant)).to_series()
-    sessions = {}
-    for moment in instant.filter(timed).unique().drop_nulls().to_list():
-        try:
-            sessions[moment] = calendar.session_of(moment)
-        except CalendarError as exc:
-            where = _where(frame, timed & (instant == moment))
-            raise _fail(str(exc), origin, column="ts", **where) from None
-    session = instant.replace_strict(sessions, default=None, return_dtype=pl.Date)
-    return frame.with_columns(
-        ts=pl.select(pl.when(timed).then(session).otherwise(days)).to_series()
-    )
+    # the exchange-local calendar date; whether it is a session is checked at ingest
+    local = instant.dt.convert_time_zone(calendar.tz).dt.date()
+    return frame.with_columns(ts=pl.select(pl.when(timed).then(local).otherwise(days)).to_series())
 
 
 def read_bars_file(

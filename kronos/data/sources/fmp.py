@@ -15,7 +15,8 @@ row became known (``available_at``) is taken, most exact first, from:
 - ratings: the end of the rating's ``date``; news: ``publishedDate`` (US Eastern).
 
 An error payload saved in place of data (``{"Error Message": "Invalid API
-KEY..."}``) is refused with FMP's own message, as is a file with no records.
+KEY..."}``, also wrapped in a list) is refused with FMP's own message, as is a
+file with no records.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import polars as pl
 from kronos.data.errors import InputError, Problem
 from kronos.data.ingest import ROW
 from kronos.data.schema import TABLES
+from kronos.data.sources.files import sniff, wrong_source
 
 EASTERN = ZoneInfo("America/New_York")
 UTC = ZoneInfo("UTC")
@@ -277,6 +279,9 @@ def read_fmp_records(path: Path | str, *, kind: str | None = None) -> tuple[str,
     path = Path(path)
     if not path.is_file():
         raise InputError([Problem("no such file", file=str(path))])
+    refusal = wrong_source(sniff(path), "fmp")
+    if refusal:
+        raise InputError([Problem(refusal, file=str(path))])
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -302,12 +307,19 @@ def read_fmp_records(path: Path | str, *, kind: str | None = None) -> tuple[str,
 
 
 def _error_message(data: object) -> str | None:
-    """The message of an FMP error payload (``{"Error Message": ...}``), else None."""
+    """The message of an FMP error payload, else None.
+
+    FMP answers an error with ``{"Error Message": ...}`` (bad or missing key,
+    limit reached), ``{"error": ...}`` or a lone ``{"message": ...}``, sometimes
+    wrapped in a list (``[{"Error Message": ...}]``).
+    """
+    if isinstance(data, list) and data and all(_error_message(d) for d in data):
+        return _error_message(data[0])
     if not isinstance(data, dict):
         return None
-    for key in ("Error Message", "error", "Error"):
+    for key in ("Error Message", "error", "Error", "errorMessage"):
         if isinstance(data.get(key), str):
             return " ".join(data[key].split())
-    if set(data) == {"message"} and isinstance(data["message"], str):
+    if set(data) <= {"message", "status", "code"} and isinstance(data.get("message"), str):
         return " ".join(data["message"].split())
     return None
