@@ -58,7 +58,8 @@ def _synthetic(start: date, end: date) -> dict:
         "universe": {"source": "synthetic"},
         "dates": {"start": str(start), "end": str(end)},
         "forecaster": {"name": "ewma"},
-        "splits": {"train": "expanding", "train_sessions": 250, "retrain": "yearly"},
+        # the first year holds 252 XNYS sessions, 247 of them before the purge gap
+        "splits": {"train": "expanding", "train_sessions": 240, "retrain": "yearly"},
         "rebalance": {"every": "weekly", "weekday": 2},
         "decision": {
             "strategy": {"strat_reco_topk": 50},
