@@ -15,13 +15,18 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
+from typing import TYPE_CHECKING
 
-import exchange_calendars as xcals
 import numpy as np
-import pandas as pd
 
 from kronos.config import did_you_mean
 from kronos.errors import KronosError
+
+if TYPE_CHECKING:
+    import exchange_calendars as xcals
+
+# exchange_calendars (and the pandas it loads, ~0.35 s) is imported when a
+# calendar is first built, not when kronos starts: `kronos --help` needs neither
 
 DEFAULT = "XNYS"
 # wide enough for long user histories (exchange-calendars has XNYS from 1885) and
@@ -136,10 +141,6 @@ class Calendar:
             raise CalendarError(f"no session before {before} in {self.name}")
         return self._days[i].astype(date)
 
-    def session_on_or_after(self, day: date) -> date:
-        """``day`` if it is a session, else the next one."""
-        return day if self.is_session(day) else self.next_session(day)
-
     def sessions_on_or_after(self, days: np.ndarray) -> np.ndarray:
         """Each day if it is a session, else the next session (vectorised, any shape)."""
         arr = np.asarray(days, dtype="datetime64[D]")
@@ -180,12 +181,16 @@ class Calendar:
 
     def close_if_session(self, day: date) -> datetime | None:
         """:meth:`session_close` of ``day``, or None when it is no session (or out of range)."""
-        if not self._first <= day <= self._last or not self.is_session(day):
+        key = np.datetime64(day, "D")
+        i = int(np.searchsorted(self._days, key))
+        if i >= len(self._days) or self._days[i] != key:
             return None
-        return self.session_close(day)
+        return self._closes[i].astype(datetime).replace(tzinfo=UTC)
 
     def is_early_close(self, day: date) -> bool:
         """Whether the session ``day`` closes early (e.g. the day after Thanksgiving)."""
+        import pandas as pd
+
         return bool(pd.Timestamp(day) in self._x.early_closes)
 
     def closed_reason(self, day: date) -> str:
@@ -195,27 +200,16 @@ class Calendar:
 
     def holidays(self, start: date, end: date) -> list[date]:
         """Weekdays from ``start`` to ``end`` that are not sessions (exchange holidays)."""
+        import pandas as pd
+
         days = pd.bdate_range(start, end).values.astype("datetime64[D]")
         return days[~self.sessions_mask(days)].astype(date).tolist()
-
-    def session_of(self, moment: datetime) -> date:
-        """The session a moment belongs to: the one it falls in, else the next to close.
-
-        A moment after a session's close (or on a closed day) belongs to the next
-        session: a bar stamped then is that session's bar at the earliest.
-        """
-        if moment.tzinfo is None:
-            raise CalendarError(f"{moment} has no time zone")
-        ts = pd.Timestamp(moment).tz_convert("UTC")
-        day = ts.tz_convert(self.tz).date()
-        self._check(day)
-        if self.is_session(day) and ts <= pd.Timestamp(self.session_close(day)):
-            return day
-        return self.next_session(day)
 
 
 def calendar_names() -> list[str]:
     """The names :func:`get_calendar` accepts."""
+    import exchange_calendars as xcals
+
     return sorted({*xcals.get_calendar_names(include_aliases=True), *_ALIASES})
 
 
@@ -225,6 +219,8 @@ def get_calendar(name: str | None = None) -> Calendar:
     Building one takes about 0.3 s; each name is built once per process (the
     calendar is read-only, so sharing it is safe).
     """
+    import exchange_calendars as xcals
+
     name = (name or DEFAULT).strip()
     key = _ALIASES.get(name.lower(), name.upper() if name.upper() != "24/7" else "24/7")
     try:
@@ -238,6 +234,8 @@ def get_calendar(name: str | None = None) -> Calendar:
 
 @cache
 def _build(key: str) -> Calendar:
+    import exchange_calendars as xcals
+
     try:
         xcal = xcals.get_calendar(key, start=FIRST.isoformat(), end=LAST.isoformat())
     except ValueError:
@@ -275,12 +273,3 @@ def period_key(day: date, period: str, weekday: int = 0) -> Hashable:
     if period == "week_after":
         return day - timedelta(days=(day.weekday() - weekday - 1) % 7)
     raise ValueError(f"unknown period {period!r}: week, week_after, month, quarter or year")
-
-
-def to_date(value: date | datetime | np.datetime64) -> date:
-    """A ``datetime.date`` from a date, a naive datetime or a numpy day."""
-    if isinstance(value, np.datetime64):
-        return value.astype("datetime64[D]").astype(date)
-    if isinstance(value, datetime):
-        return value.date()
-    return value

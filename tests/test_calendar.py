@@ -126,14 +126,6 @@ def test_holiday_is_not_a_gap_and_24_7_counts_weekends():
     )
 
 
-def test_session_of_a_moment():
-    # after the early close of Nov 24 the moment belongs to Monday's session
-    assert XNYS.session_of(datetime(2023, 11, 24, 14, tzinfo=NY)) == date(2023, 11, 27)
-    assert XNYS.session_of(datetime(2023, 11, 24, 12, tzinfo=NY)) == date(2023, 11, 24)
-    # UTC midnight of a Monday is Sunday evening in New York: Monday's session
-    assert XNYS.session_of(datetime(2023, 1, 9, tzinfo=UTC)) == date(2023, 1, 9)
-
-
 def test_unknown_calendar_is_one_clear_error():
     with pytest.raises(CalendarError, match=r"unknown calendar 'NYSEE'.*none for 24/7"):
         get_calendar("NYSEE")

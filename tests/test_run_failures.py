@@ -450,7 +450,7 @@ def test_paper_loop_fails_only_when_its_last_cycle_failed(paper_db):
             assert loop.failures[0].unavailable
             assert loop.outcome(recovered) is None  # cycle 3 worked again
             ended = loop.run(cycles=2, wait=outage)
-            assert len(ended) == 1 and loop.last_failed
+            assert len(ended) == 1 and [f.cycle for f in loop.failures] == [5]
             assert loop.outcome(ended) == (
                 "1 of 2 cycle(s) completed; the last failed (cycle 5): "
                 "GET /v2/clock: HTTP 500 after 4 attempts"

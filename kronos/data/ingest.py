@@ -178,12 +178,24 @@ def conform(
     return out.drop(ROW)
 
 
-def _value_problems(frame: pl.DataFrame, spec: TableSpec, origin: str, limit: int) -> list[Problem]:
-    problems: list[Problem] = []
+def _flagger(
+    frame: pl.DataFrame, origin: str, limit: int, problems: list[Problem]
+) -> Callable[[pl.Series, str | None, Callable[[int], str]], None]:
+    """``flag(mask, column, message)``: a problem for each of the first ``limit`` rows of mask.
+
+    Null in the mask (a comparison with a missing value) is not a problem.
+    """
 
     def flag(mask: pl.Series, col: str | None, message: Callable[[int], str]) -> None:
-        for i in mask.arg_true().head(limit).to_list():
+        for i in mask.fill_null(False).arg_true().head(limit).to_list():
             problems.append(_problem(frame, i, origin, col, message(i)))
+
+    return flag
+
+
+def _value_problems(frame: pl.DataFrame, spec: TableSpec, origin: str, limit: int) -> list[Problem]:
+    problems: list[Problem] = []
+    flag = _flagger(frame, origin, limit, problems)
 
     for col in spec.required:
         flag(frame[col].is_null(), col, lambda _i: "missing value")
@@ -209,10 +221,7 @@ def _rule_problems(
     frame: pl.DataFrame, spec: TableSpec, origin: str, rules: IngestRules, limit: int
 ) -> list[Problem]:
     problems: list[Problem] = []
-
-    def flag(mask: pl.Series, col: str | None, message: Callable[[int], str]) -> None:
-        for i in mask.fill_null(False).arg_true().head(limit).to_list():
-            problems.append(_problem(frame, i, origin, col, message(i)))
+    flag = _flagger(frame, origin, limit, problems)
 
     if "symbol" in spec.schema:
         sym = frame["symbol"]
@@ -244,10 +253,7 @@ def _bar_problems(
 ) -> list[Problem]:
     """OHLC consistency, the price bound and sessions of the calendar."""
     problems: list[Problem] = []
-
-    def flag(mask: pl.Series, col: str | None, message: Callable[[int], str]) -> None:
-        for i in mask.fill_null(False).arg_true().head(limit).to_list():
-            problems.append(_problem(frame, i, origin, col, message(i)))
+    flag = _flagger(frame, origin, limit, problems)
 
     bound = rules.max_price
     for col in PRICES:

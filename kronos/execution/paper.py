@@ -204,7 +204,6 @@ class PaperLoop:
         self._cycle = 0
         self._clock: Clock | None = None
         self.failures: list[CycleFailure] = []  # the last run()'s failed cycles
-        self.last_failed = False  # whether the last run()'s last cycle failed
         self._model: Loaded | None = None
         if config.symbols is None:
             rows = store.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
@@ -519,14 +518,12 @@ class PaperLoop:
             raise ValueError("give cycles or until (or both)")
         reports: list[CycleReport] = []
         self.failures = []
-        self.last_failed = False
         attempts = 0
         while cycles is None or attempts < cycles:
             attempts += 1
             self._clock = None
             try:
                 reports.append(self.cycle())
-                self.last_failed = False
             except BrokerError as exc:
                 self.store.con.execute(
                     "UPDATE paper_cycles SET status = 'failed', message = ?, finished_at = ? "
@@ -536,7 +533,6 @@ class PaperLoop:
                 self.failures.append(
                     CycleFailure(self._cycle, str(exc), isinstance(exc, BrokerUnavailable))
                 )
-                self.last_failed = True
                 self.say(f"cycle {self._cycle} failed: {exc}")
             clock = self._clock
             if until is not None and clock is not None and clock.now >= until:
@@ -556,8 +552,8 @@ class PaperLoop:
         """
         if not self.failures:
             return None if reports else "no cycle ran"
-        if reports and not self.last_failed:
-            return None
         last = self.failures[-1]
+        if reports and reports[-1].cycle > last.cycle:
+            return None
         done = f"{len(reports)} of {len(reports) + len(self.failures)} cycle(s) completed"
         return f"{done}; the last failed (cycle {last.cycle}): {last.message}"
