@@ -1,8 +1,15 @@
-"""The fake Alpaca's wire formats: orders, positions and fill activities as Alpaca sends them."""
+"""The fake Alpaca's wire formats: orders, positions and fill activities as Alpaca sends them.
+
+Also the server's request and response records (:class:`RecordedRequest`,
+:class:`FakeResponse`), Alpaca's error shape (:func:`api_error`) and how the
+fake reads an instant in a query (:func:`parse_instant`).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,11 +17,15 @@ from kronos.testing.market_records import MarketError, SimFill, SimOrder, SimPos
 
 __all__ = [
     "ACCOUNT_ID",
+    "FakeResponse",
+    "RecordedRequest",
+    "api_error",
     "asset_id",
     "fill_json",
     "float_or_none",
     "num",
     "order_json",
+    "parse_instant",
     "position_json",
     "ts",
 ]
@@ -136,3 +147,33 @@ def float_or_none(value: Any, name: str) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise MarketError(422, 40010001, f"invalid {name}: {value!r}") from None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received (headers are not kept: they hold secrets)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class FakeResponse:
+    """What a route answers: status, body (JSON-encoded; ``bytes`` as is), extra headers."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def api_error(status: int, code: int, message: str) -> FakeResponse:
+    """An error in Alpaca's shape, which ``alpaca.common.exceptions.APIError`` parses."""
+    return FakeResponse(status, {"code": code, "message": message})
+
+
+def parse_instant(text: str) -> datetime:
+    """RFC 3339 or a bare date; naive values are UTC, as Alpaca reads them."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

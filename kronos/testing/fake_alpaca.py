@@ -13,7 +13,8 @@ which the fake checks (401 otherwise). Errors come in Alpaca's shape
 all symbols (default 3), so clients must paginate.
 
 **Trading** (``TradingClient``), served from a :class:`~kronos.testing.fake_market.FakeMarket`
-(404 when the server has none): ``GET /v2/account``, ``GET /v2/positions``,
+by the routes of :mod:`kronos.testing.trading_routes` (404 when the server has none):
+``GET /v2/account``, ``GET /v2/positions``,
 ``GET /v2/positions/{symbol}``, ``POST /v2/orders``, ``GET /v2/orders`` (``status``
 open|closed|all, ``after``/``until`` exclusive on ``submitted_at``, ``limit``
 default 50, at most 500 per page (larger limits are capped), ``direction`` default
@@ -70,21 +71,14 @@ from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from kronos.testing.alpaca_wire import (
-    ACCOUNT_ID,
-    fill_json,
-    float_or_none,
-    num,
-    order_json,
-    position_json,
-    ts,
-)
+from kronos.testing.alpaca_wire import FakeResponse, RecordedRequest, api_error, parse_instant
 from kronos.testing.fake_market import (
     DailyBar,
     FakeMarket,
     MarketError,
 )
 from kronos.testing.faults import FAULT_KINDS, FaultConfig, Faults
+from kronos.testing.trading_routes import TradingRoutes
 
 __all__ = [
     "ADJUSTMENTS",
@@ -111,7 +105,6 @@ MAX_LIMIT = 10_000
 _BAR_FIELDS = ("o", "h", "l", "c", "v", "n", "vw")
 
 _ORDERS = "/v2/orders"
-MAX_ORDERS_PAGE = 500
 
 
 # --- requests and responses ---------------------------------------------------------
@@ -155,41 +148,11 @@ class FakeBar:
         return body
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the server received (headers are not kept: they hold secrets)."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any = None
-
-
-@dataclass(frozen=True)
-class FakeResponse:
-    """What a route answers: status, body (JSON-encoded; ``bytes`` as is), extra headers."""
-
-    status: int
-    body: Any
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
 Route = Callable[[RecordedRequest], FakeResponse]
 
 
-def _error(status: int, code: int, message: str) -> FakeResponse:
-    """An error in Alpaca's shape, which ``alpaca.common.exceptions.APIError`` parses."""
-    return FakeResponse(status, {"code": code, "message": message})
-
-
 def _bad_request(message: str) -> FakeResponse:
-    return _error(400, 40010001, message)
-
-
-def _parse_instant(text: str) -> datetime:
-    """RFC 3339 or a bare date; naive values are UTC, as Alpaca reads them."""
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return api_error(400, 40010001, message)
 
 
 @dataclass(frozen=True)
@@ -218,7 +181,7 @@ class FakeStats:
 # --- the server ---------------------------------------------------------------------
 
 
-class FakeAlpacaServer:
+class FakeAlpacaServer(TradingRoutes):
     """Alpaca's data and trading APIs on ``127.0.0.1``, with fault injection.
 
     Args:
@@ -389,16 +352,16 @@ class FakeAlpacaServer:
                 },
             )
         if fault in ("500", "503"):
-            return _error(int(cast(str, fault)), 50010000, "internal server error (injected)")
+            return api_error(int(cast(str, fault)), 50010000, "internal server error (injected)")
         if fault == "timeout" and request.method == "GET":
             self._stopping.wait(self.faults.config.timeout_s)
             return FakeResponse(504, b"upstream request timeout")
         if (headers.get("apca-api-key-id"), headers.get("apca-api-secret-key")) != (
             self._credentials
         ):
-            return _error(401, 40110000, "request is not authorized")
+            return api_error(401, 40110000, "request is not authorized")
         if fault == "reject":
-            return _error(403, 40310000, "insufficient buying power")
+            return api_error(403, 40310000, "insufficient buying power")
         response = self._route(request)
         if fault == "504_after_accept":
             return FakeResponse(504, b"<html><body>504 Gateway Time-out</body></html>")
@@ -418,186 +381,7 @@ class FakeAlpacaServer:
                         return handler(request, tail)
         except MarketError as exc:
             return FakeResponse(exc.status, {"code": exc.code, "message": exc.message, **exc.extra})
-        return _error(404, 40410000, f"endpoint not found: {request.method} {request.path}")
-
-    def _require_market(self) -> FakeMarket:
-        if self.market is None:
-            raise MarketError(404, 40410000, "this fake serves no trading market")
-        return self.market
-
-    # --- trading routes -------------------------------------------------------------
-
-    def _account(self, request: RecordedRequest) -> FakeResponse:
-        """``GET /v2/account``."""
-        acct = self._require_market().account()
-        bp = num(acct.buying_power)
-        return FakeResponse(
-            200,
-            {
-                "id": ACCOUNT_ID,
-                "account_number": "PAFAKE0001",
-                "status": "ACTIVE",
-                "crypto_status": "INACTIVE",
-                "currency": "USD",
-                "buying_power": bp,
-                "regt_buying_power": bp,
-                "daytrading_buying_power": "0",
-                "non_marginable_buying_power": bp,
-                "options_buying_power": bp,
-                "cash": num(acct.cash),
-                "accrued_fees": "0",
-                "pending_transfer_in": "0",
-                "portfolio_value": num(acct.equity),
-                "pattern_day_trader": acct.pattern_day_trader,
-                "trading_blocked": False,
-                "transfers_blocked": False,
-                "account_blocked": False,
-                "created_at": "2020-01-02T15:00:00Z",
-                "trade_suspended_by_user": False,
-                "multiplier": "1",
-                "shorting_enabled": False,
-                "equity": num(acct.equity),
-                "last_equity": num(acct.last_equity),
-                "long_market_value": num(acct.long_market_value),
-                "short_market_value": "0",
-                "initial_margin": "0",
-                "maintenance_margin": "0",
-                "last_maintenance_margin": "0",
-                "sma": "0",
-                "daytrade_count": acct.daytrade_count,
-            },
-        )
-
-    def _positions(self, request: RecordedRequest) -> FakeResponse:
-        """``GET /v2/positions``."""
-        return FakeResponse(200, [position_json(p) for p in self._require_market().positions()])
-
-    def _position(self, request: RecordedRequest, symbol: str) -> FakeResponse:
-        """``GET /v2/positions/{symbol}``."""
-        position = self._require_market().position(symbol)
-        if position is None:
-            return _error(404, 40410000, "position does not exist")
-        return FakeResponse(200, position_json(position))
-
-    def _submit(self, request: RecordedRequest) -> FakeResponse:
-        """``POST /v2/orders``."""
-        market = self._require_market()
-        body = request.body if isinstance(request.body, dict) else {}
-        if body.get("notional") is not None:
-            raise MarketError(422, 40010001, "notional orders are not supported by the fake")
-        qty = float_or_none(body.get("qty"), "qty")
-        if qty is None:
-            raise MarketError(422, 40010001, "qty is required")
-        take_profit = body.get("take_profit") or {}
-        stop_loss = body.get("stop_loss") or {}
-        order = market.submit(
-            symbol=str(body.get("symbol", "")),
-            side=str(body.get("side", "")),
-            qty=qty,
-            order_type=str(body.get("type", "")),
-            time_in_force=str(body.get("time_in_force", "")),
-            limit_price=float_or_none(body.get("limit_price"), "limit_price"),
-            client_order_id=body.get("client_order_id"),
-            order_class=str(body.get("order_class") or "simple"),
-            take_profit=float_or_none(take_profit.get("limit_price"), "take_profit.limit_price"),
-            stop_loss=float_or_none(stop_loss.get("stop_price"), "stop_loss.stop_price"),
-        )
-        return FakeResponse(200, order_json(order))
-
-    def _orders(self, request: RecordedRequest) -> FakeResponse:
-        """``GET /v2/orders``."""
-        q = request.query
-        status = q.get("status", "open")
-        if status not in ("open", "closed", "all"):
-            raise MarketError(422, 40010001, f"invalid status: {status}")
-        direction = q.get("direction", "desc")
-        if direction not in ("asc", "desc"):
-            raise MarketError(422, 40010001, f"invalid direction: {direction}")
-        try:
-            limit = int(q.get("limit", 50))
-            after = _parse_instant(q["after"]) if "after" in q else None
-            until = _parse_instant(q["until"]) if "until" in q else None
-        except ValueError as exc:
-            raise MarketError(422, 40010001, f"invalid parameter: {exc}") from None
-        if limit < 1:
-            raise MarketError(422, 40010001, f"invalid limit: {limit}")
-        limit = min(limit, MAX_ORDERS_PAGE)  # Alpaca's maximum page
-        symbols = {s for s in q.get("symbols", "").split(",") if s}
-        orders = [
-            o
-            for o in self._require_market().orders()
-            if (status == "all" or o.is_open == (status == "open"))
-            and (after is None or o.submitted_at > after)
-            and (until is None or o.submitted_at < until)
-            and (not symbols or o.symbol in symbols)
-            and q.get("side") in (None, o.side)
-        ]
-        orders.sort(key=lambda o: o.submitted_at, reverse=direction == "desc")
-        return FakeResponse(200, [order_json(o) for o in orders[:limit]])
-
-    def _order_by_client_id(self, request: RecordedRequest) -> FakeResponse:
-        """``GET /v2/orders:by_client_order_id?client_order_id=...``."""
-        order = self._require_market().order_by_client_id(request.query.get("client_order_id", ""))
-        if order is None:
-            return _error(404, 40410000, "order not found")
-        return FakeResponse(200, order_json(order))
-
-    def _order(self, request: RecordedRequest, order_id: str) -> FakeResponse:
-        """``GET /v2/orders/{id}``."""
-        order = self._require_market().order(order_id)
-        if order is None:
-            return _error(404, 40410000, "order not found")
-        return FakeResponse(200, order_json(order))
-
-    def _cancel(self, request: RecordedRequest, order_id: str) -> FakeResponse:
-        """``DELETE /v2/orders/{id}``: 204."""
-        self._require_market().cancel(order_id)
-        return FakeResponse(204, None)
-
-    def _clock(self, request: RecordedRequest) -> FakeResponse:
-        """``GET /v2/clock``; advances first when ``advance_on_clock``."""
-        market = self._require_market()
-        if self.advance_on_clock:
-            market.advance(partial=self.faults.partial)
-        clock = market.clock()
-        return FakeResponse(
-            200,
-            {
-                "timestamp": ts(clock.now),
-                "is_open": clock.is_open,
-                "next_open": ts(clock.next_open),
-                "next_close": ts(clock.next_close),
-            },
-        )
-
-    def _activities(self, request: RecordedRequest, activity_type: str) -> FakeResponse:
-        """``GET /v2/account/activities/{type}``: FILL executions; other types are empty."""
-        market = self._require_market()
-        q = request.query
-        direction = q.get("direction", "desc")
-        if direction not in ("asc", "desc"):
-            raise MarketError(422, 40010001, f"invalid direction: {direction}")
-        try:
-            page_size = int(q.get("page_size", 100))
-            after = _parse_instant(q["after"]) if "after" in q else None
-            until = _parse_instant(q["until"]) if "until" in q else None
-        except ValueError as exc:
-            raise MarketError(422, 40010001, f"invalid parameter: {exc}") from None
-        if not 1 <= page_size <= 100:
-            raise MarketError(422, 40010001, f"invalid page_size: {page_size}")
-        fills = [
-            f
-            for f in (market.fills() if activity_type.upper() == "FILL" else [])
-            if (after is None or f.at > after) and (until is None or f.at < until)
-        ]
-        fills.sort(key=lambda f: (f.at, f.id), reverse=direction == "desc")
-        token = q.get("page_token")
-        if token:
-            ids = [f.id for f in fills]
-            if token not in ids:
-                raise MarketError(422, 40010001, f"invalid page_token: {token}")
-            fills = fills[ids.index(token) + 1 :]
-        return FakeResponse(200, [fill_json(f) for f in fills[:page_size]])
+        return api_error(404, 40410000, f"endpoint not found: {request.method} {request.path}")
 
     # --- data routes ----------------------------------------------------------------
 
@@ -621,11 +405,11 @@ class FakeAlpacaServer:
             now = datetime.now(UTC)
             # Alpaca's defaults: start at the beginning of today, end now.
             start = (
-                _parse_instant(q["start"])
+                parse_instant(q["start"])
                 if "start" in q
                 else now.replace(hour=0, minute=0, second=0, microsecond=0)
             )
-            end = _parse_instant(q["end"]) if "end" in q else now
+            end = parse_instant(q["end"]) if "end" in q else now
             limit = int(q.get("limit", DEFAULT_LIMIT))
             offset = int(base64.urlsafe_b64decode(q["page_token"])) if "page_token" in q else 0
         except ValueError as exc:
@@ -657,7 +441,7 @@ class _HTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.fake = fake
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handleapi_error(self, request: Any, client_address: Any) -> None:
         """Clients that hung up (injected timeouts) are expected: stay quiet."""
 
 
@@ -678,7 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             response = self.server.fake.handle(request, headers)
         except Exception as exc:  # a bug in the fake: answer 500, don't hang the client
-            response = _error(500, 50010000, f"fake server error: {exc!r}")
+            response = api_error(500, 50010000, f"fake server error: {exc!r}")
         if response.status == 204:
             payload = b""
         elif isinstance(response.body, bytes):

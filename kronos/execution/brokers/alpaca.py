@@ -2,7 +2,8 @@
 
 Settings (keys, mode, the live-trading switch, URL override, timeout) live in
 :mod:`kronos.execution.brokers.alpaca_settings`; keys never show in a repr, an
-error message or a log line.
+error message or a log line. The client that sends each request once, with a
+timeout, lives in :mod:`kronos.execution.brokers.alpaca_client`.
 
 Retries are ours, not alpaca-py's (it would retry 429/504 after a fixed 3 s with
 no timeout): every request carries the timeout and is sent once; then
@@ -48,7 +49,6 @@ from zoneinfo import ZoneInfo
 
 import requests
 from alpaca.common.exceptions import APIError
-from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.models import Clock as AlpacaClock
 from alpaca.trading.models import Order, Position, TradeAccount, TradeActivity
@@ -60,9 +60,9 @@ from alpaca.trading.requests import (
     TakeProfitRequest,
 )
 from pydantic import ValidationError
-from urllib3.exceptions import NewConnectionError
 
 from kronos.calendar import Calendar, get_calendar
+from kronos.execution.brokers.alpaca_client import AlpacaClient, api_message, never_sent
 from kronos.execution.brokers.alpaca_settings import (
     AlpacaConfigError,
     AlpacaTradingSettings,
@@ -118,50 +118,7 @@ _STATUS = {
 }
 
 
-# --- the client ---------------------------------------------------------------------
-
-
-class _Client(TradingClient):
-    """alpaca-py's client, sending each request once and with a timeout.
-
-    alpaca-py 0.44 retries 429/504 itself (``RESTClient._one_request`` raises
-    ``RetryException`` while ``retry > 0``) and passes no timeout to ``requests``;
-    passing ``retry=0`` makes every error surface as :class:`APIError`.
-    """
-
-    def __init__(self, *, timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._timeout_s = timeout_s
-
-    def _one_request(self, method: str, url: str, opts: dict, retry: int) -> dict:
-        return super()._one_request(method, url, {**opts, "timeout": self._timeout_s}, 0)
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """The request cannot have reached the server (no connection was made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        err = stack.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, NewConnectionError | ConnectionRefusedError):
-            return True
-        stack += [err.__cause__, err.__context__, getattr(err, "reason", None)]
-        stack += [a for a in err.args if isinstance(a, BaseException)]
-    return False
-
-
-def _api_message(exc: APIError) -> str:
-    """Alpaca's error message, or the start of the body when it is not JSON."""
-    try:
-        return str(exc.message)
-    except (ValueError, KeyError, TypeError):
-        text = str(exc).strip().replace("\n", " ")
-        return text[:200] or "no message"
+# --- conversions ---------------------------------------------------------------------
 
 
 def _utc(value: datetime) -> datetime:
@@ -229,7 +186,7 @@ class AlpacaBroker:
         self._sleep = sleep
         self._calendar = calendar or get_calendar()
         self._cancel_opposite = cancel_opposite
-        self._client = _Client(
+        self._client = AlpacaClient(
             timeout_s=settings.timeout_s,
             api_key=key_id,
             secret_key=secret,
@@ -356,7 +313,7 @@ class AlpacaBroker:
                 return self._order(Order(**self._client.post("/orders", request)))
             except APIError as exc:
                 status = exc.status_code
-                message = _api_message(exc)
+                message = api_message(exc)
                 if status == 429:
                     wait = self._retry_after(exc)
                 elif status is None or status >= 500:
@@ -370,7 +327,7 @@ class AlpacaBroker:
                         f"{what}: HTTP {status}: {message}", rejection_kind(status, message)
                     ) from None
             except requests.RequestException as exc:
-                if not _never_sent(exc):
+                if not never_sent(exc):
                     raise AmbiguousOutcome(
                         f"{what}: {type(exc).__name__}; look the order up before resubmitting"
                     ) from None
@@ -475,9 +432,9 @@ class AlpacaBroker:
                 elif status is None or status >= 500:
                     raise AmbiguousOutcome(f"{what}: HTTP {status}; look the order up") from None
                 else:
-                    raise BrokerError(f"{what}: HTTP {status}: {_api_message(exc)}") from None
+                    raise BrokerError(f"{what}: HTTP {status}: {api_message(exc)}") from None
             except requests.RequestException as exc:
-                if not _never_sent(exc):
+                if not never_sent(exc):
                     raise AmbiguousOutcome(
                         f"{what}: {type(exc).__name__}; look the order up"
                     ) from None
@@ -508,7 +465,7 @@ class AlpacaBroker:
                 elif status is None or status >= 500:
                     wait, reason = self._backoff(attempt), f"HTTP {status}"
                 else:
-                    raise BrokerError(f"{what}: HTTP {status}: {_api_message(exc)}") from None
+                    raise BrokerError(f"{what}: HTTP {status}: {api_message(exc)}") from None
             except requests.RequestException as exc:
                 wait, reason = self._backoff(attempt), type(exc).__name__
             if attempt == self._attempts:
