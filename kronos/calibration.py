@@ -46,6 +46,8 @@ import numpy as np
 import polars as pl
 
 from kronos.config import CalibrationSettings
+from kronos.data.store import Store
+from kronos.metrics import sigma_from_band
 from kronos.models.evaluation import realized
 
 GLOBAL = "*"
@@ -156,7 +158,7 @@ class OnlineCalibrator:
         resid = y - p50
         lo = p50 + bias - (p50 - p05) * scale
         hi = p50 + bias + (p95 - p50) * scale
-        sigma = scale * (p95 - p05) / 3.29
+        sigma = scale * sigma_from_band(p05, p95)
         present = np.isfinite(resid) & np.isfinite(p05) & np.isfinite(p95)
         big_return = present & (np.abs(y) > s.calibration_max_return)
         big_resid = (
@@ -342,3 +344,25 @@ def apply_params(forecasts: pl.DataFrame, params: pl.DataFrame) -> pl.DataFrame:
         p95=mid + (pl.col("p95") - pl.col("p50")) * pl.col("scale"),
         p50=mid,
     ).select(forecasts.columns)
+
+
+def load_calibrator(
+    store: Store,
+    model: str,
+    asof: date,
+    symbols: list[str],
+    sectors: dict[str, str | None],
+    settings: CalibrationSettings,
+) -> tuple[OnlineCalibrator, date | None]:
+    """The calibrator as stored for the newest night at or before ``asof``."""
+    calibrator = OnlineCalibrator(symbols, sectors, settings)
+    day = store.con.execute(
+        'SELECT max("asof") FROM calibration_state WHERE model = ? AND "asof" <= ?',
+        [model, asof],
+    ).fetchall()[0][0]
+    if day is not None:
+        rows = store.con.sql(
+            'SELECT * FROM calibration_state WHERE model = ? AND "asof" = ?', params=[model, day]
+        ).pl()
+        calibrator.load_frame(rows)
+    return calibrator, day

@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -233,6 +234,17 @@ class PolicySettings(BaseSettings):
     planner_limit_notional: float = Field(25_000, ge=0, description="notional above: limit order")
     planner_bracket_price_max: float = Field(500, ge=0, description="brackets only below price")
     planner_cooldown_mins: float = Field(60, ge=0, description="per-symbol cooldown")
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Every setting the decision step reads, each from its own environment names."""
+
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    data: DataSettings = field(default_factory=DataSettings)
 
 
 def setting_errors(exc: ValidationError) -> str:

@@ -16,13 +16,13 @@ from pathlib import Path
 import polars as pl
 
 from kronos.calendar import Calendar
+from kronos.calibration import load_calibrator
 from kronos.config import CalibrationSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.models.artifacts import Loaded, load_promoted
 from kronos.models.base import Forecaster, retarget
-from kronos.nightly import load_calibrator
 
 
 def fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:

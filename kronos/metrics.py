@@ -9,10 +9,24 @@ without the suffix returns their mean.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special, stats
+
+BAND_SIGMAS = 3.29
+"""Standard deviations a p05..p95 band spans under normality (2 x 1.645)."""
+
+
+def sigma_from_band(p05: Any, p95: Any) -> Any:
+    """The standard deviation a p05..p95 band implies: ``(p95 - p05) / 3.29``.
+
+    Works on floats, numpy arrays and polars expressions alike; a band of
+    zero or negative width gives a sigma <= 0, which callers must refuse.
+    """
+    return (p95 - p05) / BAND_SIGMAS
+
 
 __all__ = [
     "coverage",
@@ -26,6 +40,7 @@ __all__ = [
     "mae",
     "pinball_loss",
     "pinball_losses",
+    "sigma_from_band",
 ]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from kronos.calibration import NightReport, OnlineCalibrator, write_json
+from kronos.calibration import NightReport, OnlineCalibrator, load_calibrator, write_json
 from kronos.config import CalibrationSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
@@ -50,28 +50,6 @@ def last_state_date(store: Store, model: str) -> date | None:
     return store.con.execute(
         'SELECT max("asof") FROM calibration_state WHERE model = ?', [model]
     ).fetchall()[0][0]
-
-
-def load_calibrator(
-    store: Store,
-    model: str,
-    asof: date,
-    symbols: list[str],
-    sectors: dict[str, str | None],
-    settings: CalibrationSettings,
-) -> tuple[OnlineCalibrator, date | None]:
-    """The calibrator as stored for the newest night at or before ``asof``."""
-    calibrator = OnlineCalibrator(symbols, sectors, settings)
-    day = store.con.execute(
-        'SELECT max("asof") FROM calibration_state WHERE model = ? AND "asof" <= ?',
-        [model, asof],
-    ).fetchall()[0][0]
-    if day is not None:
-        rows = store.con.sql(
-            'SELECT * FROM calibration_state WHERE model = ? AND "asof" = ?', params=[model, day]
-        ).pl()
-        calibrator.load_frame(rows)
-    return calibrator, day
 
 
 def _p_turbulent(store: Store, day: date) -> float | None:

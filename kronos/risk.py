@@ -51,11 +51,11 @@ import polars as pl
 from kronos.calendar import get_calendar
 from kronos.config import DataSettings, RiskSettings
 from kronos.data.store import Store
+from kronos.metrics import sigma_from_band
 
 Scope = Literal["symbol", "sector", "global", "headline"]
 SCOPES: tuple[Scope, ...] = ("global", "sector", "headline", "symbol")
 GLOBAL_KEY = "*"
-Z90 = 1.645  # standard normal 95% quantile: p05..p95 spans 2 * 1.645 sigma
 ORDER_SCHEMA = {"symbol": pl.String(), "qty_delta": pl.Float64(), "reason": pl.String()}
 
 
@@ -187,7 +187,7 @@ class FailSafeController:
         )
         _unique(real, ["symbol", "ts"], "realized returns")
         real = real.sort("symbol", "ts").with_columns(origin=pl.col("ts").shift(1).over("symbol"))
-        sigma = (pl.col("p95") - pl.col("p05")) / (2 * Z90)
+        sigma = sigma_from_band(pl.col("p05"), pl.col("p95"))
         return (
             real.join(fc, on=["symbol", "origin"], how="inner")
             .filter(sigma > 0)

@@ -13,8 +13,8 @@ from kronos.config import RiskSettings
 from kronos.data import loaders
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
-from kronos.decision import decide
-from kronos.portfolio import Account
+from kronos.decision.allocator import Account
+from kronos.decision.step import decide
 from kronos.risk import Breaker, session_close, trip
 
 
@@ -104,7 +104,7 @@ def test_decision_bench_reports_both_figures():
 
 
 def test_recording_a_retried_decision_stores_each_order_once(world, tmp_path):
-    from kronos.decision import record
+    from kronos.decision.step import record
 
     path, asof, _ = world
     copy = tmp_path / "k.duckdb"
@@ -129,7 +129,8 @@ def _decide_open(store, asof):
 
 
 def test_a_fresher_raw_forecast_beats_an_older_calibrated_one(world, tmp_path):
-    from kronos.decision import DecisionSettings, read_snapshot
+    from kronos.config import DecisionSettings
+    from kronos.decision.snapshot import read_snapshot
 
     path, asof, symbols = world
     copy = tmp_path / "k.duckdb"
@@ -157,8 +158,7 @@ def test_the_regime_encoders_reading_feeds_the_regime_switch(world, tmp_path):
     reading of a later session, or from a model trained later, is not seen."""
     from datetime import date
 
-    from kronos.config import StrategySettings
-    from kronos.decision import DecisionSettings
+    from kronos.config import DecisionSettings, StrategySettings
     from kronos.features.regime import regime_rows, write_regime
 
     path, asof, _ = world

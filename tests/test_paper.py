@@ -16,10 +16,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kronos.config import PolicySettings, RiskSettings, StrategySettings
+from kronos.config import DecisionSettings, PolicySettings, RiskSettings, StrategySettings
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
-from kronos.decision import DecisionSettings
 from kronos.execution.brokers.base import (
     AmbiguousOutcome,
     Broker,

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kronos.config import PolicySettings, StrategySettings
+from kronos.config import DecisionSettings, PolicySettings, StrategySettings
 from kronos.data.store import Store
-from kronos.decision import DecisionSettings
 from kronos.execution.brokers.alpaca import AlpacaBroker, AlpacaTradingSettings
-from kronos.execution.chaos import SECRET, ChaosConfig, market_frame, run_chaos
 from kronos.execution.paper import PaperConfig, PaperLoop
 from kronos.execution.reconcile import positions_from_fills
+from kronos.testing.chaos import SECRET, ChaosConfig, market_frame, run_chaos
 from kronos.testing.fake_alpaca import FakeAlpacaServer, FakeMarket, FaultConfig
 
 START = date(2022, 3, 1)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kronos.config import PolicySettings, PortfolioSettings
+from kronos.decision.allocator import Account, Allocation, allocate
+from kronos.decision.planner import DROPPED_SCHEMA, ORDERS_SCHEMA, TABLE_SCHEMA
 from kronos.execution import Plan, client_order_id, orders_table_rows, plan_orders
-from kronos.execution.planner import DROPPED_SCHEMA, ORDERS_SCHEMA, TABLE_SCHEMA
-from kronos.portfolio import Account, Allocation, allocate
 
 NAV = 100_000.0
 NOW = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)

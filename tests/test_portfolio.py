@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kronos.config import PortfolioSettings
-from kronos.portfolio import (
+from kronos.decision.allocator import (
     NO_SECTOR,
     Account,
     AllowAll,

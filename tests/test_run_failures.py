@@ -418,8 +418,8 @@ def test_paper_loop_fails_only_when_its_last_cycle_failed(paper_db):
 
     from kronos.data.store import Store
     from kronos.execution.brokers.alpaca import AlpacaBroker, AlpacaTradingSettings
-    from kronos.execution.chaos import market_frame
     from kronos.execution.paper import PaperConfig, PaperLoop
+    from kronos.testing.chaos import market_frame
     from kronos.testing.fake_alpaca import FakeAlpacaServer, FakeMarket
 
     with Store.open(paper_db) as store:

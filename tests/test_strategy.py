@@ -20,14 +20,18 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from kronos import strategy as S
 from kronos.config import StrategySettings
 from kronos.data import loaders, readers
 from kronos.data.ingest import ingest
 from kronos.data.readers import PointInTime
 from kronos.data.schema import TABLES
 from kronos.data.store import Store
-from kronos.strategy import BLEND, CONTRIBUTIONS, INPUT_SCHEMA, RegimeKnobs
+from kronos.decision import regime as R
+from kronos.decision import strategist as St
+from kronos.decision.regime import RegimeKnobs
+from kronos.decision.strategist import BLEND, CONTRIBUTIONS
+from kronos.features import strategist as F
+from kronos.features.strategist import INPUT_SCHEMA
 
 RTOL = 1e-12
 ON = RegimeKnobs("on", 10.0, 0.6, 0.1, "test: risk-on")
@@ -119,7 +123,7 @@ def test_blend_pinned_by_hand():
             {"symbol": "D", **dict.fromkeys(Z_COLS, -0.5)},
         ]
     )
-    out = S.score(f, OFF, strat())
+    out = St.score(f, OFF, strat())
     got = by_symbol(out, "score")
     want = {"A": 0.5, "B": 0.65, "C": 1.05, "D": -0.525}
     for sym, value in want.items():
@@ -138,7 +142,7 @@ def test_blend_pinned_by_hand():
 def test_tilts_follow_the_regime(knobs: RegimeKnobs, down: set[str]):
     sectors = ["Utilities", "Real Estate", "Information Technology", "Industrials", "Energy"]
     f = features([{"symbol": s[:4], "sector": s, "z_mom_s": 0.4} for s in sectors])
-    out = S.score(f, knobs, strat(strat_tilt=0.3))
+    out = St.score(f, knobs, strat(strat_tilt=0.3))
     for row in out.iter_rows(named=True):
         tilt = -0.3 if row["sector"] in down else 0.0
         assert row["c_tilt"] == tilt, row["sector"]
@@ -153,7 +157,7 @@ def test_contributions_sum_to_score():
         ]
     )
     for knobs in (ON, OFF):
-        out = S.score(f, knobs, strat())
+        out = St.score(f, knobs, strat())
         total = out.select(total=pl.sum_horizontal(CONTRIBUTIONS))["total"]
         assert (total - out["score"]).abs().max() == 0.0
         assert set(CONTRIBUTIONS) <= set(out.columns)
@@ -173,7 +177,7 @@ def test_universe_filters_keep_excluded_names_with_reasons():
             {"symbol": "EDGE", "market_cap": 10e9, "avg_dollar_vol_60d": 10e6},  # >= passes
         ]
     )
-    out = S.score(f, ON, strat())
+    out = St.score(f, ON, strat())
     assert out.height == 6
     eligible = by_symbol(out, "eligible")
     reason = by_symbol(out, "excluded_reason")
@@ -203,9 +207,9 @@ def test_turnaround_filter_needs_positive_momentum_and_revisions():
             {"symbol": "NULLREV", "mom_m": 0.1, "rev_eps_chg": None},
         ]
     )
-    off = S.score(f, ON, strat())
+    off = St.score(f, ON, strat())
     assert off["eligible"].all()
-    on = S.score(f, ON, strat(strat_enable_turnaround=True))
+    on = St.score(f, ON, strat(strat_enable_turnaround=True))
     reason = by_symbol(on, "excluded_reason")
     assert by_symbol(on, "eligible") == {
         "BOTH": True,
@@ -220,14 +224,14 @@ def test_turnaround_filter_needs_positive_momentum_and_revisions():
 
 def test_blocked_symbols_are_excluded_with_the_breaker_reason():
     f = features([{"symbol": "A"}, {"symbol": "B"}])
-    out = S.score(f, ON, strat(), blocked={"B": "residual z 5.1 > 4"})
+    out = St.score(f, ON, strat(), blocked={"B": "residual z 5.1 > 4"})
     assert by_symbol(out, "eligible") == {"A": True, "B": False}
     assert by_symbol(out, "excluded_reason")["B"] == "breaker: residual z 5.1 > 4"
 
 
 def test_duplicate_symbols_are_refused():
     with pytest.raises(ValueError, match="more than once"):
-        S.score(features([{"symbol": "A"}, {"symbol": "A"}]), ON, strat())
+        St.score(features([{"symbol": "A"}, {"symbol": "A"}]), ON, strat())
 
 
 # ---------------------------------------------------------------- forecast
@@ -247,7 +251,7 @@ def test_forecast_z_formula_and_optional_entry_into_the_score():
             "p95": [0.0329, 0.0100, 0.0329, 0.01],
         }
     )
-    plain = S.score(f, ON, strat(), fc)
+    plain = St.score(f, ON, strat(), fc)
     fz = by_symbol(plain, "forecast_z")
     assert math.isclose(fz["A"], 0.25, rel_tol=1e-9)
     assert math.isclose(fz["B"], -1.2, rel_tol=1e-9)
@@ -256,7 +260,7 @@ def test_forecast_z_formula_and_optional_entry_into_the_score():
     assert (plain["c_forecast"] == 0.0).all()
     assert all(math.isclose(v, 0.1, rel_tol=RTOL) for v in plain["score"])  # 0.5 * 0.2
 
-    used = S.score(f, ON, strat(strat_forecast_in_score=True, strat_forecast_weight=0.2), fc)
+    used = St.score(f, ON, strat(strat_forecast_in_score=True, strat_forecast_weight=0.2), fc)
     cf = by_symbol(used, "c_forecast")
     want = {"A": 0.2 * 0.25, "B": 0.2 * -1.2, "C": 0.2 * 3.0, "D": 0.0, "E": 0.0}
     for sym, value in want.items():
@@ -269,10 +273,10 @@ def test_forecasts_use_step_one_and_refuse_duplicates():
     fc = pl.DataFrame(
         {"symbol": ["A", "A"], "step": [1, 2], "p05": [-0.02, -0.2], "p50": [0.01, 0.5]}
     ).with_columns(p95=-pl.col("p05"))
-    out = S.score(f, ON, strat(), fc)
+    out = St.score(f, ON, strat(), fc)
     assert math.isclose(out["forecast_z"][0], 0.01 / (0.04 / 3.29), rel_tol=1e-12)
     with pytest.raises(ValueError, match="duplicated"):
-        S.score(f, ON, strat(), fc.drop("step"))
+        St.score(f, ON, strat(), fc.drop("step"))
 
 
 # ---------------------------------------------------------------- standardize
@@ -292,7 +296,7 @@ def test_standardize_zscores_nulls_and_missing():
             {"symbol": "D", "mom_s": None, "sentiment": float("nan"), "rating": 0.5},
         ]
     )
-    out = S.standardize(frame)
+    out = St.standardize(frame)
     assert out["z_mom_s"].to_list() == [-1.0, 0.0, 1.0, 0.0]
     # quality_raw: A mean(1, -1) = 0; B 3; C -2; D none.
     assert out["quality_raw"].to_list() == [0.0, 3.0, -2.0, None]
@@ -315,7 +319,7 @@ def test_standardize_clips_at_three():
     # 19 zeros and a one: mean 0.05, sample sd sqrt((19 * 0.0025 + 0.9025) / 19) = sqrt(0.05);
     # the one is (0.95 / 0.2236) = 4.249 sd out, clipped to 3; zeros are -0.05 / 0.2236.
     frame = inputs([{"symbol": f"S{i:02d}", "mom_m": 1.0 if i == 0 else 0.0} for i in range(20)])
-    z = S.standardize(frame)["z_mom_m"].to_list()
+    z = St.standardize(frame)["z_mom_m"].to_list()
     assert z[0] == 3.0
     assert all(math.isclose(v, -0.05 / math.sqrt(0.05), rel_tol=RTOL) for v in z[1:])
 
@@ -347,7 +351,7 @@ def test_zscore_is_the_polars_expression_bit_for_bit(values):
         .to_series()
         .to_numpy()
     )
-    assert S._zscore(x).tobytes() == expected.tobytes()
+    assert St._zscore(x).tobytes() == expected.tobytes()
 
 
 # ---------------------------------------------------------------- regime
@@ -371,28 +375,28 @@ def test_regime_risk_on_when_breadth_and_revisions_are_strong():
         [-1.0, 0.2, 0.3, 0.5, 2.0, -3.0, -3.0],
         [big] * 5 + [small] * 2,
     )
-    k = S.regime(frame, strat())
+    k = R.regime(frame, strat())
     assert k.risk_regime == "on" and k.threshold_bps == 10.0
     assert math.isclose(k.breadth, 0.6, rel_tol=RTOL)
     assert math.isclose(k.median_z_rev, 0.3, rel_tol=RTOL)
     assert "risk-on" in k.reason and "breadth 0.600" in k.reason
     # The same breadth below a higher bar: risk-off with the off threshold.
-    k_off = S.regime(frame, strat(strat_breadth_on=0.61, strat_threshold_bps_off=25))
+    k_off = R.regime(frame, strat(strat_breadth_on=0.61, strat_threshold_bps_off=25))
     assert k_off.risk_regime == "off" and k_off.threshold_bps == 25.0
 
 
 def test_regime_risk_off_on_weak_breadth_or_negative_revisions():
     big = 20e9
     weak = regime_inputs([0.1, -0.2, -0.1, None], [1.0, 1.0, 1.0, 1.0], [big] * 4)
-    k = S.regime(weak, strat())
+    k = R.regime(weak, strat())
     assert k.risk_regime == "off" and k.threshold_bps == 20.0
     assert math.isclose(k.breadth, 1 / 3, rel_tol=RTOL)  # the null mom_60 is not counted
     neg = regime_inputs([0.1, 0.2, 0.3], [-0.5, -0.1, 0.4], [big] * 3)
-    k = S.regime(neg, strat())
+    k = R.regime(neg, strat())
     assert k.breadth == 1.0 and math.isclose(k.median_z_rev, -0.1, rel_tol=RTOL)
     assert k.risk_regime == "off"
     none = regime_inputs([0.1], [1.0], [1e9])
-    k = S.regime(none, strat())
+    k = R.regime(none, strat())
     assert k.risk_regime == "off" and k.breadth is None and k.median_z_rev is None
 
 
@@ -400,13 +404,13 @@ def test_regime_of_a_price_only_universe_follows_breadth():
     # no market caps, no z_rev (skfolio's prices): with the size filter off,
     # every name counts and breadth alone decides
     strong = regime_inputs([0.1, 0.2, -0.1], [None, None, None], [None, None, None])
-    k = S.regime(strong, strat(strat_min_market_cap=0))
+    k = R.regime(strong, strat(strat_min_market_cap=0))
     assert k.risk_regime == "on" and math.isclose(k.breadth, 2 / 3, rel_tol=RTOL)
     assert k.median_z_rev is None and "median z_rev unknown" in k.reason
     weak = regime_inputs([0.1, -0.2, -0.1], [None, None, None], [None, None, None])
-    assert S.regime(weak, strat(strat_min_market_cap=0)).risk_regime == "off"
+    assert R.regime(weak, strat(strat_min_market_cap=0)).risk_regime == "off"
     # with the filter on, names without a market cap are not large caps
-    assert S.regime(strong, strat()).breadth is None
+    assert R.regime(strong, strat()).breadth is None
 
 
 def test_a_turbulent_reading_of_the_regime_encoder_forces_risk_off():
@@ -414,25 +418,25 @@ def test_a_turbulent_reading_of_the_regime_encoder_forces_risk_off():
 
     big = 20e9
     strong = regime_inputs([0.1, 0.2, 0.3], [0.5, 0.1, 0.4], [big] * 3)
-    assert S.regime(strong, strat()).risk_regime == "on"
+    assert R.regime(strong, strat()).risk_regime == "on"
 
     def reading(p: float) -> RegimeReading:
         return RegimeReading(date(2024, 1, 2), 0.0, 1 - p, p, "regime", "v1")
 
-    calm = S.regime(strong, strat(), reading(0.49))
+    calm = R.regime(strong, strat(), reading(0.49))
     assert calm.risk_regime == "on" and calm.p_turbulent == 0.49
     assert "p_turbulent 0.490 on 2024-01-02 (off at >= 0.5)" in calm.reason
-    rough = S.regime(strong, strat(), reading(0.5))  # at the threshold: off
+    rough = R.regime(strong, strat(), reading(0.5))  # at the threshold: off
     assert rough.risk_regime == "off" and rough.threshold_bps == 20.0
-    assert S.regime(strong, strat(strat_turbulent_off=1.01), reading(1.0)).risk_regime == "on"
+    assert R.regime(strong, strat(strat_turbulent_off=1.01), reading(1.0)).risk_regime == "on"
     # a calm reading never turns a weak market risk-on
     weak = regime_inputs([0.1, -0.2, -0.1], [1.0, 1.0, 1.0], [big] * 3)
-    assert S.regime(weak, strat(), reading(0.0)).risk_regime == "off"
+    assert R.regime(weak, strat(), reading(0.0)).risk_regime == "off"
 
 
 def test_knob_rows():
     k = RegimeKnobs("on", 10.0, 0.6, None, "why")
-    rows = S.knob_rows(k, date(2024, 1, 2), "run-1")
+    rows = R.knob_rows(k, date(2024, 1, 2), "run-1")
     assert rows["knob"].to_list() == [
         "risk_regime",
         "threshold_bps",
@@ -460,8 +464,8 @@ def test_recommendations_top_k_order_side_and_json():
             {"symbol": "F"},  # 0.0
         ]
     )
-    scored = S.score(f, OFF, strat())
-    recs = S.recommendations(scored, date(2024, 6, 3), strat(strat_reco_topk=5), "run-9")
+    scored = St.score(f, OFF, strat())
+    recs = St.recommendations(scored, date(2024, 6, 3), strat(strat_reco_topk=5), "run-9")
     assert recs["symbol"].to_list() == ["B", "A", "E", "F", "D"]
     assert recs["rank"].to_list() == [1, 2, 3, 4, 5]
     assert recs["side"].to_list() == ["buy", "buy", "buy", "hold", "sell"]
@@ -473,7 +477,7 @@ def test_recommendations_top_k_order_side_and_json():
         src = scored.filter(pl.col("symbol") == row["symbol"]).row(0, named=True)
         assert c == {k: src[k] for k in CONTRIBUTIONS}
         assert math.isclose(sum(c.values()), row["score"], rel_tol=RTOL, abs_tol=1e-15)
-    top2 = S.recommendations(scored, date(2024, 6, 3), strat(strat_reco_topk=2))
+    top2 = St.recommendations(scored, date(2024, 6, 3), strat(strat_reco_topk=2))
     assert top2["symbol"].to_list() == ["B", "A"] and top2["run_id"].to_list() == [None, None]
 
 
@@ -529,12 +533,12 @@ def test_properties_contributions_sum_and_excluded_never_recommended(
         strat_forecast_in_score=use_forecast,
         strat_min_market_cap=min_cap,
     )
-    scored = S.score(f, ON if regime_on else OFF, cfg, fc)
+    scored = St.score(f, ON if regime_on else OFF, cfg, fc)
     c = scored.select(CONTRIBUTIONS).to_numpy()
     assert scored.height == len(rows)
     assert abs(c.sum(axis=1) - scored["score"].to_numpy()).max() <= 1e-12
     assert (scored["eligible"] == scored["excluded_reason"].is_null()).all()
-    recs = S.recommendations(scored, date(2024, 1, 2), cfg)
+    recs = St.recommendations(scored, date(2024, 1, 2), cfg)
     excluded = set(scored.filter(~pl.col("eligible"))["symbol"])
     assert not excluded & set(recs["symbol"])
     n_ok = scored["eligible"].sum()
@@ -550,7 +554,7 @@ def test_properties_contributions_sum_and_excluded_never_recommended(
 @given(st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6)), min_size=1, max_size=30))
 def test_property_standardized_values_are_bounded_and_never_null(values):
     frame = inputs([{"symbol": f"S{i}", "sentiment": v} for i, v in enumerate(values)])
-    z = S.standardize(frame)["z_sentiment"]
+    z = St.standardize(frame)["z_sentiment"]
     assert z.null_count() == 0 and z.is_finite().all()
     assert z.abs().max() <= 3.0
     assert (z.filter(frame["sentiment"].is_null()) == 0.0).all()
@@ -570,7 +574,7 @@ def test_combine_revisions_falls_back_to_local_estimates():
             "z_rev_local": [2.0, -0.7, None],
         }
     )
-    out = S.combine_revisions(view, local).sort("symbol")
+    out = F.combine_revisions(view, local).sort("symbol")
     assert out.rows() == [
         ("A", 1.5, 0.1, "fmp_revisions_cs"),
         ("B", -0.7, -0.05, "local_estimates"),
@@ -601,7 +605,7 @@ def test_local_revisions_by_hand():
         schema=est,
         orient="row",
     )
-    out = S.local_revisions(now, prev, date(2024, 5, 15)).sort("symbol")
+    out = F.local_revisions(now, prev, date(2024, 5, 15)).sort("symbol")
     # A: (1.10 - 1.00) / 1.00 = 0.1; B: (-0.004 - 0.001) / max(0.001, 0.01) = -0.5
     got = by_symbol(out, "rev_eps_local")
     assert math.isclose(got["A"], 0.1, rel_tol=1e-12)
@@ -629,7 +633,7 @@ def synthetic_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def asof_inputs(synthetic_db: Path) -> pl.DataFrame:
     with Store.open(synthetic_db, read_only=True) as s:
-        return S.strategist_inputs(s, ASOF, None, strat())
+        return F.strategist_inputs(s, ASOF, None, strat())
 
 
 def test_inputs_on_the_synthetic_store(synthetic_db: Path, asof_inputs: pl.DataFrame):
@@ -664,7 +668,7 @@ def test_inputs_on_the_synthetic_store(synthetic_db: Path, asof_inputs: pl.DataF
 def test_local_revisions_reproduce_fmp_revisions_cs(synthetic_db: Path):
     with Store.open(synthetic_db, read_only=True) as s:
         cutoff = PointInTime.at(ASOF).cutoff
-        local = S.local_revisions(
+        local = F.local_revisions(
             readers.estimates(s, ASOF), readers.estimates(s, cutoff - timedelta(days=30)), ASOF
         )
         view = readers.revisions(s, ASOF)
@@ -680,7 +684,7 @@ def test_inputs_are_point_in_time(synthetic_db: Path, tmp_path: Path, asof_input
     shutil.copy(synthetic_db, path)
     later = datetime(2002, 6, 17, 14, tzinfo=UTC)  # the Monday after ASOF
     with Store.open(path) as s:
-        assert_frame_equal(S.strategist_inputs(s, ASOF, None, strat()), asof_inputs)
+        assert_frame_equal(F.strategist_inputs(s, ASOF, None, strat()), asof_inputs)
 
         def reingest(table: str, sql: str) -> None:
             ingest(s, table, [s.con.sql(sql).pl()], source="test", origin="test")
@@ -728,8 +732,8 @@ def test_inputs_are_point_in_time(synthetic_db: Path, tmp_path: Path, asof_input
             "SELECT * REPLACE (-senti_mean AS senti_mean) FROM social_features "
             f"WHERE ts > TIMESTAMPTZ '{PointInTime.at(ASOF).cutoff}'",
         )
-        after = S.strategist_inputs(s, ASOF, None, strat())
-        seen_later = S.strategist_inputs(s, date(2002, 6, 18), None, strat())
+        after = F.strategist_inputs(s, ASOF, None, strat())
+        seen_later = F.strategist_inputs(s, date(2002, 6, 18), None, strat())
     assert_frame_equal(after, asof_inputs)
     # The changes are real: a day later they show.
     assert set(seen_later["sector"]) == {"Utilities"}
@@ -741,36 +745,36 @@ def test_writers_are_idempotent_per_asof(store: Store):
     f = features([{"symbol": s, "z_mom_s": v} for s, v in (("A", 1.0), ("B", -1.0), ("C", 0.5))])
     cfg = strat(strat_reco_topk=3)
     day1, day2 = date(2024, 6, 3), date(2024, 6, 4)
-    recos1 = S.recommendations(S.score(f, ON, cfg), day1, cfg, "r1")
-    recos2 = S.recommendations(S.score(f, ON, cfg), day2, cfg, "r2")
+    recos1 = St.recommendations(St.score(f, ON, cfg), day1, cfg, "r1")
+    recos2 = St.recommendations(St.score(f, ON, cfg), day2, cfg, "r2")
 
     def stored(table: str) -> pl.DataFrame:
         return store.con.sql(f'SELECT * FROM {table} ORDER BY "asof", 2').pl()
 
-    assert S.write_recos(store, recos1) == 3
-    assert S.write_recos(store, recos2) == 3
+    assert St.write_recos(store, recos1) == 3
+    assert St.write_recos(store, recos2) == 3
     first = stored("strategist_recos")
-    assert S.write_recos(store, recos1) == 3  # same day again: replaced, not duplicated
+    assert St.write_recos(store, recos1) == 3  # same day again: replaced, not duplicated
     assert_frame_equal(stored("strategist_recos"), first)
     assert first.height == 6
     assert json.loads(first["contributions"][0])["c_mom_s"] == 0.5
 
     # A re-run of day 1 with fewer names replaces all of day 1 and leaves day 2 alone.
     one = strat(strat_reco_topk=1)
-    fewer = S.recommendations(S.score(f, ON, one), day1, one, "r3")
-    S.write_recos(store, fewer)
+    fewer = St.recommendations(St.score(f, ON, one), day1, one, "r3")
+    St.write_recos(store, fewer)
     now = stored("strategist_recos")
     assert now.filter(pl.col("run_id") == "r3")["symbol"].to_list() == ["A"]
     assert set(now["run_id"]) == {"r2", "r3"} and now.height == 4
     # An empty re-run clears its day when told which day it is.
-    assert S.write_recos(store, fewer.clear(), asof=day2) == 0
+    assert St.write_recos(store, fewer.clear(), asof=day2) == 0
     assert stored("strategist_recos")["run_id"].to_list() == ["r3"]
 
-    knobs = S.knob_rows(ON, day1, "r1")
-    S.write_knobs(store, knobs)
-    S.write_knobs(store, knobs)
+    knobs = R.knob_rows(ON, day1, "r1")
+    R.write_knobs(store, knobs)
+    R.write_knobs(store, knobs)
     assert stored("policy_knobs").height == 5
-    S.write_knobs(store, S.knob_rows(OFF, day1, "r2"))
+    R.write_knobs(store, R.knob_rows(OFF, day1, "r2"))
     k = stored("policy_knobs")
     assert dict(zip(k["knob"], k["value"], strict=True))["risk_regime"] == "off"
     assert set(k["run_id"]) == {"r2"} and k.height == 5
@@ -778,23 +782,23 @@ def test_writers_are_idempotent_per_asof(store: Store):
 
 def test_writer_rolls_back_on_error(store: Store):
     cfg = strat()
-    recos = S.recommendations(S.score(features([{"symbol": "A"}]), ON, cfg), ASOF, cfg)
-    S.write_recos(store, recos)
+    recos = St.recommendations(St.score(features([{"symbol": "A"}]), ON, cfg), ASOF, cfg)
+    St.write_recos(store, recos)
     bad = recos.with_columns(contributions=pl.lit("{not json"))
     with pytest.raises(Exception, match=r"(?i)json"):
-        S.write_recos(store, bad)
+        St.write_recos(store, bad)
     assert store.con.sql("SELECT count(*) FROM strategist_recos").fetchall() == [(1,)]
 
 
 def test_empty_store_gives_empty_frames_all_the_way(store: Store):
-    inp = S.strategist_inputs(store, ASOF, None, strat())
+    inp = F.strategist_inputs(store, ASOF, None, strat())
     assert inp.height == 0 and inp.schema == pl.Schema(INPUT_SCHEMA)
-    k = S.regime(inp, strat())
+    k = R.regime(inp, strat())
     assert k.risk_regime == "off" and k.breadth is None
-    scored = S.score(S.standardize(inp), k, strat())
-    recs = S.recommendations(scored, ASOF, strat())
-    assert recs.height == 0 and recs.schema == pl.Schema(S.RECO_SCHEMA)
-    assert S.write_recos(store, recs) == 0
+    scored = St.score(St.standardize(inp), k, strat())
+    recs = St.recommendations(scored, ASOF, strat())
+    assert recs.height == 0 and recs.schema == pl.Schema(St.RECO_SCHEMA)
+    assert St.write_recos(store, recs) == 0
 
 
 def test_inputs_on_a_hand_made_store(store: Store):
@@ -883,7 +887,7 @@ def test_inputs_on_a_hand_made_store(store: Store):
             },
         ],
     )
-    inp = S.strategist_inputs(store, asof, None, strat(strat_mom_short_days=5))
+    inp = F.strategist_inputs(store, asof, None, strat(strat_mom_short_days=5))
     aaa = inp.filter(pl.col("symbol") == "AAA").row(0, named=True)
     stale = inp.filter(pl.col("symbol") == "OLD").row(0, named=True)
     assert inp["symbol"].to_list() == ["AAA", "OLD"]
@@ -894,7 +898,7 @@ def test_inputs_on_a_hand_made_store(store: Store):
     assert aaa["rating"] == 1.0 and stale["rating"] == -0.5
     assert aaa["market_cap"] == 20e9 and aaa["sector"] == "Utilities"  # profile fallbacks
     assert aaa["z_roe"] is None and aaa["revisions"] is None and aaa["avg_dollar_vol_60d"] is None
-    assert S.standardize(inp)["missing"][0] == "mom_m,quality,revisions"
+    assert St.standardize(inp)["missing"][0] == "mom_m,quality,revisions"
 
 
 def test_prefetched_histories_give_the_same_inputs(tmp_path):
@@ -916,12 +920,12 @@ def test_prefetched_histories_give_the_same_inputs(tmp_path):
             [symbols[0]],
         )
         end = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
-        pre = S.prefetch(store, symbols, end)
+        pre = F.prefetch(store, symbols, end)
         for asof in (end - timedelta(days=500), end - timedelta(days=200), end):
             for names in (symbols, None):
-                a = S.strategist_inputs(store, asof, names)
-                b = S.strategist_inputs(store, asof, names, prefetched=pre)
+                a = F.strategist_inputs(store, asof, names)
+                b = F.strategist_inputs(store, asof, names, prefetched=pre)
                 # the factor z-scores come from DuckDB's parallel sums: equal to ~1 ulp
                 assert_frame_equal(a, b, rel_tol=1e-12, abs_tol=1e-15)
-        restated = S.strategist_inputs(store, end, symbols[:1], prefetched=pre)
+        restated = F.strategist_inputs(store, end, symbols[:1], prefetched=pre)
         assert restated["sector"].to_list() == ["Utilities"]

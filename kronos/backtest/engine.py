@@ -7,7 +7,7 @@ For each session of the test window, in order:
    never fills; a limit order fills only when the bar's price is at or inside
    its limit (bracket exits are not simulated: the entry is the order);
 2. the book is marked at the close;
-3. on a rebalance session, the decision step (:func:`kronos.decision.decide_from`,
+3. on a rebalance session, the decision step (:func:`kronos.decision.step.decide_from`,
    the same function the paper loop calls) runs on a snapshot of that
    session's close: strategist inputs read from the store point in time, the
    fold model's calibrated step-1 forecasts from this session, the breakers
@@ -36,13 +36,16 @@ from kronos.backtest.market import Market
 from kronos.backtest.monitor import Quantiles
 from kronos.backtest.result import FILLS_SCHEMA, ORDERS_SCHEMA
 from kronos.calendar import day_of_week, period_key
+from kronos.config import DecisionSettings
 from kronos.data.store import Store
-from kronos.decision import Decision, DecisionSettings, Snapshot, decide_from, run_id_for
+from kronos.decision.allocator import Account
+from kronos.decision.snapshot import Snapshot
+from kronos.decision.step import Decision, decide_from, run_id_for
+from kronos.decision.strategist import CONTRIBUTIONS
 from kronos.execution.fills import Book, FillRules, fill_orders, limit_fills, within_cash
 from kronos.features.regime import has_regime, latest_regime
-from kronos.portfolio import Account
+from kronos.features.strategist import REFERENCE_READS, strategist_inputs
 from kronos.risk import Breaker, session_close
-from kronos.strategy import CONTRIBUTIONS, REFERENCE_READS, strategist_inputs
 
 Progress = Callable[[str], None]
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from kronos.data import readers
 from kronos.data.store import Store
-from kronos.strategy import Prefetched, prefetch
+from kronos.features.strategist import Prefetched, prefetch
 
 # reference dataset of the strategist -> (table, column that must be present)
 _REFERENCE_TABLES = {

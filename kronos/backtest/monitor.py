@@ -23,7 +23,8 @@ from kronos.calibration import OnlineCalibrator
 from kronos.config import CalibrationSettings, DataSettings, RiskSettings
 from kronos.data import readers
 from kronos.data.store import Store
-from kronos.risk import Z90, Breaker, FailSafeController
+from kronos.metrics import sigma_from_band
+from kronos.risk import Breaker, FailSafeController
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def failsafe(
     and the headline counts known at that session's close.
     """
     ctl = FailSafeController(settings, data_settings)
-    sigma = (calibrated.p95 - calibrated.p05) / (2 * Z90)
+    sigma = sigma_from_band(calibrated.p05, calibrated.p95)
     z = np.full(y.shape, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         z[1:] = np.where(sigma[:-1] > 0, (y[1:] - calibrated.p50[:-1]) / sigma[:-1], np.nan)

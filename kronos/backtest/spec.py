@@ -32,6 +32,7 @@ from kronos.backtest.splits import Retrain, WalkForward
 from kronos.config import (
     CalibrationSettings,
     DataSettings,
+    DecisionSettings,
     PolicySettings,
     PortfolioSettings,
     RiskSettings,
@@ -39,7 +40,6 @@ from kronos.config import (
     config_hash,
     did_you_mean,
 )
-from kronos.decision import DecisionSettings
 from kronos.models.registry import FORECASTERS
 
 S = TypeVar("S", bound=BaseSettings)

@@ -23,11 +23,13 @@ import numpy as np
 import polars as pl
 
 from kronos.calendar import Calendar, get_calendar
+from kronos.config import DecisionSettings
 from kronos.data import loaders
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
-from kronos.decision import DecisionSettings, decide, decide_from, read_snapshot, run_id_for
-from kronos.portfolio import Account
+from kronos.decision.allocator import Account
+from kronos.decision.snapshot import read_snapshot
+from kronos.decision.step import decide, decide_from, run_id_for
 from kronos.risk import session_close
 
 TARGET_MEMORY_S = 0.050

@@ -53,11 +53,11 @@ def backtest(
 ) -> None:
     """Run a walk-forward backtest spec: report, frames and an MLflow run per variant."""
     from kronos.backtest.executor import map_calls
-    from kronos.backtest.record import EXPERIMENT, log_backtest
     from kronos.backtest.report import write_frames, write_report
     from kronos.backtest.result import STAT_NAMES
     from kronos.backtest.run import run_on_db
     from kronos.backtest.spec import SpecError, expand_sweep, parse_spec, read_spec_file, to_yaml
+    from kronos.runner.backtest_record import EXPERIMENT, log_backtest
     from kronos.tracking import mlflow_run
 
     if executor not in ("local", "ray"):

@@ -312,7 +312,7 @@ def paper_chaos(
     Works on a copy of the store. Prints orders placed, duplicates (target 0),
     position mismatches after reconciliation (target 0) and cycles completed.
     """
-    from kronos.execution.chaos import ChaosConfig, result_dict, run_chaos
+    from kronos.testing.chaos import ChaosConfig, result_dict, run_chaos
 
     try:
         first = date.fromisoformat(start)

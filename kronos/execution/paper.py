@@ -11,7 +11,7 @@ One :meth:`PaperLoop.cycle`:
    broker's clock. Its first cycle stores the model's forecasts for it when
    none are stored (the promoted artifact, or the fallback fitted on the
    first session's data, loaded once per loop), evaluates the fail-safe
-   controller (trips breakers), runs :func:`kronos.decision.decide` on the
+   controller (trips breakers), runs :func:`kronos.decision.step.decide` on the
    broker's positions and account, and records the planned orders under the
    deterministic run id of (account, session): every later cycle of that
    session, in this process or after a restart, finds them and does not
@@ -44,10 +44,12 @@ from typing import Protocol
 
 import polars as pl
 
-from kronos.config import CalibrationSettings, StrategySettings
+from kronos.config import CalibrationSettings, DecisionSettings, StrategySettings
 from kronos.data import readers
 from kronos.data.store import Store
-from kronos.decision import DecisionSettings, decide, record, run_id_for
+from kronos.decision.allocator import Account
+from kronos.decision.planner import client_order_id
+from kronos.decision.step import decide, record, run_id_for
 from kronos.execution.brokers.base import (
     AmbiguousOutcome,
     Broker,
@@ -59,7 +61,6 @@ from kronos.execution.brokers.base import (
     OrderRejected,
     OrderRequest,
 )
-from kronos.execution.planner import client_order_id
 from kronos.execution.reconcile import (
     Reconciled,
     follow_fills,
@@ -70,7 +71,6 @@ from kronos.execution.reconcile import (
 from kronos.features.returns import returns_panel
 from kronos.forecasting import fallback, forecast_with, store_forecasts
 from kronos.models.artifacts import Loaded, load_promoted
-from kronos.portfolio import Account
 from kronos.risk import FailSafeController, active_breakers, panic_exit_orders, trip
 
 __all__ = [

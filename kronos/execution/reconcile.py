@@ -52,7 +52,7 @@ QTY_TOLERANCE = 1e-9
 
 
 def run_prefix(account: str) -> str:
-    """Run ids of this account's decisions start with this (``kronos.decision.run_id_for``)."""
+    """Run ids of this account's decisions start with this (``kronos.decision.step.run_id_for``)."""
     return f"paper-{account}-"
 
 

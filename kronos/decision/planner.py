@@ -1,6 +1,6 @@
 """Order planner and policy gates (whitepaper sections 7, 8 and 11).
 
-Pure: an :class:`~kronos.portfolio.Allocation` and the book in, a :class:`Plan`
+Pure: an :class:`~kronos.decision.allocator.Allocation` and the book in, a :class:`Plan`
 out; no store, no clock (``now`` is passed in). Settings come from
 :class:`kronos.config.PortfolioSettings` (``PT_*``) and
 :class:`kronos.config.PolicySettings` (``POLICY_*``, ``PLANNER_*``). Notionals are
@@ -72,7 +72,7 @@ import numpy as np
 import polars as pl
 
 from kronos.config import PolicySettings, PortfolioSettings
-from kronos.portfolio import (
+from kronos.decision.allocator import (
     Account,
     Allocation,
     check_positions,
@@ -85,8 +85,8 @@ from kronos.portfolio import (
     take,
     take_list,
 )
+from kronos.metrics import sigma_from_band
 
-SIGMA_WIDTH = 3.29  # p05..p95 spans 2 * 1.645 standard deviations
 QS = ("p05", "p50", "p95")
 _EPS = 1e-9
 ORDERS_SCHEMA = {
@@ -327,7 +327,7 @@ def plan_orders(
     want = np.where(has_target, tw * nav - cur_val, 0.0)
     buy = want > 0
     exit_ = has_target & (tw <= 0) & (held > 0)
-    sigma = (p95 - p05) / SIGMA_WIDTH
+    sigma = sigma_from_band(p05, p95)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(sigma > 0, p50 / sigma, np.nan)
     interval_s = policy.policy_min_trade_interval_secs

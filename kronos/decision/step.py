@@ -10,60 +10,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 import polars as pl
 
 from kronos.config import (
-    DataSettings,
-    PolicySettings,
-    PortfolioSettings,
-    RiskSettings,
-    StrategySettings,
+    DecisionSettings,
 )
-from kronos.data import readers
 from kronos.data.store import Store
-from kronos.execution.planner import Plan, orders_table_rows, plan_orders
-from kronos.features.regime import RegimeReading, latest_regime
-from kronos.portfolio import Account, Allocation, Reviewer, allocate, check_unique
-from kronos.risk import Breaker, active_breakers, blocked_symbols, session_close
-from kronos.strategy import (
-    RegimeKnobs,
-    knob_rows,
-    recommendations,
-    regime,
-    score,
-    standardize,
-    strategist_inputs,
-    write_knobs,
-    write_recos,
-)
-
-
-@dataclass(frozen=True)
-class DecisionSettings:
-    """Every setting the decision step reads, each from its own environment names."""
-
-    strategy: StrategySettings = field(default_factory=StrategySettings)
-    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    risk: RiskSettings = field(default_factory=RiskSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What the decision reads from the store, as known at the decision time."""
-
-    asof: date
-    inputs: pl.DataFrame  # strategist inputs, one row per symbol
-    forecasts: pl.DataFrame  # symbol, p05, p50, p95 (step 1)
-    calibrated: bool
-    breakers: list[Breaker]
-    prices: pl.DataFrame  # symbol, price
-    last_trade_at: Mapping[str, datetime]
-    regime: RegimeReading | None = None  # the regime encoder's newest reading, if stored
+from kronos.decision.allocator import Account, Allocation, Reviewer, allocate, check_unique
+from kronos.decision.planner import Plan, orders_table_rows, plan_orders
+from kronos.decision.regime import RegimeKnobs, knob_rows, regime, write_knobs
+from kronos.decision.snapshot import Snapshot, read_snapshot
+from kronos.decision.strategist import recommendations, score, standardize, write_recos
+from kronos.risk import blocked_symbols, session_close
 
 
 @dataclass(frozen=True)
@@ -91,54 +52,6 @@ def run_id_for(asof: date, label: str = "decision") -> str:
     """A deterministic run id for a decision date (so retries reuse order ids)."""
     return (
         f"{label}-{asof.isoformat()}-" + hashlib.sha256(f"{label}|{asof}".encode()).hexdigest()[:8]
-    )
-
-
-def read_snapshot(
-    store: Store,
-    asof: date,
-    model: str,
-    settings: DecisionSettings,
-    now: datetime,
-    symbols: list[str] | None = None,
-) -> Snapshot:
-    """Read every input of the decision at ``asof`` (nothing known later)."""
-    inputs = strategist_inputs(store, asof, symbols, settings.strategy, data_settings=settings.data)
-    # the newest origin wins; at that origin calibrated rows are preferred (an
-    # older calibrated forecast never beats a fresher raw one)
-    forecasts, calibrated, newest = pl.DataFrame(), False, None
-    for want in (True, False):
-        rows = readers.forecasts(store, asof, model=model, calibrated=want)
-        rows = rows.filter((pl.col("asof") == pl.col("asof").max()) & (pl.col("step") == 1))
-        if rows.height and (newest is None or rows["asof"][0] > newest):
-            forecasts, calibrated = rows.select("symbol", "p05", "p50", "p95"), want
-            newest = rows["asof"][0]
-    if forecasts.is_empty():
-        forecasts = pl.DataFrame(
-            schema={"symbol": pl.String, "p05": pl.Float64, "p50": pl.Float64, "p95": pl.Float64}
-        )
-    last = readers.prices(
-        store,
-        asof,
-        inputs["symbol"].to_list(),
-        start=asof - timedelta(days=14),
-        settings=settings.data,
-    )
-    prices = last.group_by("symbol").agg(
-        pl.col("close").fill_null(pl.col("adj_close")).sort_by("ts").last().alias("price")
-    )
-    fills = store.con.execute(
-        "SELECT symbol, max(filled_at) FROM fills WHERE filled_at <= ? GROUP BY symbol", [now]
-    ).fetchall()
-    return Snapshot(
-        asof,
-        inputs,
-        forecasts,
-        calibrated,
-        active_breakers(store, now),
-        prices,
-        dict(fills),
-        latest_regime(store, asof),
     )
 
 
