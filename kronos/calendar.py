@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kronos.config import did_you_mean
-from kronos.errors import KronosError
+from kronos.errors import ConfigError
 
 if TYPE_CHECKING:
     import exchange_calendars as xcals
@@ -36,7 +36,7 @@ LAST = date(2035, 12, 31)
 _ALIASES = {"none": "24/7", "24/7": "24/7", "always": "24/7"}
 
 
-class CalendarError(KronosError):
+class CalendarError(ConfigError):
     """An unknown calendar name, or a date outside the calendar's range."""
 
 

@@ -47,6 +47,7 @@ import polars as pl
 
 from kronos.config import CalibrationSettings
 from kronos.data.store import Store
+from kronos.errors import InputError
 from kronos.metrics import sigma_from_band
 from kronos.models.evaluation import realized
 
@@ -69,10 +70,10 @@ class OnlineCalibrator:
     def __init__(
         self,
         symbols: Sequence[str],
-        sectors: Mapping[str, str | None] | None = None,
-        settings: CalibrationSettings | None = None,
+        sectors: Mapping[str, str | None] | None,
+        settings: CalibrationSettings,
     ) -> None:
-        self.settings = settings or CalibrationSettings()
+        self.settings = settings
         self.symbols = list(symbols)
         sectors = sectors or {}
         self.sector_of = [sectors.get(s) or "Unknown" for s in self.symbols]
@@ -209,12 +210,7 @@ class OnlineCalibrator:
         out = forecasts.join(lookup, on="symbol", how="left").with_columns(
             pl.col("_b").fill_null(self.bias_[n + k]), pl.col("_s").fill_null(self.scale_[n + k])
         )
-        mid = pl.col("p50") + pl.col("_b")
-        return out.with_columns(
-            p05=mid - (pl.col("p50") - pl.col("p05")) * pl.col("_s"),
-            p95=mid + (pl.col("p95") - pl.col("p50")) * pl.col("_s"),
-            p50=mid,
-        ).select(forecasts.columns)
+        return _shift_scale(out, "_b", "_s").select(forecasts.columns)
 
     # ------------------------------------------------------------------ persistence
 
@@ -260,16 +256,21 @@ class OnlineCalibrator:
 
     @classmethod
     def from_json(
-        cls, document: dict, settings: CalibrationSettings | None = None
+        cls, document: dict, settings: CalibrationSettings
     ) -> tuple[OnlineCalibrator, str, date]:
         """Rebuild a calibrator from :meth:`to_json`; returns (calibrator, model, asof)."""
         for field in ("model", "asof", "sectors", "states"):
             if field not in document:
-                raise ValueError(f"calibration file lacks '{field}'")
+                raise InputError(f"calibration file lacks '{field}'")
+        try:
+            day = date.fromisoformat(document["asof"])
+        except (TypeError, ValueError):
+            asof = document["asof"]
+            raise InputError(f"calibration file: asof {asof!r} is not YYYY-MM-DD") from None
         sectors = document["sectors"]
         calibrator = cls(list(sectors), sectors, settings)
         calibrator.load_frame(pl.DataFrame(document["states"], infer_schema_length=None))
-        return calibrator, document["model"], date.fromisoformat(document["asof"])
+        return calibrator, document["model"], day
 
 
 def dynamic_lambda(p_turbulent: float, settings: CalibrationSettings) -> float:
@@ -284,6 +285,17 @@ def write_json(path: Path, document: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(document, indent=2))
     tmp.replace(path)
+
+
+def read_json(path: Path) -> dict:
+    """A calibration document written by :func:`write_json`; InputError naming ``path`` if not."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read a calibration document ({exc})") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: a calibration document is a JSON object")
+    return document
 
 
 def replay(
@@ -338,12 +350,17 @@ def apply_params(forecasts: pl.DataFrame, params: pl.DataFrame) -> pl.DataFrame:
     joined = forecasts.join(params, on=["asof", "symbol"], how="left").with_columns(
         pl.col("bias").fill_null(0.0), pl.col("scale").fill_null(1.0)
     )
-    mid = pl.col("p50") + pl.col("bias")
-    return joined.with_columns(
-        p05=mid - (pl.col("p50") - pl.col("p05")) * pl.col("scale"),
-        p95=mid + (pl.col("p95") - pl.col("p50")) * pl.col("scale"),
+    return _shift_scale(joined, "bias", "scale").select(forecasts.columns)
+
+
+def _shift_scale(frame: pl.DataFrame, bias: str, scale: str) -> pl.DataFrame:
+    """The band moved by column ``bias`` and each half widened by column ``scale``."""
+    mid = pl.col("p50") + pl.col(bias)
+    return frame.with_columns(
+        p05=mid - (pl.col("p50") - pl.col("p05")) * pl.col(scale),
+        p95=mid + (pl.col("p95") - pl.col("p50")) * pl.col(scale),
         p50=mid,
-    ).select(forecasts.columns)
+    )
 
 
 def load_calibrator(

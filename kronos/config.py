@@ -1,8 +1,22 @@
-"""Frozen, typed settings.
+"""Frozen, typed settings, and the one loader that reads the environment.
 
-Values resolve as: explicit argument > environment variable (or ``.env``) >
-default. Each component receives the settings object it needs; nothing reads
-the environment at import time.
+Every section is a frozen pydantic model that refuses unknown keys: a misspelt
+keyword (``StrategySettings(strat_reco_top=5)``) raises :class:`ConfigError`
+naming the key and the nearest valid one. Building a section in code gives its
+defaults plus the keywords, never the environment.
+
+:func:`load_settings` is the one reader of ``os.environ`` and ``.env``; only the
+edges call it (the CLI, notebook setup cells, the service), once, and pass the
+sections on: ``settings = load_settings()``, then ``settings.data``,
+``settings.decision()``... Values resolve as: environment > ``.env`` > default.
+Every field keeps the environment name it always had (``KRONOS_DB``,
+``STRAT_RECO_TOPK``, ``MODEL_DIR``, ...): a section's ``env_prefix`` plus the
+field name, upper-cased, or the field's ``validation_alias``. An unknown
+``KRONOS_*`` variable, or an unknown ``.env`` key with one of our prefixes, is
+refused naming the nearest valid name, so a typo is never silently ignored.
+
+Runs record :func:`settings_record` (flat, JSON-safe, secrets as the names of
+their variables only) and :func:`settings_hash`.
 """
 
 from __future__ import annotations
@@ -12,20 +26,64 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-_COMMON = {"frozen": True, "extra": "ignore", "env_file": ".env", "env_file_encoding": "utf-8"}
+from kronos.errors import ConfigError
+
+# where an unknown name is refused: any KRONOS_* variable of the environment, and in
+# .env any key with one of these prefixes (MLFLOW_*, APCA_* and the like also belong
+# to other tools, so they are never refused)
+ENV_STRICT_PREFIXES = ("KRONOS_",)
+DOTENV_STRICT_PREFIXES = (
+    "KRONOS_",
+    "STRAT_",
+    "PT_",
+    "POLICY_",
+    "PLANNER_",
+    "FAILSAFE_",
+    "HEADLINE_",
+    "CALIBRATION_",
+)
 
 
-class DataSettings(BaseSettings):
+class ConfigModel(BaseModel):
+    """A settings section: frozen, built from defaults and keywords only, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    env_prefix: ClassVar[str] = ""
+
+    def __init__(self, /, **data: Any) -> None:
+        """Validate ``data``; an unknown keyword raises :class:`ConfigError` naming the nearest."""
+        unknown = [k for k in data if k not in _keywords(type(self))]
+        if unknown:
+            hints = [f"{k!r}{did_you_mean(k, type(self).model_fields)}" for k in unknown]
+            raise ConfigError(f"{type(self).__name__}: unknown setting {', '.join(hints)}")
+        super().__init__(**data)
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name -> the environment variable that sets it."""
+        out = {}
+        for name, info in cls.model_fields.items():
+            alias = info.validation_alias
+            out[name] = alias if isinstance(alias, str) else (cls.env_prefix + name).upper()
+        return out
+
+
+def _keywords(cls: type[BaseModel]) -> set[str]:
+    names = set(cls.model_fields)
+    names |= {a for f in cls.model_fields.values() if isinstance(a := f.validation_alias, str)}
+    return names
+
+
+class DataSettings(ConfigModel):
     """Where the store lives and the data-quality thresholds (whitepaper section 9)."""
 
-    model_config = SettingsConfigDict(env_prefix="KRONOS_", **_COMMON)
+    env_prefix: ClassVar[str] = "KRONOS_"
 
     db: Path = Field(Path("data/kronos.duckdb"), description="DuckDB file (KRONOS_DB)")
     market_tz: str = Field("America/New_York", description="exchange time zone of daily bars")
@@ -68,24 +126,22 @@ class DataSettings(BaseSettings):
     )
 
 
-def resolve_db_path(cli_value: Path | str | None, settings: DataSettings | None = None) -> Path:
-    """The store path: ``--db`` > ``KRONOS_DB`` > ``data/kronos.duckdb``."""
+def resolve_db_path(cli_value: Path | str | None, settings: DataSettings) -> Path:
+    """The store path: ``--db`` > ``settings.db`` (``KRONOS_DB`` > ``data/kronos.duckdb``)."""
     if cli_value is not None:
         return Path(cli_value)
-    return (settings or DataSettings()).db
+    return settings.db
 
 
-def config_hash(config: BaseSettings | dict) -> str:
+def config_hash(config: BaseModel | Mapping[str, Any]) -> str:
     """A stable short hash of a settings object or a config dict, for run records."""
-    data = config if isinstance(config, dict) else config.model_dump(mode="json")
+    data = dict(config) if isinstance(config, Mapping) else config.model_dump(mode="json")
     blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class ModelSettings(BaseSettings):
+class ModelSettings(ConfigModel):
     """Where model artifacts live and when a new one may replace ``latest``."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     model_dir: Path = Field(Path("data/models"), description="artifact root (MODEL_DIR)")
     promotion_tolerance: float = Field(
@@ -99,10 +155,8 @@ class ModelSettings(BaseSettings):
     )
 
 
-class TrackingSettings(BaseSettings):
+class TrackingSettings(ConfigModel):
     """The MLflow store: any tracking URI, SQLite under ``mlruns/`` by default."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     mlflow_tracking_uri: str | None = Field(None, description="MLFLOW_TRACKING_URI")
     mlruns_dir: Path = Field(Path("mlruns"), validation_alias="KRONOS_MLRUNS_DIR")
@@ -118,10 +172,8 @@ class TrackingSettings(BaseSettings):
         return (self.mlruns_dir / "artifacts").resolve().as_uri()
 
 
-class CalibrationSettings(BaseSettings):
+class CalibrationSettings(ConfigModel):
     """The online calibrator (whitepaper section 5)."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     calibration_enabled: bool = Field(True, description="apply bias/scale at inference")
     calibration_file: Path | None = Field(None, description="JSON export/import of the state")
@@ -151,10 +203,8 @@ class CalibrationSettings(BaseSettings):
     )
 
 
-class RiskSettings(BaseSettings):
+class RiskSettings(ConfigModel):
     """Fail-safe controller thresholds and breaker lifetimes (whitepaper sections 1, 7, 11)."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     failsafe_resid_z: float = Field(4.0, gt=0, description="|residual|/sigma that is a breach")
     failsafe_coverage_window: int = Field(20, ge=2, description="sessions of rolling coverage")
@@ -172,10 +222,8 @@ class RiskSettings(BaseSettings):
     enable_panic_exit: bool = Field(False, description="flatten the book on a global trip")
 
 
-class StrategySettings(BaseSettings):
+class StrategySettings(ConfigModel):
     """Strategist and regime tuner (whitepaper section 6)."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     strat_min_market_cap: float = Field(10e9, ge=0, description="universe filter, USD")
     strat_min_dollar_vol: float = Field(10e6, ge=0, description="60-day avg dollar volume, USD")
@@ -199,10 +247,8 @@ class StrategySettings(BaseSettings):
     )
 
 
-class PortfolioSettings(BaseSettings):
+class PortfolioSettings(ConfigModel):
     """Allocator (``PT_*``, whitepaper section 7)."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     pt_score_exp: float = Field(1.0, gt=0, description="softmax temperature on positive scores")
     pt_gross_max_pct: float = Field(0.95, gt=0, le=1)
@@ -216,10 +262,8 @@ class PortfolioSettings(BaseSettings):
     pt_no_trade_band_pct: float = Field(0.005, ge=0, description="skip |target - current| below")
 
 
-class PolicySettings(BaseSettings):
+class PolicySettings(ConfigModel):
     """Policy gates and planner (``POLICY_*``, ``PLANNER_*``, whitepaper sections 8, 11)."""
-
-    model_config = SettingsConfigDict(**_COMMON)
 
     policy_require_reco: bool = Field(True, description="buys only for recommended names")
     policy_min_abs_dev: float = Field(
@@ -236,15 +280,14 @@ class PolicySettings(BaseSettings):
     planner_cooldown_mins: float = Field(60, ge=0, description="per-symbol cooldown")
 
 
-@dataclass(frozen=True)
-class DecisionSettings:
-    """Every setting the decision step reads, each from its own environment names."""
+class DecisionSettings(ConfigModel):
+    """Every setting the decision step reads; build it with :meth:`Settings.decision`."""
 
-    strategy: StrategySettings = field(default_factory=StrategySettings)
-    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    risk: RiskSettings = field(default_factory=RiskSettings)
-    data: DataSettings = field(default_factory=DataSettings)
+    strategy: StrategySettings = Field(default_factory=StrategySettings)
+    portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
 
 
 def setting_errors(exc: ValidationError) -> str:
@@ -253,18 +296,19 @@ def setting_errors(exc: ValidationError) -> str:
     ``KRONOS_LOCK_WAIT_S='abc'`` reads ``invalid KRONOS_LOCK_WAIT_S 'abc': Input
     should be a valid number``, never a traceback.
     """
-    model = globals().get(exc.title)
-    prefix = ""
-    if isinstance(model, type) and issubclass(model, BaseSettings):
-        prefix = str(model.model_config.get("env_prefix") or "")
+    model = SECTIONS.get(exc.title)
+    names = model.env_names() if model is not None else {}
+    by_alias = {env: f for f, env in names.items()}
     parts = []
     for e in exc.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
-        info = model.model_fields.get(field) if isinstance(model, type) else None
-        alias = info.validation_alias if info is not None else None
-        name = alias if isinstance(alias, str) else (prefix + field).upper()
+        name = names.get(field, field if field.isupper() else field.upper())
         message = str(e["msg"]).removeprefix("Value error, ")
-        parts.append(f"invalid {name} {e.get('input')!r}: {message}")
+        info = model.model_fields.get(by_alias.get(field, field)) if model is not None else None
+        if info is not None and "SecretStr" in str(info.annotation):  # never show a key
+            parts.append(f"invalid {name}: {message}")
+        else:
+            parts.append(f"invalid {name} {e.get('input')!r}: {message}")
     return "; ".join(parts)
 
 
@@ -291,3 +335,220 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f" (one of: {', '.join(names)})" if names else ""
+
+
+# ------------------------------------------------------------------ Alpaca
+
+ALPACA_FEEDS = ("iex", "sip", "delayed_sip", "otc", "boats", "overnight")  # alpaca-py's DataFeed
+
+
+class AlpacaDataSettings(ConfigModel):
+    """Connection settings for the Alpaca market-data API (``APCA_*``).
+
+    Keys are :class:`~pydantic.SecretStr`: they never show in a repr, a log line,
+    an error or a run record. Build one with field names or the variable names,
+    e.g. ``AlpacaDataSettings(APCA_API_KEY_ID=..., APCA_API_SECRET_KEY=...)``;
+    :func:`kronos.data.sources.alpaca.load_alpaca_settings` checks the keys are set.
+    """
+
+    api_key: SecretStr | None = Field(None, validation_alias="APCA_API_KEY_ID")
+    secret_key: SecretStr | None = Field(None, validation_alias="APCA_API_SECRET_KEY")
+    data_url: str | None = Field(
+        None,
+        validation_alias="APCA_DATA_URL",
+        description="Base URL override (tests, proxies); alpaca-py appends /v2/...",
+    )
+    feed: str = Field("iex", validation_alias="APCA_DATA_FEED")
+    timeout_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="APCA_DATA_TIMEOUT_S",
+        description="Seconds to wait for each answer before giving up",
+    )
+
+    @field_validator("data_url")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip().rstrip("/")
+        return value or None
+
+    @field_validator("feed")
+    @classmethod
+    def _known_feed(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ALPACA_FEEDS:
+            raise ValueError(
+                f"unknown Alpaca data feed {value!r}; expected one of {list(ALPACA_FEEDS)}"
+            )
+        return value
+
+
+class AlpacaTradingSettings(ConfigModel):
+    """Connection settings for the Alpaca trading API.
+
+    Paper keys ``APCA_PAPER_API_KEY_ID`` / ``APCA_PAPER_API_SECRET_KEY``, live keys
+    ``APCA_LIVE_API_KEY_ID`` / ``APCA_LIVE_API_SECRET_KEY``, ``KRONOS_ALPACA_MODE``
+    (``paper`` by default), ``KRONOS_ALPACA_TRADING_URL``, ``KRONOS_ALPACA_TIMEOUT_S``,
+    ``KRONOS_ALLOW_LIVE_TRADING``. Build one with field or variable names, e.g.
+    ``AlpacaTradingSettings(APCA_PAPER_API_KEY_ID=..., APCA_PAPER_API_SECRET_KEY=...)``.
+    Which keys are needed depends on the mode; the broker checks.
+    """
+
+    paper_key_id: SecretStr | None = Field(None, validation_alias="APCA_PAPER_API_KEY_ID")
+    paper_secret_key: SecretStr | None = Field(None, validation_alias="APCA_PAPER_API_SECRET_KEY")
+    live_key_id: SecretStr | None = Field(None, validation_alias="APCA_LIVE_API_KEY_ID")
+    live_secret_key: SecretStr | None = Field(None, validation_alias="APCA_LIVE_API_SECRET_KEY")
+    mode: Literal["paper", "live"] = Field("paper", validation_alias="KRONOS_ALPACA_MODE")
+    allow_live: str | None = Field(
+        None,
+        validation_alias="KRONOS_ALLOW_LIVE_TRADING",
+        description="the text given; only 'true' (any case) unlocks live mode",
+    )
+    trading_url: str | None = Field(
+        None,
+        validation_alias="KRONOS_ALPACA_TRADING_URL",
+        description="Base URL override (tests, the fake); alpaca-py appends /v2/...",
+    )
+    timeout_s: float = Field(10.0, gt=0, validation_alias="KRONOS_ALPACA_TIMEOUT_S")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _lower_mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("allow_live", mode="before")
+    @classmethod
+    def _flag_text(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # a keyword from code, not the environment
+            return "true" if value else "false"
+        return value
+
+    @field_validator("trading_url")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip().rstrip("/")
+        return value or None
+
+
+# ------------------------------------------------------------------ the root and its loader
+
+
+class Settings(ConfigModel):
+    """Every section, resolved once at an edge by :func:`load_settings` and passed on."""
+
+    data: DataSettings = Field(default_factory=DataSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
+    strategy: StrategySettings = Field(default_factory=StrategySettings)
+    portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    alpaca_data: AlpacaDataSettings = Field(default_factory=AlpacaDataSettings)
+    alpaca_trading: AlpacaTradingSettings = Field(default_factory=AlpacaTradingSettings)
+
+    def decision(self) -> DecisionSettings:
+        """The sections the decision step reads."""
+        return DecisionSettings(
+            strategy=self.strategy,
+            portfolio=self.portfolio,
+            policy=self.policy,
+            risk=self.risk,
+            data=self.data,
+        )
+
+
+# section classes by name (the title of their validation errors)
+SECTIONS: dict[str, type[ConfigModel]] = {
+    info.annotation.__name__: info.annotation  # type: ignore[union-attr]
+    for info in Settings.model_fields.values()
+}
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every environment name we read -> (section, field)."""
+    return {
+        env: (section, field)
+        for section, info in Settings.model_fields.items()
+        for field, env in info.annotation.env_names().items()  # type: ignore[union-attr]
+    }
+
+
+def load_settings(
+    env_file: Path | str | None = ".env", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Every section from the environment (``environ``, default ``os.environ``) and ``env_file``.
+
+    Called only at the edges: the CLI, notebook setup cells, the service. The
+    environment beats ``.env``, which beats the defaults; names match in any case.
+
+    Raises:
+        ConfigError: a value is invalid (naming its variable), or a ``KRONOS_*``
+            variable or an ``.env`` key with one of our prefixes is unknown (naming
+            the nearest valid name).
+
+    """
+    from dotenv import dotenv_values
+
+    environ = os.environ if environ is None else environ
+    env = {k.upper(): v for k, v in environ.items()}
+    path = Path(env_file) if env_file is not None else None
+    dotenv: dict[str, str] = {}
+    if path is not None and path.is_file():
+        dotenv = {k.upper(): v for k, v in dotenv_values(path).items() if v is not None}
+    known = env_names()
+    _refuse_unknown(env, ENV_STRICT_PREFIXES, known, "in the environment")
+    _refuse_unknown(dotenv, DOTENV_STRICT_PREFIXES, known, f"in {path}")
+    values: dict[str, dict[str, str]] = {section: {} for section in Settings.model_fields}
+    for name, (section, field) in known.items():
+        if name in env:
+            values[section][field] = env[name]
+        elif name in dotenv:
+            values[section][field] = dotenv[name]
+    sections: dict[str, Any] = {}
+    problems = []
+    for section, info in Settings.model_fields.items():
+        try:
+            sections[section] = info.annotation.model_validate(values[section])  # type: ignore[union-attr]
+        except ValidationError as exc:
+            problems.append(setting_errors(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return Settings(**sections)
+
+
+def _refuse_unknown(
+    source: Mapping[str, str], prefixes: tuple[str, ...], known: Mapping[str, Any], where: str
+) -> None:
+    hints = []
+    for name in sorted(source):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is not None and name not in known:
+            hints.append(name + did_you_mean(name, [n for n in known if n.startswith(prefix)]))
+    if hints:
+        raise ConfigError(f"unknown setting {'; '.join(hints)} {where}")
+
+
+def settings_record(settings: Settings) -> dict[str, Any]:
+    """The resolved settings, flat (``data.db``, ``strategy.strat_reco_topk``...) and JSON-safe.
+
+    A secret is recorded as the name of its variable when set (``$APCA_API_KEY_ID``),
+    ``None`` when not: never its value.
+    """
+    out: dict[str, Any] = {}
+    for section in Settings.model_fields:
+        part: ConfigModel = getattr(settings, section)
+        names = part.env_names()
+        dumped = part.model_dump(mode="json")
+        for field in type(part).model_fields:
+            value = getattr(part, field)
+            if isinstance(value, SecretStr):
+                out[f"{section}.{field}"] = f"${names[field]}"
+            else:
+                out[f"{section}.{field}"] = dumped[field]
+    return out
+
+
+def settings_hash(settings: Settings) -> str:
+    """A stable short hash of the resolved settings (of :func:`settings_record`)."""
+    return config_hash(settings_record(settings))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import polars as pl
 
-from kronos.calendar import Calendar
+from kronos.calendar import get_calendar
 from kronos.calibration import load_calibrator
-from kronos.config import CalibrationSettings
+from kronos.config import CalibrationSettings, DataSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
@@ -32,7 +32,7 @@ def fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
     TFT and the graph models need sectors, validation rows and minutes of
     training: train them with ``kronos train``.
     """
-    from kronos.models.registry import forecaster_class
+    from kronos.models.registry import build
     from kronos.models.split import train_valid_split
 
     if name in ("tft", "stemgnn", "mtgnn", "mtgnn_prior"):
@@ -43,7 +43,7 @@ def fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
             from kronos.models.nbeats import lightweight_nbeats
 
             return lightweight_nbeats().fit(*train_valid_split(panel))
-        return forecaster_class(name)().fit(panel)
+        return build(name).fit(panel)
 
     return fit
 
@@ -72,23 +72,20 @@ def forecast_with(
     panel: pl.DataFrame,
     *,
     symbols: Sequence[str] | None = None,
-    settings: CalibrationSettings | None = None,
-    calendar: Calendar | None = None,
+    settings: CalibrationSettings,
+    data: DataSettings,
 ) -> Produced:
     """Forecast steps 1-5 from the panel's last session with a loaded model; calibrate.
 
-    ``target_ts`` counts sessions of ``calendar`` (the models' XNYS when None).
-    Writes nothing; the service calls this with the model it loaded once.
+    ``target_ts`` counts sessions of ``data.calendar``. Writes nothing; the
+    service calls this with the model it loaded once.
     """
-    settings = settings or CalibrationSettings()
     origin = panel["ts"].max()
-    raw = loaded.forecaster.predict(panel, origin, symbols)
-    if calendar is not None:
-        raw = retarget(raw, calendar)
+    raw = retarget(loaded.forecaster.predict(panel, origin, symbols), get_calendar(data.calendar))
     calibrated, night = None, None
     if settings.calibration_enabled:
         names = sorted(raw["symbol"].unique().to_list())
-        profiles = readers.profiles(store, origin, names)
+        profiles = readers.profiles(store, origin, names, settings=data)
         sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
         calibrator, night = load_calibrator(store, model, origin, names, sectors, settings)
         if night is not None:
@@ -103,15 +100,13 @@ def forecast_and_store(
     model_dir: Path,
     *,
     symbols: Sequence[str] | None = None,
-    settings: CalibrationSettings | None = None,
+    settings: CalibrationSettings,
+    data: DataSettings,
     write: bool = True,
-    calendar: Calendar | None = None,
 ) -> Produced:
     """Forecast steps 1-5 from the panel's last session; calibrate; store (idempotent)."""
     loaded = load_promoted(model_dir, model, fallback(model, panel))
-    made = forecast_with(
-        store, loaded, model, panel, symbols=symbols, settings=settings, calendar=calendar
-    )
+    made = forecast_with(store, loaded, model, panel, symbols=symbols, settings=settings, data=data)
     if write:
         store_forecasts(store, model, made)
     return made

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from kronos.calibration import NightReport, OnlineCalibrator, load_calibrator, write_json
-from kronos.config import CalibrationSettings
+from kronos.config import CalibrationSettings, DataSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
@@ -52,14 +52,19 @@ def last_state_date(store: Store, model: str) -> date | None:
     ).fetchall()[0][0]
 
 
-def _p_turbulent(store: Store, day: date) -> float | None:
+def _p_turbulent(store: Store, day: date, data: DataSettings) -> float | None:
     """The regime encoder's ``p_turbulent`` of session ``day`` as known that night, if stored."""
-    rows = readers.regime_features(store, day, start=day)
+    rows = readers.regime_features(store, day, start=day, settings=data)
     return float(rows["p_turbulent"][-1]) if rows.height else None
 
 
 def refresh_regime(
-    store: Store, model_dir: Path, asof: date, source: str | None = "skfolio.sp500"
+    store: Store,
+    model_dir: Path,
+    asof: date,
+    source: str | None = "skfolio.sp500",
+    *,
+    settings: DataSettings,
 ) -> tuple[RegimeEncoder, int] | None:
     """Store the promoted regime encoder's probabilities of every session up to ``asof``.
 
@@ -70,13 +75,15 @@ def refresh_regime(
     encoder = load_promoted_regime(model_dir)
     if encoder is None:
         return None
-    probabilities = encoder.predict_proba(market_features_at(store, asof, source))
+    probabilities = encoder.predict_proba(
+        market_features_at(store, asof, source, settings=settings)
+    )
     rows = regime_rows(probabilities, encoder.name, encoder.version, encoder.trained_until_)
     return encoder, write_regime(store, rows)
 
 
-def _step1(store: Store, model: str, origin: date) -> pl.DataFrame:
-    stored = readers.forecasts(store, origin, model=model, calibrated=False)
+def _step1(store: Store, model: str, origin: date, data: DataSettings) -> pl.DataFrame:
+    stored = readers.forecasts(store, origin, model=model, calibrated=False, settings=data)
     return stored.filter((pl.col("asof") == origin) & (pl.col("step") == 1))
 
 
@@ -88,7 +95,8 @@ def nightly_calibrate(
     forecaster: Callable[[], Forecaster],
     *,
     since: date | None = None,
-    settings: CalibrationSettings | None = None,
+    settings: CalibrationSettings,
+    data: DataSettings,
     on_night: Callable[[Night], None] | None = None,
 ) -> list[Night]:
     """Bring ``model``'s calibration state up to ``asof``; return the nights processed.
@@ -98,11 +106,11 @@ def nightly_calibrate(
     stored state, the first night is ``since`` (default ``asof``). With
     ``CALIBRATION_DYNAMIC_LAMBDA`` each night reads its ``p_turbulent`` from
     ``regime_features`` as known that night (``kronos train regime`` writes
-    them); a night without one uses the fixed lambda.
+    them); a night without one uses the fixed lambda. ``data`` places what the
+    store knew at each night.
     """
-    settings = settings or CalibrationSettings()
     symbols = sorted(panel["symbol"].unique().to_list())
-    profiles = readers.profiles(store, asof, symbols)
+    profiles = readers.profiles(store, asof, symbols, settings=data)
     sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
     last = last_state_date(store, model)
     if last is not None and last >= asof:
@@ -120,7 +128,7 @@ def nightly_calibrate(
         origin = max((d for d in days if d < day), default=None)
         if origin is None:
             continue
-        raw = _step1(store, model, origin)
+        raw = _step1(store, model, origin, data)
         predicted = raw.is_empty()
         if predicted:
             model_obj = model_obj or forecaster()
@@ -133,7 +141,8 @@ def nightly_calibrate(
         y = np.array(
             [row[s][0] if s in row.columns and row[s][0] is not None else np.nan for s in symbols]
         )
-        p_turbulent = _p_turbulent(store, day) if settings.calibration_dynamic_lambda else None
+        dynamic = settings.calibration_dynamic_lambda
+        p_turbulent = _p_turbulent(store, day, data) if dynamic else None
         report = calibrator.update(q["p05"], q["p50"], q["p95"], y, p_turbulent)
         state = calibrator.to_frame(model, day).with_columns(updated_at=pl.lit(datetime.now(UTC)))
         ingest(store, "calibration_state", [state], source="nightly", origin=f"{model} {day}")
@@ -146,7 +155,7 @@ def nightly_calibrate(
     return done
 
 
-def import_json(store: Store, document: dict, settings: CalibrationSettings | None = None) -> date:
+def import_json(store: Store, document: dict, settings: CalibrationSettings) -> date:
     """Store a calibration document (``CALIBRATION_FILE``) as the state of its night."""
     calibrator, model, day = OnlineCalibrator.from_json(document, settings)
     state = calibrator.to_frame(model, day).with_columns(updated_at=pl.lit(datetime.now(UTC)))

@@ -51,6 +51,7 @@ import polars as pl
 from kronos.calendar import get_calendar
 from kronos.config import DataSettings, RiskSettings
 from kronos.data.store import Store
+from kronos.errors import InputError
 from kronos.metrics import sigma_from_band
 
 Scope = Literal["symbol", "sector", "global", "headline"]
@@ -59,7 +60,7 @@ GLOBAL_KEY = "*"
 ORDER_SCHEMA = {"symbol": pl.String(), "qty_delta": pl.Float64(), "reason": pl.String()}
 
 
-class BreakerError(ValueError):
+class BreakerError(InputError):
     """A breaker operation that cannot be done (unknown or ambiguous id, no target)."""
 
 
@@ -138,13 +139,13 @@ class Breaker:
         }
 
 
-def session_close(day: date, data_settings: DataSettings | None = None) -> datetime:
+def session_close(day: date, data_settings: DataSettings) -> datetime:
     """The market close of ``day`` in UTC: when that day's bar became known.
 
     The exchange calendar's close (``DataSettings.calendar``; early closes
     included); ``market_close`` in ``market_tz`` for a day that is no session.
     """
-    s = data_settings or DataSettings()
+    s = data_settings
     close = get_calendar(s.calendar).close_if_session(day)
     if close is not None:
         return close
@@ -162,9 +163,9 @@ def _unique(frame: pl.DataFrame, keys: list[str], what: str) -> None:
 class FailSafeController:
     """Evaluates one session and returns the breakers it trips (see the module rules)."""
 
-    def __init__(self, settings: RiskSettings, data_settings: DataSettings | None = None) -> None:
+    def __init__(self, settings: RiskSettings, data_settings: DataSettings) -> None:
         self.settings = settings
-        self.data_settings = data_settings or DataSettings()
+        self.data_settings = data_settings
 
     def scores(self, asof: date, forecasts: pl.DataFrame, realized: pl.DataFrame) -> pl.DataFrame:
         """Each realized session up to ``asof`` against its step-1 forecast.

@@ -39,7 +39,7 @@ from kronos.calendar import Calendar, get_calendar
 from kronos.config import CalibrationSettings, DataSettings
 from kronos.data.errors import KronosDataError
 from kronos.data.store import Store
-from kronos.errors import StoreBusy
+from kronos.errors import InputError, KronosError, StoreBusy
 from kronos.features.returns import returns_panel
 from kronos.forecasting import fallback, forecast_with
 from kronos.models.artifacts import Loaded, latest_artifact, load_promoted
@@ -160,7 +160,7 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------- the service
 
 
-class ServiceError(Exception):
+class ServiceError(KronosError):
     """A request the service refuses, with its HTTP status (and Retry-After for a 503)."""
 
     def __init__(
@@ -173,6 +173,9 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.status, self.detail, self.symbols = status, detail, symbols
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.status, self.detail, self.symbols, self.retry_after)
 
 
 class StoreCache:
@@ -228,22 +231,18 @@ class StoreCache:
             wait = self.first_read_wait_s if self._store is None else 0.0
             try:
                 fresh = Store.snapshot(self.path, lock_wait_s=wait)
-            except StoreBusy as exc:
-                if self._store is not None:
+            except (StoreBusy, KronosDataError, duckdb.Error) as exc:
+                busy = isinstance(exc, StoreBusy)
+                if busy and self._store is not None:
                     return self._store
-                log.warning("store busy: %s", exc)
-                raise ServiceError(
-                    503,
-                    "the store is busy: another process is writing it; retry shortly",
-                    retry_after=self.retry_after_s,
-                ) from exc
-            except (KronosDataError, duckdb.Error) as exc:
-                log.error("store unavailable: %s", exc)
-                raise ServiceError(
-                    503,
-                    "the store is unavailable (the service log says why); retry later",
-                    retry_after=self.retry_after_s,
-                ) from exc
+                log.log(logging.WARNING if busy else logging.ERROR, "store %s: %s",
+                        "busy" if busy else "unavailable", exc)  # fmt: skip
+                why = (
+                    "the store is busy: another process is writing it; retry shortly"
+                    if busy
+                    else "the store is unavailable (the service log says why); retry later"
+                )
+                raise ServiceError(503, why, retry_after=self.retry_after_s) from exc
             self._store, self._stamp, self.read_at = fresh, stamp, datetime.now(UTC)
             return fresh
         finally:
@@ -268,7 +267,7 @@ class Service:
         names = clean_symbols(symbols, self.config.max_symbols)
         with self.stores.reader() as store:
             asof = check_request(store, names, asof, self.data, self.calendar)
-            panel = returns_panel(store, asof, names)
+            panel = returns_panel(store, asof, names, settings=self.data)
             try:
                 with self.lock:
                     made = forecast_with(
@@ -278,7 +277,7 @@ class Service:
                         panel,
                         symbols=names,
                         settings=self.calibration,
-                        calendar=self.calendar,
+                        data=self.data,
                     )
             except ForecastError as exc:
                 raise ServiceError(422, str(exc)) from exc
@@ -395,8 +394,8 @@ def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date 
     with Store.open(config.db, read_only=True, lock_wait_s=data.lock_wait_s) as store:
         last = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
         if last is None:
-            raise ValueError(f"no bars in {config.db} to fit the fallback {config.model} on")
-        panel = returns_panel(store, last, source=config.fit_source)
+            raise InputError(f"no bars in {config.db} to fit the fallback {config.model} on")
+        panel = returns_panel(store, last, source=config.fit_source, settings=data)
     return load_promoted(config.model_dir, config.model, fallback(config.model, panel)), last
 
 
@@ -434,17 +433,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(
-    config: ServiceConfig,
-    calibration: CalibrationSettings | None = None,
-    data: DataSettings | None = None,
+    config: ServiceConfig, calibration: CalibrationSettings, data: DataSettings
 ) -> FastAPI:
-    """The service app; loads (or fits) the model now, once."""
-    data = data or DataSettings()
+    """The service app with the settings its edge resolved; loads (or fits) the model now, once."""
     loaded, fitted_through = load_model(config, data)
     service = Service(
         config,
         loaded,
-        calibration or CalibrationSettings(),
+        calibration,
         data,
         get_calendar(data.calendar),
         fitted_through,

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from kronos.config import TrackingSettings
+from kronos.config import Settings, TrackingSettings, settings_hash, settings_record
 from kronos.interrupts import signal_name
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -85,6 +85,23 @@ class MlflowRecorder:
         self.client.log_dict(self.run_id, data, name)
 
 
+SETTINGS_HASH_TAG = "settings_hash"
+SETTINGS_PREFIX = "settings."
+
+
+def record_settings(recorder: MlflowRecorder, settings: Settings) -> str:
+    """Log the resolved ``settings`` (``settings.*`` parameters) and their hash (a tag).
+
+    Secrets are recorded as the names of their variables only
+    (:func:`kronos.config.settings_record`). Returns the hash.
+    """
+    digest = settings_hash(settings)
+    record = settings_record(settings)
+    recorder.log_params({SETTINGS_PREFIX + k: v for k, v in record.items()})
+    recorder.set_tags({SETTINGS_HASH_TAG: digest})
+    return digest
+
+
 def experiment_id(client: MlflowClient, name: str, settings: TrackingSettings) -> str:
     """The id of experiment ``name``, created on first use."""
     found = client.get_experiment_by_name(name)
@@ -106,17 +123,20 @@ def mlflow_run(
     experiment: str,
     run_name: str,
     tags: Mapping[str, object] | None = None,
-    settings: TrackingSettings | None = None,
+    *,
+    settings: Settings,
 ) -> Iterator[MlflowRecorder]:
-    """Open an MLflow run, yield its recorder, and close it FINISHED or FAILED.
+    """Open an MLflow run in ``settings.tracking``'s store, yield its recorder, close it.
 
-    Tags always include the git commit and the command line.
+    The run ends FINISHED, FAILED or KILLED. Tags always include the git commit,
+    the command line and ``settings_hash``; the resolved ``settings`` are its
+    ``settings.*`` parameters (:func:`record_settings`).
     """
-    settings = settings or TrackingSettings()
-    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    tracking = settings.tracking
+    tracking.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
     run = client.create_run(
-        experiment_id(client, experiment, settings),
+        experiment_id(client, experiment, tracking),
         run_name=run_name,
         tags={
             **git_state(),
@@ -126,6 +146,7 @@ def mlflow_run(
         },
     )
     recorder = MlflowRecorder(client, run.info.run_id)
+    record_settings(recorder, settings)
     try:
         yield recorder
     except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal under stop_on_signals()
@@ -138,12 +159,11 @@ def mlflow_run(
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-def attach_run(run_id: str, settings: TrackingSettings | None = None) -> MlflowRecorder:
+def attach_run(run_id: str, settings: TrackingSettings) -> MlflowRecorder:
     """A recorder for an existing run (``kronos run`` passes its id to a notebook).
 
     The run stays open: whoever created it (the runner) ends it.
     """
-    settings = settings or TrackingSettings()
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     client.get_run(run_id)  # fails clearly on an unknown id
     return MlflowRecorder(client, run_id)

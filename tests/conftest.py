@@ -33,3 +33,84 @@ def mlflow_settings(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("mlruns")
     return TrackingSettings(mlflow_tracking_uri=None, KRONOS_MLRUNS_DIR=root)
+
+
+@pytest.fixture(scope="session")
+def run_settings(mlflow_settings):
+    """Default settings that track into the session's MLflow store (for ``mlflow_run``)."""
+    from kronos.config import Settings
+
+    return Settings(tracking=mlflow_settings)
+
+
+# the corporate actions the raw store carries (see ``raw_db``)
+RAW_SPLIT = ("SYN0001", 241, 2.0)  # symbol, session index of the ex-date, new shares per old
+RAW_DIVIDENDS = ("SYN0002", (200, 263, 326), 0.75)  # symbol, ex-date indexes, cash per share
+RAW_ENDED = ("SYN0003", 300)  # symbol whose bars stop after this session index
+
+
+def make_raw(bars, sessions):
+    """Synthetic bars turned into a vendor's raw and adjusted closes (``raw_db``'s actions).
+
+    The synthetic path is the total-return path; the raw prints halve at the
+    split and drop by the dividend at each ex-date, and ``adj_close`` is the raw
+    close times the product of the later events' factors (CRSP/Yahoo rule).
+    """
+    import polars as pl
+
+    sym, at, ratio = RAW_SPLIT
+    dsym, days, cash = RAW_DIVIDENDS
+    ended, last = RAW_ENDED
+    out = []
+    for (symbol,), frame in bars.sort("symbol", "ts").group_by("symbol", maintain_order=True):
+        frame = frame.with_columns(i=pl.col("ts").replace_strict(sessions, return_dtype=pl.Int64))
+        if symbol == ended:
+            frame = frame.filter(pl.col("i") <= last)
+        scale = pl.lit(1.0)
+        shift = pl.lit(0.0)
+        if symbol == sym:
+            scale = pl.when(pl.col("i") >= at).then(1 / ratio).otherwise(1.0)
+        if symbol == dsym:
+            shift = sum(
+                (pl.when(pl.col("i") >= d).then(cash).otherwise(0.0) for d in days), pl.lit(0.0)
+            )
+        frame = frame.with_columns(
+            *((pl.col(c) * scale - shift).alias(c) for c in ("open", "high", "low", "close")),
+            volume=pl.col("volume") / scale,
+        )
+        # adjusted: every earlier price times each later event's factor
+        close = frame["close"].to_list()
+        idx = frame["i"].to_list()
+        factor = [1.0] * len(close)
+        events = []
+        if symbol == sym:
+            events = [(at, 1 / ratio)]
+        if symbol == dsym:
+            events = [(d, 1 - cash / close[idx.index(d) - 1]) for d in days]
+        for k, i in enumerate(idx):
+            for d, a in events:
+                if i < d:
+                    factor[k] *= a
+        out.append(frame.with_columns(adj_close=pl.Series(close) * pl.Series(factor)).drop("i"))
+    return pl.concat(out)
+
+
+@pytest.fixture(scope="session")
+def raw_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic store with raw and adjusted closes: a 2:1 split, dividends, a name that stops.
+
+    See :data:`RAW_SPLIT`, :data:`RAW_DIVIDENDS` and :data:`RAW_ENDED` (indexes
+    are sessions of the stored bars).
+    """
+    path = tmp_path_factory.mktemp("raw") / "kronos.duckdb"
+    with Store.open(path) as s:
+        loaders.load_synthetic(s, n_symbols=6, years=1.5, seed=3)
+        bars = s.con.sql("SELECT * FROM bars").pl()
+        sessions = {d: i for i, d in enumerate(sorted(bars["ts"].unique().to_list()))}
+        raw = make_raw(bars, sessions)
+        s.con.register("_raw", raw.to_arrow())
+        with s.transaction() as con:
+            con.execute("DELETE FROM bars")
+            con.execute(f"INSERT INTO bars SELECT {', '.join(bars.columns)} FROM _raw")
+        s.con.unregister("_raw")
+    return path

@@ -19,6 +19,8 @@ import polars as pl
 import pytest
 from alpaca.trading.client import TradingClient
 
+from kronos.config import load_settings
+from kronos.errors import ConfigError
 from kronos.execution.brokers import alpaca as alpaca_broker
 from kronos.execution.brokers.alpaca import (
     AlpacaBroker,
@@ -88,7 +90,7 @@ def _settings(url: str, **extra: object) -> AlpacaTradingSettings:
         "KRONOS_ALPACA_TIMEOUT_S": CLIENT_TIMEOUT_S,
         **extra,
     }
-    return AlpacaTradingSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return AlpacaTradingSettings(**values)  # type: ignore[call-arg]
 
 
 def _order(
@@ -636,9 +638,8 @@ def test_live_mode_uses_the_live_keys(server: FakeAlpacaServer) -> None:
 
 def test_missing_keys_name_the_variables() -> None:
     with pytest.raises(AlpacaConfigError, match="APCA_PAPER_API_KEY_ID, APCA_PAPER_API_SECRET_KEY"):
-        AlpacaBroker(AlpacaTradingSettings(_env_file=None))  # type: ignore[call-arg]
+        AlpacaBroker(AlpacaTradingSettings())  # type: ignore[call-arg]
     live = AlpacaTradingSettings(  # type: ignore[call-arg]
-        _env_file=None,
         KRONOS_ALPACA_MODE="live",
         KRONOS_ALLOW_LIVE_TRADING=True,
         APCA_LIVE_API_KEY_ID=LIVE_KEY,
@@ -654,12 +655,12 @@ def test_load_settings_from_env_file_beside_other_keys(
         f"APCA_PAPER_API_KEY_ID={KEY}\nAPCA_PAPER_API_SECRET_KEY={SECRET}\n"
         "APCA_API_KEY_ID=data-key\nFMP_API_KEY=other\nKRONOS_ALPACA_TIMEOUT_S=2.5\n"
     )
-    settings = load_alpaca_trading_settings()
+    settings = load_alpaca_trading_settings(load_settings().alpaca_trading)
     assert settings.paper_key_id is not None and settings.paper_key_id.get_secret_value() == KEY
     assert (settings.mode, settings.timeout_s, settings.trading_url) == ("paper", 2.5, None)
     monkeypatch.setenv("KRONOS_ALPACA_MODE", "LIVE")  # environment beats .env
     with pytest.raises(AlpacaConfigError, match="KRONOS_ALLOW_LIVE_TRADING"):
-        load_alpaca_trading_settings()
+        load_alpaca_trading_settings(load_settings().alpaca_trading)
 
 
 def test_load_settings_names_invalid_values(
@@ -668,13 +669,13 @@ def test_load_settings_names_invalid_values(
     monkeypatch.setenv("APCA_PAPER_API_KEY_ID", KEY)
     monkeypatch.setenv("APCA_PAPER_API_SECRET_KEY", SECRET)
     monkeypatch.setenv("KRONOS_ALPACA_TIMEOUT_S", "-1")
-    with pytest.raises(AlpacaConfigError, match="KRONOS_ALPACA_TIMEOUT_S") as info:
-        load_alpaca_trading_settings()
+    with pytest.raises(ConfigError, match="invalid KRONOS_ALPACA_TIMEOUT_S '-1'") as info:
+        load_alpaca_trading_settings(load_settings().alpaca_trading)
     assert SECRET not in str(info.value)
     monkeypatch.delenv("APCA_PAPER_API_SECRET_KEY")
     monkeypatch.delenv("KRONOS_ALPACA_TIMEOUT_S")
     with pytest.raises(AlpacaConfigError, match="set APCA_PAPER_API_SECRET_KEY"):
-        load_alpaca_trading_settings()
+        load_alpaca_trading_settings(load_settings().alpaca_trading)
 
 
 def test_keys_never_leak(
@@ -709,7 +710,7 @@ def test_keys_never_leak(
             wrong.account()
         except BrokerError as exc:
             errors.append(exc)
-        for bad in (AlpacaTradingSettings(_env_file=None, APCA_PAPER_API_KEY_ID=KEY),):  # type: ignore[call-arg]
+        for bad in (AlpacaTradingSettings(APCA_PAPER_API_KEY_ID=KEY),):  # type: ignore[call-arg]
             try:
                 AlpacaBroker(bad)
             except AlpacaConfigError as exc:

@@ -14,7 +14,8 @@ from fakes.alpaca_server import FakeAlpacaServer, FakeBar, run_alpaca_data_serve
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
-from kronos.data.errors import SourceError, SourceUnreachable
+from kronos.config import load_settings
+from kronos.data.errors import InputError, SourceError, SourceUnreachable
 from kronos.data.schema import TABLES
 from kronos.data.sources.alpaca import (
     AlpacaConfigError,
@@ -22,6 +23,7 @@ from kronos.data.sources.alpaca import (
     fetch_alpaca_bars,
     load_alpaca_settings,
 )
+from kronos.errors import ConfigError
 
 KEY = "PKTESTKEY0123456789"
 SECRET = "sEcReT-do-not-leak-42"
@@ -89,12 +91,16 @@ def _expected(first: date, last: date) -> pl.DataFrame:
 
 def _settings(url: str, key: str = KEY, secret: str = SECRET) -> AlpacaDataSettings:
     return AlpacaDataSettings(  # type: ignore[call-arg]  # populated by env-var name
-        _env_file=None,
         APCA_API_KEY_ID=key,
         APCA_API_SECRET_KEY=secret,
         APCA_DATA_URL=url,
         APCA_DATA_FEED="iex",
     )
+
+
+def _loaded() -> AlpacaDataSettings:
+    """The data settings as the CLI reads them (environment and ./.env), keys checked."""
+    return load_alpaca_settings(load_settings().alpaca_data)
 
 
 @pytest.fixture
@@ -233,9 +239,9 @@ def test_fake_server_checks_the_secret_too(server: FakeAlpacaServer) -> None:
 
 def test_rejects_bad_arguments_before_calling(server: FakeAlpacaServer) -> None:
     settings = _settings(server.url)
-    with pytest.raises(ValueError, match="no symbols"):
+    with pytest.raises(InputError, match="no symbols"):
         fetch_alpaca_bars([], date(2024, 3, 1), date(2024, 3, 15), settings)
-    with pytest.raises(ValueError, match="before start"):
+    with pytest.raises(InputError, match="before start"):
         fetch_alpaca_bars(["AAA"], date(2024, 3, 15), date(2024, 3, 1), settings)
     with pytest.raises(TypeError, match="not one string"):
         fetch_alpaca_bars("AAA", date(2024, 3, 1), date(2024, 3, 15), settings)  # type: ignore[arg-type]
@@ -293,8 +299,8 @@ def test_settings_never_show_secrets() -> None:
 
 def test_load_settings_names_missing_variables(clean_env: Path) -> None:
     with pytest.raises(AlpacaConfigError, match="APCA_API_KEY_ID") as info:
-        load_alpaca_settings()
-    assert isinstance(info.value, ValueError)
+        _loaded()
+    assert isinstance(info.value, ConfigError)
     assert "APCA_API_SECRET_KEY" in str(info.value)
 
 
@@ -304,7 +310,7 @@ def test_load_settings_names_only_the_missing_variable(
     monkeypatch.setenv("APCA_API_KEY_ID", KEY)
     monkeypatch.setenv("APCA_API_SECRET_KEY", "")  # empty counts as missing
     with pytest.raises(AlpacaConfigError, match="APCA_API_SECRET_KEY") as info:
-        load_alpaca_settings()
+        _loaded()
     assert "APCA_API_KEY_ID" not in str(info.value)
     assert KEY not in str(info.value)
 
@@ -315,7 +321,7 @@ def test_load_settings_reads_env_file_beside_other_keys(clean_env: Path) -> None
         "APCA_DATA_FEED=sip\n",
         encoding="utf-8",
     )
-    settings = load_alpaca_settings()
+    settings = _loaded()
 
     assert settings.api_key.get_secret_value() == KEY
     assert settings.secret_key.get_secret_value() == SECRET
@@ -329,7 +335,7 @@ def test_environment_overrides_env_file(clean_env: Path, monkeypatch: pytest.Mon
     )
     monkeypatch.setenv("APCA_API_KEY_ID", KEY)
 
-    assert load_alpaca_settings().api_key.get_secret_value() == KEY
+    assert _loaded().api_key.get_secret_value() == KEY
 
 
 def test_load_settings_rejects_unknown_feed(
@@ -338,8 +344,8 @@ def test_load_settings_rejects_unknown_feed(
     monkeypatch.setenv("APCA_API_KEY_ID", KEY)
     monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET)
     monkeypatch.setenv("APCA_DATA_FEED", "bogus")
-    with pytest.raises(AlpacaConfigError, match="APCA_DATA_FEED"):
-        load_alpaca_settings()
+    with pytest.raises(ConfigError, match="invalid APCA_DATA_FEED 'bogus'"):
+        _loaded()
 
 
 # --- the CLI end to end --------------------------------------------------------------

@@ -22,6 +22,7 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
 from kronos.calendar import get_calendar
+from kronos.config import CalibrationSettings, DecisionSettings, load_settings
 from kronos.data.sources.alpaca import AlpacaConfigError
 from kronos.data.store import Store
 from kronos.execution.brokers.alpaca import (
@@ -66,7 +67,7 @@ def _settings(url: str, **extra: object) -> AlpacaTradingSettings:
         "KRONOS_ALPACA_TIMEOUT_S": 0.5,
         **extra,
     }
-    return AlpacaTradingSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return AlpacaTradingSettings(**values)  # type: ignore[call-arg]
 
 
 def _broker(server: FakeAlpacaServer, waits: list[float] | None = None, **kw) -> AlpacaBroker:
@@ -117,10 +118,10 @@ def test_only_true_unlocks_live_trading(
     monkeypatch.setenv("APCA_LIVE_API_SECRET_KEY", "live-secret")
     monkeypatch.setenv("KRONOS_ALLOW_LIVE_TRADING", flag)
     if unlocked:
-        assert load_alpaca_trading_settings().mode == "live"
+        assert load_alpaca_trading_settings(load_settings().alpaca_trading).mode == "live"
         return
     with pytest.raises(AlpacaConfigError) as info:
-        load_alpaca_trading_settings()
+        load_alpaca_trading_settings(load_settings().alpaca_trading)
     message = str(info.value)
     assert "KRONOS_ALLOW_LIVE_TRADING" in message and repr(flag) in message
     assert "live-secret" not in message
@@ -129,12 +130,12 @@ def test_only_true_unlocks_live_trading(
 def test_unset_live_flag_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KRONOS_ALPACA_MODE", "live")
     with pytest.raises(AlpacaConfigError, match="KRONOS_ALLOW_LIVE_TRADING is unset"):
-        load_alpaca_trading_settings()
+        load_alpaca_trading_settings(load_settings().alpaca_trading)
     monkeypatch.setenv("KRONOS_ALPACA_MODE", "paper")  # paper mode ignores the flag
     monkeypatch.setenv("KRONOS_ALLOW_LIVE_TRADING", "yes")
     monkeypatch.setenv("APCA_PAPER_API_KEY_ID", KEY)
     monkeypatch.setenv("APCA_PAPER_API_SECRET_KEY", SECRET)
-    assert load_alpaca_trading_settings().mode == "paper"
+    assert load_alpaca_trading_settings(load_settings().alpaca_trading).mode == "paper"
 
 
 # --- point 9: the clock and the calendar --------------------------------------------
@@ -366,7 +367,16 @@ def _plan(store: Store, *orders: tuple[str, str, str, float, str, float | None])
 
 
 def _loop(store: Store, broker: AlpacaBroker) -> PaperLoop:
-    return PaperLoop(store, broker, PaperConfig(account=ACCOUNT, symbols=("AAA", "BBB", "CCC")))
+    return PaperLoop(
+        store,
+        broker,
+        PaperConfig(
+            account=ACCOUNT,
+            symbols=("AAA", "BBB", "CCC"),
+            calibration=CalibrationSettings(),
+            settings=DecisionSettings(),
+        ),
+    )
 
 
 def _record(store: Store, cid: str) -> tuple[str, str | None]:

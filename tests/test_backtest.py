@@ -23,6 +23,7 @@ from kronos.backtest.run import run_backtest
 from kronos.backtest.spec import parse_spec
 from kronos.data import loaders
 from kronos.data.store import Store
+from kronos.errors import LookAhead
 
 RAW = {
     "name": "synthetic_ewma",
@@ -222,6 +223,10 @@ def test_cli_backtest_writes_report_frames_and_mlflow_run(
     assert run.data.tags["order_hash"] == row["order_hash"]
     assert run.data.tags["data_start"] == row["start"] and "git_commit" in run.data.tags
     assert run.data.params["costs.commission_bps"] == "3.0"
+    # the settings the run used (the spec's decision sections, the store it read) and their hash
+    assert run.data.tags["settings_hash"] == row["settings_hash"]
+    assert run.data.params["settings.data.db"] == str(synth_db)
+    assert run.data.params["settings.tracking.mlruns_dir"] == str(mlflow_settings.mlruns_dir)
     assert abs(run.data.metrics["sharpe"] - row["stats"]["sharpe"]) < 1e-12
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert "report/report.html" in names
@@ -254,12 +259,12 @@ def test_a_saved_model_is_refused_when_it_saw_the_test_window(synth_db, tmp_path
         json.dumps({"data_range": {"train_end": "2001-06-29", "valid_end": "2001-12-31"}})
     )
     fold = Fold(0, date(2001, 1, 2), date(2001, 12, 21), date(2002, 1, 2), date(2002, 3, 29), 5)
-    with pytest.raises(ValueError, match=r"look-ahead: the artifact .* saw data up to 2001-12-31"):
+    with pytest.raises(LookAhead, match=r"look-ahead: the artifact .* saw data up to 2001-12-31"):
         load_for_fold("ewma", directory, fold)
     ok = Fold(0, date(2001, 1, 2), date(2002, 1, 4), date(2002, 1, 14), date(2002, 3, 29), 5)
     assert isinstance(load_for_fold("ewma", directory, ok), EwmaNormal)
     # and through a spec: the first fold trains up to late December 2001
-    with pytest.raises(ValueError, match="look-ahead"):
+    with pytest.raises(LookAhead, match="look-ahead"):
         _run(synth_db, forecaster={"name": "ewma", "artifact": str(directory)})
 
 
@@ -304,8 +309,10 @@ def test_fail_safe_replay_trips_what_the_controller_trips_on_full_windows():
 def test_order_records_keep_a_late_limit_price():
     """More than a hundred market orders before the first limit (the synthetic bench's
     10-year run): the limit price column is typed, not inferred from the first rows."""
-    market = [(date(2020, 1, 2), "A", "buy", 1.0, None, f"m{k}", 1.0, None) for k in range(150)]
-    late = (date(2020, 1, 3), "B", "sell", -2.0, 169.78, "l", 0.0, "limit not reached")
+    market = [
+        (date(2020, 1, 2), "A", "buy", 1.0, None, f"m{k}", 1.0, None, 1.0) for k in range(150)
+    ]
+    late = (date(2020, 1, 3), "B", "sell", -2.0, 169.78, "l", 0.0, "limit not reached", 2.0)
     orders = _orders_frame([*market, late])
     assert orders["limit_price"].to_list()[-2:] == [None, 169.78]
     assert orders.row(-1, named=True)["status"] == "unfilled"

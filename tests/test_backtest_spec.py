@@ -20,8 +20,8 @@ from kronos.backtest.splits import WalkForward
 from kronos.config import (
     CalibrationSettings,
     DataSettings,
-    PortfolioSettings,
     StrategySettings,
+    load_settings,
 )
 
 BACKTESTS = Path(__file__).resolve().parents[1] / "backtests"
@@ -311,17 +311,20 @@ def test_settings_ignore_environment_and_dotenv(tmp_path, monkeypatch):
     monkeypatch.setenv("CALIBRATION_LAMBDA", "0.3")
     monkeypatch.setenv("KRONOS_QA_MIN_SPAN_YEARS", "1")
     (tmp_path / ".env").write_text("STRAT_RECO_TOPK=3\nSTRAT_TILT=0.9\n")
-    # the environment does reach settings built the usual way...
-    assert PortfolioSettings().pt_max_pos_pct == 0.5 and StrategySettings().strat_reco_topk == 3
+    # the environment does reach the settings an edge loads...
+    loaded = load_settings()
+    assert loaded.portfolio.pt_max_pos_pct == 0.5 and loaded.strategy.strat_reco_topk == 3
     # ...but not those of a spec
     spec = load_spec(write(tmp_path, "name: iso\ndecision: {strategy: {strat_reco_topk: 8}}\n"))
     settings = spec.decision_settings()
     assert settings.portfolio.pt_max_pos_pct == 0.10
     assert settings.strategy.strat_reco_topk == 8 and settings.strategy.strat_tilt == 0.25
-    assert (
-        settings.data == DataSettings.model_construct() and settings.data.qa_min_span_years == 5.0
-    )
-    assert spec.calibration_settings() == CalibrationSettings.model_construct()
+    assert settings.data == DataSettings() and settings.data.qa_min_span_years == 5.0
+    assert spec.calibration_settings() == CalibrationSettings()
+    # its record keeps the edge's store and tracking, never the environment's decision values
+    used = spec.run_settings(loaded)
+    assert used.portfolio.pt_max_pos_pct == 0.10 and used.calibration.calibration_lambda == 0.02
+    assert used.strategy.strat_reco_topk == 8 and used.tracking == loaded.tracking
 
 
 def test_yaml_error_names_file_and_line(tmp_path):
@@ -361,7 +364,9 @@ def test_sp500_specs_match_their_brief():
     assert set(ewma.universe.exclude) == {"SP500", "MTUM", "QUAL", "SIZE", "USMV", "VLUE", "GOOG"}
     assert (ewma.dates.start, ewma.dates.end) == (date(2005, 1, 3), date(2022, 12, 28))
     strategy = ewma.decision_settings().strategy
-    assert strategy.strat_min_market_cap == 0 and strategy.strat_min_dollar_vol == 0
+    # the size and liquidity filters stay at their defaults: the decision switches
+    # them off itself where the data has no market cap or volume (tests/test_decision.py)
+    assert "strat_min_market_cap" not in ewma.decision.strategy
     assert strategy.strat_forecast_in_score and strategy.strat_reco_topk == 10
     assert nbeats.forecaster.name == "nbeats" and nbeats.forecaster.params == {"max_steps": 300}
     # EWMA's median is 0: its spec turns the directional buy gates off, N-BEATS keeps them
@@ -370,3 +375,13 @@ def test_sp500_specs_match_their_brief():
     same = {"forecaster", "name", "description", "decision"}
     assert ewma.model_dump(exclude=same) == nbeats.model_dump(exclude=same)
     assert ewma.decision.strategy == nbeats.decision.strategy
+
+
+def test_a_misspelt_forecaster_parameter_fails_when_the_spec_is_read(tmp_path):
+    from kronos.backtest.spec import SpecError
+
+    text = (BACKTESTS / "sp500_nbeats_weekly.yaml").read_text()
+    path = tmp_path / "typo.yaml"
+    path.write_text(text.replace("max_steps: 300", "max_step: 300"))
+    with pytest.raises(SpecError, match=r"unknown parameter 'max_step' of nbeats.*max_steps"):
+        load_spec(path)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kronos.calendar import CalendarError, get_calendar, period_key, step_sessions
+from kronos.config import DataSettings
 from kronos.models.base import forecast_frame, retarget, target_dates
 
 XNYS = get_calendar()
@@ -184,7 +185,6 @@ def test_sessions_match_a_plain_weekday_walk_minus_holidays():
 
 
 def test_a_bar_is_known_at_its_session_close_early_closes_included():
-    from kronos.config import DataSettings
     from kronos.data.readers import PointInTime
     from kronos.risk import session_close
 
@@ -218,7 +218,7 @@ def test_sim_broker_clock_follows_the_calendar(store):
         "INSERT INTO bars SELECT symbol, DATE '2023-11-26' AS ts, * EXCLUDE (symbol, ts) "
         "FROM bars WHERE ts = DATE '2023-11-24'"
     )
-    sim = SimBroker(store, "acct")
+    sim = SimBroker(store, "acct", data_settings=DataSettings())
     assert sim.sessions == days
     assert sim.start(days[0], 1_000.0)
     closed = sim.clock()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from kronos.calibration import OnlineCalibrator, apply_params, replay
 from kronos.config import CalibrationSettings
+from kronos.errors import InputError
 from kronos.models.base import forecast_frame
 from kronos.models.evaluation import score, with_realized
 
@@ -30,7 +31,7 @@ width = st.floats(1e-4, 0.2, allow_nan=False)
     )
 )
 def test_clamps_and_bounds_hold_for_any_input(nights):
-    cal = OnlineCalibrator(["A", "B"], {"A": "X", "B": "X"})
+    cal = OnlineCalibrator(["A", "B"], {"A": "X", "B": "X"}, S)
     for p50, lo_w, hi_w, y in nights:
         p = np.array([p50, -p50])
         cal.update(p - lo_w, p, p + hi_w, np.array([y, -y if np.isfinite(y) else y]))
@@ -44,7 +45,7 @@ def test_clamps_and_bounds_hold_for_any_input(nights):
 
 
 def test_application_formula():
-    cal = OnlineCalibrator(["A"], {"A": "X"})
+    cal = OnlineCalibrator(["A"], {"A": "X"}, S)
     cal.n_[:] = 100
     cal.bias_[0], cal.scale_[0] = 0.001, 1.5
     lo, mid, hi = cal.apply_arrays(np.array([-0.02]), np.array([0.0]), np.array([0.01]))
@@ -53,7 +54,7 @@ def test_application_formula():
 
 
 def test_one_update_matches_hand_computation():
-    cal = OnlineCalibrator(["A"], {"A": "X"})
+    cal = OnlineCalibrator(["A"], {"A": "X"}, S)
     cal.update(np.array([-0.02]), np.array([0.0]), np.array([0.02]), np.array([0.01]))
     # bias: 0.98 * 0 + 0.02 * 0.01 = 2e-4; inside the interval: log s -= 0.03 * 0.10
     assert cal.bias_[0] == pytest.approx(2e-4, rel=1e-12)
@@ -62,7 +63,7 @@ def test_one_update_matches_hand_computation():
 
 
 def test_guards_skip_big_returns_and_big_residuals():
-    cal = OnlineCalibrator(["A", "B", "C"], {})
+    cal = OnlineCalibrator(["A", "B", "C"], {}, S)
     p05, p50, p95 = np.full(3, -0.02), np.zeros(3), np.full(3, 0.02)
     # sigma = 0.04 / 3.29 = 0.01216; 4 sigma = 0.0486
     report = cal.update(p05, p50, p95, np.array([0.11, 0.06, 0.01]))
@@ -72,7 +73,7 @@ def test_guards_skip_big_returns_and_big_residuals():
 
 def test_new_symbols_borrow_sector_then_global():
     syms = ["A", "B", "C", "D"]
-    cal = OnlineCalibrator(syms, {"A": "Tech", "B": "Tech", "C": "Tech", "D": "Energy"})
+    cal = OnlineCalibrator(syms, {"A": "Tech", "B": "Tech", "C": "Tech", "D": "Energy"}, S)
     n = len(syms)
     cal.bias_[:n] = [0.001, 0.002, 0.003, 0.004]
     cal.n_[:n] = [25, 5, 5, 5]
@@ -114,7 +115,7 @@ def test_replay_repairs_coverage_without_look_ahead(half_width, shift):
     """Reference: N(0, 1%) returns; a correct 90% interval is +/-1.645%."""
     panel = _simulated()
     raw = _constant_forecasts(panel, half_width, shift)
-    params = replay(raw, panel, OnlineCalibrator(["A", "B", "C", "D"], {}))
+    params = replay(raw, panel, OnlineCalibrator(["A", "B", "C", "D"], {}, S))
     calibrated = apply_params(raw, params)
     late = pl.col("asof") >= panel["ts"].unique().sort()[300]
     before = score(with_realized(raw.filter(late), panel))
@@ -127,20 +128,20 @@ def test_replay_repairs_coverage_without_look_ahead(half_width, shift):
     changed = panel.with_columns(
         y=pl.when(pl.col("ts") > cut).then(pl.col("y") * 5).otherwise(pl.col("y"))
     )
-    again = replay(raw, changed, OnlineCalibrator(["A", "B", "C", "D"], {}))
+    again = replay(raw, changed, OnlineCalibrator(["A", "B", "C", "D"], {}, S))
     up_to = pl.col("asof") <= cut
     assert again.filter(up_to).equals(params.filter(up_to))
 
 
 def test_json_round_trip(tmp_path: Path):
-    cal = OnlineCalibrator(["A", "B"], {"A": "Tech", "B": None})
+    cal = OnlineCalibrator(["A", "B"], {"A": "Tech", "B": None}, S)
     rng = np.random.default_rng(0)
     for _ in range(30):
         cal.update(np.full(2, -0.02), np.zeros(2), np.full(2, 0.02), rng.normal(0, 0.015, 2))
     doc = json.loads(json.dumps(cal.to_json("m", date(2020, 1, 2))))
-    back, model, day = OnlineCalibrator.from_json(doc)
+    back, model, day = OnlineCalibrator.from_json(doc, S)
     assert (model, day) == ("m", date(2020, 1, 2))
     for attr in ("bias_", "scale_", "n_"):
         np.testing.assert_array_equal(getattr(back, attr), getattr(cal, attr))
-    with pytest.raises(ValueError, match="lacks 'states'"):
-        OnlineCalibrator.from_json({"model": "m", "asof": "2020-01-02", "sectors": {}})
+    with pytest.raises(InputError, match="lacks 'states'"):
+        OnlineCalibrator.from_json({"model": "m", "asof": "2020-01-02", "sectors": {}}, S)

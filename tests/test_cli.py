@@ -189,7 +189,7 @@ def test_calibrate_is_idempotent_and_forecast_applies_it(bundled_db: Path, tmp_p
 
     shutil.copy(bundled_db, tmp_path / "k.duckdb")
     args = ["calibrate", "--model", "ewma", "--asof", "2020-03-04", "--since", "2020-03-02"]
-    args += ["--model-dir", str(tmp_path / "models"), "--json"]
+    args += ["--model-dir", str(tmp_path / "models"), "--no-mlflow", "--json"]
     first = json.loads(kronos(*args, cwd=tmp_path).stdout)
     assert [n["night"] for n in first["nights"]] == ["2020-03-02", "2020-03-03", "2020-03-04"]
     assert json.loads(kronos(*args, cwd=tmp_path).stdout)["nights"] == []

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from kronos.config import DataSettings, setting_errors
+from kronos.config import DataSettings, load_settings, setting_errors
+from kronos.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -19,11 +20,19 @@ from kronos.config import DataSettings, setting_errors
         ("KRONOS_SYMBOL_PATTERN", "[", "invalid KRONOS_SYMBOL_PATTERN '[': not a regular expr"),
     ],
 )
-def test_a_bad_setting_names_its_variable(monkeypatch, variable, value, says):
+def test_a_bad_setting_names_its_variable(monkeypatch, tmp_path, variable, value, says):
     monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=tmp_path / "absent.env")
+    assert str(caught.value).startswith(says)
+
+
+def test_a_bad_keyword_value_names_its_variable():
     with pytest.raises(Exception) as caught:
-        DataSettings()
-    assert setting_errors(caught.value).startswith(says)
+        DataSettings(lock_wait_s="abc")
+    assert setting_errors(caught.value).startswith(
+        "invalid KRONOS_LOCK_WAIT_S 'abc': Input should be a valid"
+    )
 
 
 def test_the_command_prints_one_line_and_exits_2(tmp_path):

@@ -9,11 +9,12 @@ import polars as pl
 import pytest
 
 from kronos.bench.decision import _forecasts, run_decision_bench
-from kronos.config import RiskSettings
+from kronos.config import DataSettings, DecisionSettings, RiskSettings
 from kronos.data import loaders
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.decision.allocator import Account
+from kronos.decision.snapshot import StoreSource
 from kronos.decision.step import decide
 from kronos.risk import Breaker, session_close, trip
 
@@ -37,12 +38,17 @@ def world(tmp_path_factory):
     return path, asof, symbols
 
 
+def _run(store, asof, book, model="bench", settings=None):
+    settings = settings or DecisionSettings()
+    source = StoreSource(store, model, settings)
+    account = Account(nav=5e6, cash=4e6)
+    return decide(source, asof, book, account, settings, now=session_close(asof, DataSettings()))
+
+
 def _decide(path, asof, **kw):
     with Store.open(path) as s:
         book = pl.DataFrame({"symbol": ["SYN0001", "SYN0002"], "qty": [100.0, 50.0]})
-        return decide(
-            asof, s, book, Account(nav=5e6, cash=4e6), model="bench", now=session_close(asof), **kw
-        )
+        return _run(s, asof, book, **kw)
 
 
 def test_decision_is_complete_and_deterministic(world):
@@ -74,7 +80,7 @@ def test_a_tripped_breaker_gets_no_buys(world, tmp_path):
                     "symbol",
                     victim,
                     "test breach",
-                    session_close(asof) - timedelta(hours=1),
+                    session_close(asof, DataSettings()) - timedelta(hours=1),
                     RiskSettings(),
                 )
             ],
@@ -88,9 +94,7 @@ def test_no_forecasts_means_no_buys_and_says_why(world):
     path, asof, _ = world
     with Store.open(path) as s:
         book = pl.DataFrame({"symbol": ["SYN0001"], "qty": [100.0]})
-        d = decide(
-            asof, s, book, Account(nav=5e6, cash=4e6), model="missing", now=session_close(asof)
-        )
+        d = _run(s, asof, book, model="missing")
     assert d.orders.filter(pl.col("side") == "buy").is_empty()
     reasons = d.excluded.filter(pl.col("stage") == "planner")["reason"].to_list()
     assert any("no step-1 forecast" in r for r in reasons)
@@ -111,8 +115,15 @@ def test_recording_a_retried_decision_stores_each_order_once(world, tmp_path):
     copy.write_bytes(path.read_bytes())
     decision = _decide(copy, asof)
     with Store.open(copy) as s:
-        first = record(s, decision, session_close(asof))
-        second = record(s, _decide_open(s, asof), session_close(asof))
+        first = record(
+            s, decision, session_close(asof, DataSettings()), data_settings=DataSettings()
+        )
+        second = record(
+            s,
+            _decide_open(s, asof),
+            session_close(asof, DataSettings()),
+            data_settings=DataSettings(),
+        )
         counts = s.con.execute(
             "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM strategist_recos), "
             "(SELECT count(*) FROM policy_knobs)"
@@ -123,9 +134,7 @@ def test_recording_a_retried_decision_stores_each_order_once(world, tmp_path):
 
 def _decide_open(store, asof):
     book = pl.DataFrame({"symbol": ["SYN0001", "SYN0002"], "qty": [100.0, 50.0]})
-    return decide(
-        asof, store, book, Account(nav=5e6, cash=4e6), model="bench", now=session_close(asof)
-    )
+    return _run(store, asof, book)
 
 
 def test_a_fresher_raw_forecast_beats_an_older_calibrated_one(world, tmp_path):
@@ -143,8 +152,12 @@ def test_a_fresher_raw_forecast_beats_an_older_calibrated_one(world, tmp_path):
     )
     with Store.open(copy) as s:
         ingest(s, "forecasts", [raw], source="t", origin="t")
-        later = read_snapshot(s, newer, "bench", DecisionSettings(), session_close(newer))
-        same_day = read_snapshot(s, asof, "bench", DecisionSettings(), session_close(asof))
+        later = read_snapshot(
+            s, newer, "bench", DecisionSettings(), session_close(newer, DataSettings())
+        )
+        same_day = read_snapshot(
+            s, asof, "bench", DecisionSettings(), session_close(asof, DataSettings())
+        )
     # the raw forecast from the newer session wins over the calibrated one from the day before
     assert not later.calibrated
     first = raw.filter(pl.col("step") == 1).sort("symbol")
@@ -193,3 +206,52 @@ def test_the_regime_encoders_reading_feeds_the_regime_switch(world, tmp_path):
         strategy=StrategySettings(strat_breadth_on=0.0, strat_turbulent_off=0.8)
     )
     assert _decide(copy, asof, settings=off_at).knobs.risk_regime == "on"
+
+
+def test_filters_the_data_cannot_feed_are_switched_off_and_said():
+    from kronos.decision.step import data_switches
+    from kronos.features.strategist import INPUT_SCHEMA
+
+    settings = DecisionSettings()
+    empty = pl.DataFrame({"symbol": ["A", "B"]}).with_columns(
+        pl.lit(None).cast(t).alias(c) for c, t in INPUT_SCHEMA.items() if c != "symbol"
+    )
+    off, notes = data_switches(empty, settings)
+    assert off.strategy.strat_min_market_cap == 0 and off.strategy.strat_min_dollar_vol == 0
+    assert notes == (
+        "no market cap in the data: the market-cap filter is off",
+        "no dollar volume in the data: the liquidity filter is off",
+    )
+    fed = empty.with_columns(market_cap=pl.Series([1e11, None]))
+    kept, notes = data_switches(fed, settings)
+    assert kept.strategy.strat_min_market_cap == settings.strategy.strat_min_market_cap
+    assert notes == ("no dollar volume in the data: the liquidity filter is off",)
+
+
+def test_panic_exit_is_a_step_of_the_decision(world, tmp_path):
+    """With ENABLE_PANIC_EXIT and a global breaker, the plan sells every holding at market."""
+    path, asof, _ = world
+    copy = tmp_path / "k.duckdb"
+    copy.write_bytes(path.read_bytes())
+    risk = RiskSettings(enable_panic_exit=True)
+    settings = DecisionSettings(risk=risk)
+    with Store.open(copy) as s:
+        trip(
+            s,
+            [
+                Breaker.new(
+                    "global", "*", "coverage collapse", session_close(asof, DataSettings()), risk
+                )
+            ],
+        )
+        book = pl.DataFrame({"symbol": ["SYN0001", "SYN0002"], "qty": [100.0, 50.0]})
+        d = _run(s, asof, book, settings=settings)
+        calm = _run(s, asof, book)  # panic exit off by default: breakers only block buys
+    orders = d.orders.select("symbol", "side", "qty", "order_type", "intent").rows()
+    assert orders == [
+        ("SYN0001", "sell", 100.0, "market", "panic"),
+        ("SYN0002", "sell", 50.0, "market", "panic"),
+    ]
+    assert d.notes[-1] == "panic exit: coverage collapse: selling 2 holding(s)"
+    assert "panic" not in calm.orders["intent"].to_list()
+    assert calm.orders.filter(pl.col("side") == "buy").is_empty()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kronos.config import DataSettings
 from kronos.data import loaders, readers
 from kronos.data.errors import InputError
 from kronos.data.ingest import ingest
@@ -109,9 +110,11 @@ def test_snapshots_need_a_time(aapl_store: Store, tmp_path: Path):
         loaders.load_fmp_files(aapl_store, [path])
     known = datetime(2023, 2, 1, 12, tzinfo=UTC)  # 07:00 in New York
     loaders.load_fmp_files(aapl_store, [path], known_at=known)
-    got = readers.estimates(aapl_store, date(2023, 2, 1), ["AAPL"])
+    got = readers.estimates(aapl_store, date(2023, 2, 1), ["AAPL"], settings=DataSettings())
     assert got.select("eps_avg", "num_analysts_eps", "available_at").row(0) == (6.1, 30, known)
-    assert readers.estimates(aapl_store, date(2023, 1, 31), ["AAPL"]).is_empty()
+    assert readers.estimates(
+        aapl_store, date(2023, 1, 31), ["AAPL"], settings=DataSettings()
+    ).is_empty()
 
 
 def test_news_is_idempotent_and_timestamped_in_eastern_time(aapl_store: Store, tmp_path: Path):
@@ -119,7 +122,7 @@ def test_news_is_idempotent_and_timestamped_in_eastern_time(aapl_store: Store, t
     first = loaders.load_fmp_files(aapl_store, [path])["fmp_news"]
     second = loaders.load_fmp_files(aapl_store, [path])["fmp_news"]
     assert (first.inserted, second.inserted, second.updated) == (2, 0, 0)
-    got = readers.news(aapl_store, date(2023, 1, 5), ["AAPL"])
+    got = readers.news(aapl_store, date(2023, 1, 5), ["AAPL"], settings=DataSettings())
     assert got["published_at"][0] == datetime(2023, 1, 5, 15, 13, tzinfo=UTC)
 
 
@@ -134,8 +137,10 @@ def test_rating_and_profile(aapl_store: Store, tmp_path: Path):
         }
     ]
     loaders.load_fmp_files(aapl_store, [_write(tmp_path, "AAPL_rating.json", rating)])
-    assert readers.ratings(aapl_store, date(2023, 1, 4)).is_empty()
-    assert readers.ratings(aapl_store, date(2023, 1, 5))["rating_score"].to_list() == [5.0]
+    assert readers.ratings(aapl_store, date(2023, 1, 4), settings=DataSettings()).is_empty()
+    assert readers.ratings(aapl_store, date(2023, 1, 5), settings=DataSettings())[
+        "rating_score"
+    ].to_list() == [5.0]
     profile = {
         "symbol": "AAPL",
         "companyName": "Apple Inc.",
@@ -148,8 +153,8 @@ def test_rating_and_profile(aapl_store: Store, tmp_path: Path):
     }
     path = _write(tmp_path, "AAPL_profile.json", [profile])
     loaders.load_fmp_files(aapl_store, [path], known_at=datetime(2023, 1, 6, 12, tzinfo=UTC))
-    now = readers.profiles(aapl_store, date(2023, 1, 6), ["AAPL"])
-    before = readers.profiles(aapl_store, date(2023, 1, 5), ["AAPL"])
+    now = readers.profiles(aapl_store, date(2023, 1, 6), ["AAPL"], settings=DataSettings())
+    before = readers.profiles(aapl_store, date(2023, 1, 5), ["AAPL"], settings=DataSettings())
     assert (now["sector"][0], now["market_cap"][0]) == ("Technology", 2.1e12)
     assert before["sector"][0] == "Information Technology"  # the bundled profile
 

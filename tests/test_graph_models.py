@@ -34,7 +34,8 @@ from kronos.features.graph import (
 )
 from kronos.models.artifacts import REQUIRED_FILES, latest_artifact, load_promoted
 from kronos.models.base import FORECAST_SCHEMA, QUANTILES, ForecastError, TrainingConfig
-from kronos.models.graph import _GraphModule, pinball_loss, read_graph
+from kronos.models.graph_data import read_graph
+from kronos.models.graph_train import GraphModule, pinball_loss
 from kronos.models.mtgnn import MtgnnForecaster, MtgnnPriorForecaster, read_learned_graph
 from kronos.models.registry import forecaster_class
 from kronos.models.split import train_valid_split
@@ -386,7 +387,7 @@ def test_training_settings_reach_lightning(monkeypatch):
     assert model.fit_info_["best_step"] == 2 and model.fit_info_["stopped_step"] == 8
     # optimiser and plateau scheduler as configured (ReduceLROnPlateau ignores LR changes
     # below 1e-8, so the flat run above cannot show the halving)
-    optim = _GraphModule(model.network_, training, has_valid=True).configure_optimizers()
+    optim = GraphModule(model.network_, training, has_valid=True).configure_optimizers()
     opt, sched = optim["optimizer"], optim["lr_scheduler"]
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["weight_decay"] == 1e-4 and opt.defaults["lr"] == 1e-12
@@ -394,7 +395,7 @@ def test_training_settings_reach_lightning(monkeypatch):
     assert sched["monitor"] == "valid_loss" and sched["interval"] == "epoch"
     assert sched["scheduler"].factor == 0.5 and sched["scheduler"].patience == 1
     assert sched["scheduler"].min_lrs == [1e-15]
-    plain = _GraphModule(model.network_, training, has_valid=False).configure_optimizers()
+    plain = GraphModule(model.network_, training, has_valid=False).configure_optimizers()
     assert isinstance(plain, torch.optim.AdamW)  # no validation: constant LR
 
 

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from kronos.calendar import get_calendar
 from kronos.cli import app
+from kronos.config import AlpacaDataSettings
 from kronos.data import loaders
 from kronos.data.errors import InputError
 from kronos.data.ingest import IngestRules
@@ -761,7 +762,9 @@ def test_synthetic_reference_known_after_the_ingest_time_is_left_out(store: Stor
 
 def test_alpaca_start_after_the_last_closed_session_is_refused_before_any_request(store: Store):
     with pytest.raises(InputError, match="no bar of it is known yet") as info:
-        loaders.load_alpaca(store, ["AAA"], date(2026, 12, 4), rules=_rules())
+        loaders.load_alpaca(
+            store, ["AAA"], date(2026, 12, 4), alpaca=AlpacaDataSettings(), rules=_rules()
+        )
     assert (
         "alpaca(AAA): --start 2026-12-04 is after 2026-12-03, the last session closed at the "
         "ingest time 2026-12-04 16:10 UTC"

@@ -24,16 +24,15 @@ from pytorch_lightning.callbacks import EarlyStopping
 from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
 
 from kronos.models.base import FORECAST_SCHEMA, ForecastError, TrainingConfig
+from kronos.models.lightning import quiet_lightning
 from kronos.models.nbeats import (
     VAL_LOSS_KEY,
     NBeatsDefaultForecaster,
     NBeatsForecaster,
-    _KronosNBEATS,
-    _quiet_lightning,
-    _to_nixtla,
     library_default_nbeats,
     lightweight_nbeats,
 )
+from kronos.models.nbeats_net import KronosNBEATS, to_nixtla
 
 SYMBOLS = ["AAA", "BBB", "CCC"]
 N_DAYS = 400
@@ -195,11 +194,11 @@ def test_fast_path_equals_neuralforecast_predict(fitted):
     asof = DAYS[350]
     past = PANEL.filter(pl.col("ts") <= asof).sort("symbol", "ts")
     ys = [past.filter(pl.col("symbol") == s)["y"].to_numpy() / model.scales_[s] for s in SYMBOLS]
-    frame = _to_nixtla(
+    frame = to_nixtla(
         np.array(SYMBOLS, dtype=object), np.concatenate(ys), np.array([len(y) for y in ys])
     )
     dataset, *_ = TimeSeriesDataset.from_df(frame, id_col="unique_id", time_col="ds")
-    with _quiet_lightning(True):
+    with quiet_lightning(True):
         reference = model.network_.predict(dataset).reshape(len(SYMBOLS), 5, 3)
     reference = np.sort(reference * np.array([model.scales_[s] for s in SYMBOLS])[:, None, None])
     ours = model.predict(PANEL, asof).select("p05", "p50", "p95").to_numpy()
@@ -311,10 +310,10 @@ def test_sampler_draws_neuralforecast_windows():
     """The fast training-window sampler draws from exactly neuralforecast's windows."""
     rng = np.random.default_rng(3)
     lengths = np.array([60, 45, 52])
-    frame = _to_nixtla(np.array(SYMBOLS, dtype=object), rng.standard_normal(lengths.sum()), lengths)
+    frame = to_nixtla(np.array(SYMBOLS, dtype=object), rng.standard_normal(lengths.sum()), lengths)
     dataset, *_ = TimeSeriesDataset.from_df(frame, id_col="unique_id", time_col="ds")
-    with _quiet_lightning(True):
-        net = _KronosNBEATS(
+    with quiet_lightning(True):
+        net = KronosNBEATS(
             h=5, input_size=10, loss=MQLoss(quantiles=[0.05, 0.5, 0.95]), windows_batch_size=4000,
             mlp_units=[[4, 4]], weight_decay=0.0, scheduler_patience=1, min_lr=1e-5, dropout=0.0,
         )  # fmt: skip
@@ -385,7 +384,7 @@ def test_library_default_is_neuralforecast_defaults_with_mqloss():
     model = library_default_nbeats()
     assert isinstance(model, NBeatsDefaultForecaster) and model.name == "nbeats_default"
     assert model.get_config()["overrides"] == {}
-    with _quiet_lightning(True):
+    with quiet_lightning(True):
         net, info = model._make_network(has_valid=True, n_windows=1000)
     assert isinstance(net.loss, MQLoss) and isinstance(net.valid_loss, MQLoss)
     assert (info["max_steps"], net.learning_rate, net.scaler.scaler_type) == (
@@ -408,6 +407,6 @@ def test_library_default_is_neuralforecast_defaults_with_mqloss():
 def test_lightweight_is_small():
     model = lightweight_nbeats()
     assert model.name == "nbeats" and model.input_size == 90 and model.horizon == 5
-    with _quiet_lightning(True):
+    with quiet_lightning(True):
         net, _ = model._make_network(has_valid=True, n_windows=100_000)
     assert sum(p.numel() for p in net.parameters()) < 100_000

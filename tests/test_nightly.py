@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kronos.config import CalibrationSettings
+from kronos.config import CalibrationSettings, DataSettings
 from kronos.data.store import Store
 from kronos.features.returns import returns_panel
 from kronos.models.baselines import EwmaNormal
@@ -26,9 +26,16 @@ def store(bundled_db: Path, tmp_path: Path):
 
 
 def _run(store: Store, asof: date, since: date | None = None, settings=None):
-    panel = returns_panel(store, asof, ["AAPL", "MSFT", "KO", "XOM"])
+    panel = returns_panel(store, asof, ["AAPL", "MSFT", "KO", "XOM"], settings=DataSettings())
     return nightly_calibrate(
-        store, "ewma", asof, panel, lambda: EwmaNormal().fit(panel), since=since, settings=settings
+        store,
+        "ewma",
+        asof,
+        panel,
+        lambda: EwmaNormal().fit(panel),
+        since=since,
+        settings=settings or CalibrationSettings(),
+        data=DataSettings(),
     )
 
 

@@ -105,6 +105,7 @@ def test_notebook_is_stored_without_outputs_and_with_one_parameters_cell(path: P
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory, mlflow_settings):
     """Run the notebooks in order through the runner; stop at the first failure."""
+    from kronos.config import load_settings
     from kronos.runner import run_notebook
 
     work = tmp_path_factory.mktemp("notebooks")
@@ -130,7 +131,7 @@ def executed(tmp_path_factory, mlflow_settings):
                 Path("notebooks") / f"{stem}.ipynb",
                 params,
                 out_root=work / "runs",
-                settings=mlflow_settings,
+                settings=load_settings(),
             )
             outcomes[stem] = outcome
             if outcome.status != "FINISHED":
@@ -194,9 +195,9 @@ def test_calibration_and_paper_trading_results(executed, mlflow_settings):
     assert 0 <= cal["raw_coverage"] <= 1 and 0 <= cal["calibrated_coverage"] <= 1
     paper = _outcome(executed, "30_paper_trading")
     metrics = client.get_run(paper.run_id).data.metrics
-    # the bundled prices carry no volume: the loop turns the liquidity filters off,
-    # so the strategist recommends names instead of excluding all of them
-    assert "filters off" in _text(paper)
+    # the bundled prices carry no volume: the decision turns the liquidity filter off
+    # (and says so), so the strategist recommends names instead of excluding them all
+    assert "the liquidity filter is off" in _text(paper)
     assert metrics["cycles"] == 4
     assert metrics["final_nav"] > 0
     assert metrics["differences_total"] == 0

@@ -16,7 +16,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kronos.config import DecisionSettings, PolicySettings, RiskSettings, StrategySettings
+from kronos.config import (
+    CalibrationSettings,
+    DataSettings,
+    DecisionSettings,
+    PolicySettings,
+    RiskSettings,
+    StrategySettings,
+    load_settings,
+    settings_hash,
+)
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.execution.brokers.base import (
@@ -55,7 +64,7 @@ def ohlc(store: Store) -> Store:
 
 
 def _broker(store: Store, **rules) -> SimBroker:
-    sim = SimBroker(store, "acct", FillRules(**rules))
+    sim = SimBroker(store, "acct", FillRules(**rules), data_settings=DataSettings())
     assert sim.start(SESSIONS[0], 10_000.0)
     return sim
 
@@ -63,7 +72,7 @@ def _broker(store: Store, **rules) -> SimBroker:
 def test_sim_clock_moves_in_phases(ohlc: Store):
     sim = _broker(ohlc)
     c = sim.clock()
-    assert not c.is_open and c.now == session_close(SESSIONS[0])
+    assert not c.is_open and c.now == session_close(SESSIONS[0], DataSettings())
     sim.advance()
     c2 = sim.clock()
     assert c2.is_open and c2.now.date() == SESSIONS[1] and c2.now > c.now
@@ -128,12 +137,12 @@ def test_sim_state_survives_a_new_process(ohlc: Store):
     sim = _broker(ohlc)
     sim.submit(OrderRequest("c1", "AAA", "buy", 10))
     sim.advance(), sim.advance()
-    again = SimBroker(ohlc, "acct", FillRules())
+    again = SimBroker(ohlc, "acct", FillRules(), data_settings=DataSettings())
     assert not again.start(SESSIONS[0], 1.0)  # continues, does not reset
     assert again.account() == sim.account()
     assert again.positions() == sim.positions()
     assert again.clock() == sim.clock()
-    other = SimBroker(ohlc, "other", FillRules())
+    other = SimBroker(ohlc, "other", FillRules(), data_settings=DataSettings())
     other.start(SESSIONS[0], 5.0)
     assert other.positions() == [] and other.account().cash == 5.0
 
@@ -178,6 +187,7 @@ def _loop(store: Store, broker: Broker, account: str = "acct", **kw) -> PaperLoo
         model="ewma",
         symbols=_equities(store),
         settings=kw.pop("settings", SETTINGS),
+        calibration=CalibrationSettings(),
     )
     return PaperLoop(store, broker, config, **kw)
 
@@ -210,7 +220,7 @@ def _check_book(store: Store, sim: SimBroker, account: str = "acct") -> None:
 
 
 def test_loop_trades_records_and_reconciles(bundled: Store):
-    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled))
+    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled), data_settings=DataSettings())
     sim.start(START, 100_000.0)
     logged: list = []
     reports = _loop(bundled, sim, recorder=ListRecorder(logged)).run(
@@ -266,7 +276,7 @@ class AmbiguousSubmit(CrashAfterSubmit):
 
 
 def test_crash_between_submit_and_record_never_duplicates(bundled: Store):
-    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled))
+    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled), data_settings=DataSettings())
     sim.start(START, 100_000.0)
     loop = _loop(bundled, sim)
     loop.run(cycles=1)  # decides (market closed)
@@ -292,7 +302,7 @@ def test_crash_between_submit_and_record_never_duplicates(bundled: Store):
 
 @pytest.mark.parametrize("sends", [True, False])
 def test_ambiguous_submit_is_looked_up_not_resent(bundled: Store, sends: bool):
-    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled))
+    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled), data_settings=DataSettings())
     sim.start(START, 100_000.0)
     _loop(bundled, sim).cycle()
     sim.advance()
@@ -311,7 +321,7 @@ def test_ambiguous_submit_is_looked_up_not_resent(bundled: Store, sends: bool):
 
 
 def test_planned_orders_of_a_past_session_go_stale(bundled: Store):
-    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled))
+    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled), data_settings=DataSettings())
     sim.start(START, 100_000.0)
     _loop(bundled, sim).cycle()  # decided, not sent (closed)
     sim.advance(), sim.advance()  # the whole next session passes without a cycle
@@ -323,7 +333,7 @@ def test_planned_orders_of_a_past_session_go_stale(bundled: Store):
 
 
 def test_panic_exit_sells_the_book(bundled: Store):
-    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled))
+    sim = SimBroker(bundled, "acct", FillRules(), _equities(bundled), data_settings=DataSettings())
     sim.start(START, 100_000.0)
     _loop(bundled, sim).run(cycles=4, wait=lambda _c: sim.advance())
     sim.advance()
@@ -372,9 +382,14 @@ def test_kill_9_and_restart_keep_one_book(bundled: Store, tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert kills >= 2
     with Store.open(path) as store:
-        sim = SimBroker(store, "k9", FillRules(), _equities(store))
+        sim = SimBroker(store, "k9", FillRules(), _equities(store), data_settings=DataSettings())
         _check_book(store, sim, "k9")
         cycles = store.con.execute(
             "SELECT count(*) FROM paper_cycles WHERE account = 'k9' AND status = 'done'"
         ).fetchall()[0][0]
         assert cycles >= 6
+        hashes = store.con.execute(
+            "SELECT DISTINCT settings_hash FROM paper_cycles WHERE account = 'k9'"
+        ).fetchall()
+    # each cycle stores the hash of the settings it ran with (STRAT_RECO_TOPK=5 and all)
+    assert hashes == [(settings_hash(load_settings(environ=env)),)]

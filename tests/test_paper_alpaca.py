@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kronos.config import DecisionSettings, PolicySettings, StrategySettings
+from kronos.config import CalibrationSettings, DecisionSettings, PolicySettings, StrategySettings
 from kronos.data.store import Store
 from kronos.execution.brokers.alpaca import AlpacaBroker, AlpacaTradingSettings
 from kronos.execution.paper import PaperConfig, PaperLoop
@@ -54,7 +54,13 @@ def _loop(store: Store, url: str) -> PaperLoop:
         KRONOS_ALPACA_TIMEOUT_S=0.3,
     )
     broker = AlpacaBroker(settings, backoff_s=0.01, sleep=lambda _s: None)
-    config = PaperConfig(account="alp", model="ewma", symbols=_equities(store), settings=SETTINGS)
+    config = PaperConfig(
+        account="alp",
+        model="ewma",
+        symbols=_equities(store),
+        settings=SETTINGS,
+        calibration=CalibrationSettings(),
+    )
     return PaperLoop(store, broker, config)
 
 

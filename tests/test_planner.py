@@ -19,8 +19,15 @@ from hypothesis import strategies as st
 
 from kronos.config import PolicySettings, PortfolioSettings
 from kronos.decision.allocator import Account, Allocation, allocate
-from kronos.decision.planner import DROPPED_SCHEMA, ORDERS_SCHEMA, TABLE_SCHEMA
-from kronos.execution import Plan, client_order_id, orders_table_rows, plan_orders
+from kronos.decision.planner import (
+    DROPPED_SCHEMA,
+    ORDERS_SCHEMA,
+    TABLE_SCHEMA,
+    Plan,
+    client_order_id,
+    orders_table_rows,
+    plan_orders,
+)
 
 NAV = 100_000.0
 NOW = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)
@@ -117,18 +124,18 @@ def plan(
 ) -> Plan:
     syms = set(positions["symbol"])
     return plan_orders(
-        allocation,
-        positions,
-        Account(NAV, cash),
-        forecasts if forecasts is not None else fc(dict.fromkeys(syms, CALM)),
-        recos if recos is not None else syms,
-        last or {},
-        blocked or {},
-        NOW,
-        RUN,
-        ASOF,
-        p or pt(),
-        q or pol(),
+        allocation=allocation,
+        book=positions,
+        account=Account(NAV, cash),
+        forecasts=forecasts if forecasts is not None else fc(dict.fromkeys(syms, CALM)),
+        ideas=recos if recos is not None else syms,
+        last_trade_at=last or {},
+        blocked=blocked or {},
+        now=NOW,
+        run_id=RUN,
+        asof=ASOF,
+        portfolio=p or pt(),
+        policy=q or pol(),
     )
 
 
@@ -247,18 +254,18 @@ def test_naive_times_are_refused() -> None:
         plan(a, book([("A", 0.0, 10.0)]), last={"A": datetime(2024, 3, 1, 12)})
     with pytest.raises(ValueError, match="naive"):
         plan_orders(
-            a,
-            book([("A", 0.0, 10.0)]),
-            Account(NAV, NAV),
-            fc({}),
-            set(),
-            {},
-            {},
-            datetime(2024, 3, 1),
-            RUN,
-            ASOF,
-            pt(),
-            pol(),
+            allocation=a,
+            book=book([("A", 0.0, 10.0)]),
+            account=Account(NAV, NAV),
+            forecasts=fc({}),
+            ideas=set(),
+            last_trade_at={},
+            blocked={},
+            now=datetime(2024, 3, 1),
+            run_id=RUN,
+            asof=ASOF,
+            portfolio=pt(),
+            policy=pol(),
         )
 
 
@@ -590,7 +597,20 @@ def random_plan_case(draw: st.DrawFn) -> tuple:
 def test_plan_invariants(case: tuple) -> None:
     scores, positions, acct, forecasts, recos, last, blocked, p, q = case
     a = allocate(scores, positions, acct, scores.select("symbol", "sector"), blocked, p)
-    out = plan_orders(a, positions, acct, forecasts, recos, last, blocked, NOW, RUN, ASOF, p, q)
+    out = plan_orders(
+        allocation=a,
+        book=positions,
+        account=acct,
+        forecasts=forecasts,
+        ideas=recos,
+        last_trade_at=last,
+        blocked=blocked,
+        now=NOW,
+        run_id=RUN,
+        asof=ASOF,
+        portfolio=p,
+        policy=q,
+    )
     o = out.orders
     nav = acct.nav
     buys, sells = o.filter(pl.col("side") == "buy"), o.filter(pl.col("side") == "sell")

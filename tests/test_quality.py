@@ -43,7 +43,7 @@ def _failed(frame: pl.DataFrame, **settings) -> dict[str, str]:
 
 
 def test_clean_frame_passes_every_rule():
-    report = run_qa(_clean(), "t.csv")
+    report = run_qa(_clean(), "t.csv", DataSettings())
     assert report.passed and list(report.symbols[0].rules) == list(RULES)
 
 
@@ -115,7 +115,9 @@ def test_unreadable_values_name_the_file_line(tmp_path: Path):
 
 def test_bundled_data_passes(bundled_db: Path):
     with Store.open(bundled_db, read_only=True) as s:
-        report = run_qa(readers.prices(s, date(2023, 1, 1)), "bundled")
+        report = run_qa(
+            readers.prices(s, date(2023, 1, 1), settings=DataSettings()), "bundled", DataSettings()
+        )
     assert report.passed, report.failures()
     assert len(report.symbols) == 27
 
@@ -152,7 +154,7 @@ def test_24_7_calendar_counts_weekends_and_accepts_sunday_bars():
 
 def test_off_session_names_every_kind_of_closed_day():
     days = [date(2023, 4, 6), date(2023, 4, 7), date(2023, 4, 8), date(2040, 1, 3)]
-    rule = run_qa(_bars(days, "XYZ"), "t.csv").symbols[0].rules["off_session"]
+    rule = run_qa(_bars(days, "XYZ"), "t.csv", DataSettings()).symbols[0].rules["off_session"]
     assert not rule.passed and rule.count == 3  # Good Friday, a Saturday, beyond 2035
     assert (
         rule.first

@@ -6,6 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from kronos.config import DataSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.sources import fmp
@@ -94,18 +95,28 @@ def ref_store(store: Store) -> Store:
 def test_pit_resolution_uses_market_close():
     before_close = datetime(2020, 1, 2, 20, 59, tzinfo=UTC)  # 15:59 New York
     after_close = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
-    assert readers.PointInTime.at(before_close).bar_date == date(2020, 1, 1)
-    assert readers.PointInTime.at(after_close).bar_date == date(2020, 1, 2)
-    assert readers.PointInTime.at(date(2020, 1, 2)).bar_date == date(2020, 1, 2)
+    assert readers.PointInTime.at(before_close, DataSettings()).bar_date == date(2020, 1, 1)
+    assert readers.PointInTime.at(after_close, DataSettings()).bar_date == date(2020, 1, 2)
+    assert readers.PointInTime.at(date(2020, 1, 2), DataSettings()).bar_date == date(2020, 1, 2)
     with pytest.raises(ValueError, match="naive"):
-        readers.PointInTime.at(datetime(2020, 1, 2, 12))
+        readers.PointInTime.at(datetime(2020, 1, 2, 12), DataSettings())
 
 
 def test_prices_and_returns_stop_at_asof(bundled_db: Path):
     with Store.open(bundled_db, read_only=True) as s:
-        px = readers.prices(s, asof=date(2000, 1, 3), symbols=["AAPL", "GOOG"])
-        intraday = readers.prices(s, asof=datetime(2000, 1, 3, 15, tzinfo=UTC), symbols=["AAPL"])
-        rets = readers.returns(s, asof=date(2000, 1, 3), symbols=["AAPL"], start=date(1999, 12, 1))
+        px = readers.prices(
+            s, asof=date(2000, 1, 3), symbols=["AAPL", "GOOG"], settings=DataSettings()
+        )
+        intraday = readers.prices(
+            s, asof=datetime(2000, 1, 3, 15, tzinfo=UTC), symbols=["AAPL"], settings=DataSettings()
+        )
+        rets = readers.returns(
+            s,
+            asof=date(2000, 1, 3),
+            symbols=["AAPL"],
+            start=date(1999, 12, 1),
+            settings=DataSettings(),
+        )
     assert px["ts"].max() == date(2000, 1, 3)
     assert px["symbol"].unique().to_list() == ["AAPL"]  # GOOG listed in 2004
     assert intraday["ts"].max() == date(1999, 12, 31)  # 10:00 in New York: the 3rd is not closed
@@ -124,18 +135,24 @@ def test_statements_restatement_becomes_visible_only_when_known(ref_store: Store
         "netIncome": -99.0,
     }
     _load(ref_store, "income-statement", [restated])
-    before = readers.statements(ref_store, "fmp_income_statement", date(2020, 5, 31), ["A"])
-    after = readers.statements(ref_store, "fmp_income_statement", date(2020, 6, 1), ["A"])
+    before = readers.statements(
+        ref_store, "fmp_income_statement", date(2020, 5, 31), ["A"], settings=DataSettings()
+    )
+    after = readers.statements(
+        ref_store, "fmp_income_statement", date(2020, 6, 1), ["A"], settings=DataSettings()
+    )
     q4 = lambda f: f.filter(pl.col("period_end") == date(2019, 12, 31))  # noqa: E731
     assert q4(before).height == 1 and '"netIncome": 10.0' in q4(before)["payload"][0]
     assert q4(after).height == 1 and '"netIncome": -99.0' in q4(after)["payload"][0]
-    early = readers.statements(ref_store, "fmp_income_statement", date(2019, 2, 1), ["A"])
+    early = readers.statements(
+        ref_store, "fmp_income_statement", date(2019, 2, 1), ["A"], settings=DataSettings()
+    )
     assert early["period_end"].max() == date(2018, 9, 30)  # Q4 2018 accepted 2019-02-05
 
 
 def test_factors_match_hand_computation_and_ignore_later_data(ref_store: Store):
     asof = date(2020, 3, 1)
-    got = readers.factors(ref_store, asof).sort("symbol")
+    got = readers.factors(ref_store, asof, settings=DataSettings()).sort("symbol")
     # TTM net income = 4 x quarterly; equity 500, assets 1000 (reference: hand arithmetic)
     assert got["roe"].to_list() == pytest.approx([0.08, 0.16, 0.24, 0.04], rel=1e-12)
     assert got["roa"].to_list() == pytest.approx([0.04, 0.08, 0.12, 0.02], rel=1e-12)
@@ -164,9 +181,12 @@ def test_factors_match_hand_computation_and_ignore_later_data(ref_store: Store):
             }
         ],
     )
-    assert readers.factors(ref_store, asof).sort("symbol").equals(got)
+    assert readers.factors(ref_store, asof, settings=DataSettings()).sort("symbol").equals(got)
     assert (
-        readers.factors(ref_store, date(2020, 5, 2)).filter(pl.col("symbol") == "A")["roe"][0] > 1
+        readers.factors(ref_store, date(2020, 5, 2), settings=DataSettings()).filter(
+            pl.col("symbol") == "A"
+        )["roe"][0]
+        > 1
     )
 
 
@@ -184,13 +204,15 @@ def test_revisions_compare_consensus_now_and_lookback_ago(ref_store: Store):
                 }
             )
     _load(ref_store, "analyst-estimates", snaps)
-    got = readers.revisions(ref_store, date(2020, 3, 1), lookback_days=30).sort("symbol")
+    got = readers.revisions(
+        ref_store, date(2020, 3, 1), lookback_days=30, settings=DataSettings()
+    ).sort("symbol")
     assert got["rev_eps_chg"].to_list() == pytest.approx([0.1, -0.1, 0.0], rel=1e-12)
     assert got["z_rev_eps"].to_list() == pytest.approx([1.0, -1.0, 0.0], abs=1e-12)
-    early = readers.revisions(ref_store, date(2020, 2, 1))
+    early = readers.revisions(ref_store, date(2020, 2, 1), settings=DataSettings())
     assert early["eps_now"].to_list() == [1.0, 2.0, 1.0]  # the Feb 15 snapshot is unknown
     assert early["rev_eps_chg"].to_list() == [0.0, 0.0, 0.0]  # Jan 1 is both now and 30d ago
-    first = readers.revisions(ref_store, date(2020, 1, 20))
+    first = readers.revisions(ref_store, date(2020, 1, 20), settings=DataSettings())
     assert first["rev_eps_chg"].null_count() == 3  # nothing was known 30 days before
 
 
@@ -206,8 +228,12 @@ def test_news_counts_and_social_respect_asof(ref_store: Store):
         for i in range(n)
     ]
     _load(ref_store, "news", news)
-    counts = readers.news_counts(ref_store, datetime(2020, 1, 3, 15, 30, tzinfo=UTC))
+    counts = readers.news_counts(
+        ref_store, datetime(2020, 1, 3, 15, 30, tzinfo=UTC), settings=DataSettings()
+    )
     # 15:30 UTC is 10:30 New York: the four 10:00 headlines of the 3rd are known
     assert counts.select("day", "n_news").rows() == [(date(2020, 1, 2), 1), (date(2020, 1, 3), 4)]
-    counts = readers.news_counts(ref_store, datetime(2020, 1, 3, 14, 59, tzinfo=UTC))
+    counts = readers.news_counts(
+        ref_store, datetime(2020, 1, 3, 14, 59, tzinfo=UTC), settings=DataSettings()
+    )
     assert counts.select("day", "n_news").rows() == [(date(2020, 1, 2), 1)]

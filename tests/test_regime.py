@@ -19,7 +19,7 @@ from polars.testing import assert_frame_equal
 
 from kronos.bench.calibration import DYNAMIC_VARIANTS, run_calibration_bench
 from kronos.calibration import OnlineCalibrator, dynamic_lambda
-from kronos.config import CalibrationSettings
+from kronos.config import CalibrationSettings, DataSettings
 from kronos.data import readers
 from kronos.data.store import Store
 from kronos.features.regime import (
@@ -31,7 +31,7 @@ from kronos.features.regime import (
     write_regime,
 )
 from kronos.features.returns import returns_panel
-from kronos.models.base import TrainingConfig
+from kronos.models.base import ForecastError, TrainingConfig
 from kronos.models.baselines import EwmaNormal
 from kronos.models.regime import (
     RegimeEncoder,
@@ -185,6 +185,16 @@ def test_encoder_learns_the_volatility_states(fitted):
     assert 0 < fitted.fit_info_["best_epoch"] < fitted.fit_info_["epochs"]
 
 
+def test_training_stops_by_the_patience_rule_and_keeps_the_best_epoch(fitted):
+    """Lightning's EarlyStopping and ModelCheckpoint: the rule of the hand-written loop."""
+    losses = [row["valid_loss"] for row in fitted.history_]
+    best, patience = fitted.fit_info_["best_epoch"], fitted.training.patience
+    assert best == int(np.argmin(losses))  # strict improvements only: the first of ties
+    assert len(losses) < fitted.training.max_epochs  # the tiny fit stops early...
+    assert len(losses) - 1 - best == patience  # ...after `patience` epochs without improving
+    assert all(losses[i] >= losses[best] for i in range(best + 1, len(losses)))
+
+
 def test_artifact_round_trip_gives_identical_outputs(panel, fitted, tmp_path):
     features = market_features(panel)
     outcome = train_regime(tiny(epochs=5), features, model_dir=tmp_path)
@@ -212,7 +222,7 @@ def test_artifact_round_trip_gives_identical_outputs(panel, fitted, tmp_path):
         )
     config = json.loads((tmp_path / "direct" / "config.json").read_text())
     (tmp_path / "direct" / "config.json").write_text(json.dumps({**config, "format_version": 99}))
-    with pytest.raises(ValueError, match="format_version"):
+    with pytest.raises(ForecastError, match="format_version"):
         RegimeEncoder.load(tmp_path / "direct")
 
 
@@ -228,18 +238,22 @@ def test_stored_regime_is_point_in_time_and_append_only(store, panel, fitted):
     new = regime_rows(probs, "regime", "v2", days[400])
     assert write_regime(store, new) == len(days)
     # before v2's training cutoff only v1 is known, and only sessions up to asof
-    seen = readers.regime_features(store, days[250])
+    seen = readers.regime_features(store, days[250], settings=DataSettings())
     assert set(seen["version"]) == {"v1"} and seen["ts"].max() == days[250]
-    seen = readers.regime_features(store, days[500])
+    seen = readers.regime_features(store, days[500], settings=DataSettings())
     assert set(seen["version"]) == {"v2"} and seen["ts"].max() == days[500]
-    assert readers.regime_features(store, days[50]).is_empty()  # v1 trained after day 50
+    assert readers.regime_features(
+        store, days[50], settings=DataSettings()
+    ).is_empty()  # v1 trained after day 50
     # stored rows are not rewritten, even with other values
     shifted = new.with_columns(pl.col("p_turbulent") * 0 + 0.5)
     assert write_regime(store, shifted) == 0
-    reading = latest_regime(store, days[500])
+    reading = latest_regime(store, days[500], settings=DataSettings())
     assert reading.ts == days[500] and reading.version == "v2"
     assert reading.p_turbulent == pytest.approx(probs["p_turbulent"][500], abs=0)
-    assert latest_regime(store, days[-1] + timedelta(days=30)) is None  # stale: unknown
+    assert (
+        latest_regime(store, days[-1] + timedelta(days=30), settings=DataSettings()) is None
+    )  # stale: unknown
 
 
 # ---------------------------------------------------------------- dynamic lambda
@@ -333,7 +347,9 @@ def test_nightly_uses_the_stored_regime_when_enabled(bundled_db: Path, tmp_path:
     shutil.copy(bundled_db, path)
     nights = {}
     with Store.open(path) as store:
-        panel = returns_panel(store, date(2020, 3, 6), ["AAPL", "MSFT", "KO", "XOM"])
+        panel = returns_panel(
+            store, date(2020, 3, 6), ["AAPL", "MSFT", "KO", "XOM"], settings=DataSettings()
+        )
         days = [date(2020, 3, d) for d in (2, 3, 4)]  # none for the 5th and 6th
         rows = pl.DataFrame({"ts": days, "p_calm": 0.0, "p_normal": 0.0, "p_turbulent": 1.0})
         write_regime(store, regime_rows(rows, "regime", "v1", date(2019, 12, 31)))
@@ -346,6 +362,7 @@ def test_nightly_uses_the_stored_regime_when_enabled(bundled_db: Path, tmp_path:
                 lambda: EwmaNormal().fit(panel),
                 since=date(2020, 3, 2),
                 settings=s,
+                data=DataSettings(),
             )
         states = {
             name: store.con.sql(
@@ -366,6 +383,7 @@ def test_nightly_uses_the_stored_regime_when_enabled(bundled_db: Path, tmp_path:
 
 def test_bench_compares_fixed_and_dynamic_lambda_in_one_run(panel):
     kwargs = {"models": ("ewma",), "holdout_days": 150, "warmup_days": 150}
+    kwargs["settings"] = CalibrationSettings()
     sectors = dict.fromkeys(panel["symbol"].unique().to_list(), "X")
     fixed_only = run_calibration_bench(panel, sectors, dynamic=False, **kwargs)
     both = run_calibration_bench(panel, sectors, regime_encoder=tiny(epochs=5), **kwargs)
@@ -383,7 +401,11 @@ def test_command_writes_the_promoted_encoders_features(bundled_db: Path, tmp_pat
     db = tmp_path / "k.duckdb"
     shutil.copy(bundled_db, db)
     with Store.open(db, read_only=True) as store:
-        features = market_features(returns_panel(store, date(2010, 12, 31), source="skfolio.sp500"))
+        features = market_features(
+            returns_panel(
+                store, date(2010, 12, 31), source="skfolio.sp500", settings=DataSettings()
+            )
+        )
     encoder = tiny(epochs=3, valid_days=0)
     train_regime(encoder, features, model_dir=tmp_path / "models")  # no validation: promoted
     proc = subprocess.run(
@@ -413,14 +435,21 @@ def test_command_writes_the_promoted_encoders_features(bundled_db: Path, tmp_pat
     assert result["features_version"] == encoder.version
     assert result["latest"]["ts"] == "2011-06-30"
     with Store.open(db, read_only=True) as store:
-        stored = readers.regime_features(store, date(2011, 6, 30))
+        stored = readers.regime_features(store, date(2011, 6, 30), settings=DataSettings())
     assert stored.height == result["rows_written"]
     assert stored["trained_until"].unique().to_list() == [date(2010, 12, 31)]
     # what the nightly job runs before calibrating: a second refresh adds nothing,
     # a later night adds its sessions, and without a promoted encoder nothing happens
     with Store.open(db) as store:
-        again = refresh_regime(store, tmp_path / "models", date(2011, 6, 30))
-        later = refresh_regime(store, tmp_path / "models", date(2011, 7, 8))
-        assert refresh_regime(store, tmp_path / "empty", date(2011, 7, 8)) is None
+        again = refresh_regime(
+            store, tmp_path / "models", date(2011, 6, 30), settings=DataSettings()
+        )
+        later = refresh_regime(
+            store, tmp_path / "models", date(2011, 7, 8), settings=DataSettings()
+        )
+        assert (
+            refresh_regime(store, tmp_path / "empty", date(2011, 7, 8), settings=DataSettings())
+            is None
+        )
     assert again is not None and again[0].version == encoder.version and again[1] == 0
     assert later is not None and later[1] == 5  # July 1, 5, 6, 7, 8

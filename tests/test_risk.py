@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from kronos.cli.breakers import app
-from kronos.config import DataSettings, RiskSettings
+from kronos.config import DataSettings, RiskSettings, load_settings
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.risk import (
@@ -493,11 +493,14 @@ def test_panic_exit_flattens_only_when_enabled_and_global_is_active():
     assert orders["reason"].to_list() == ["panic exit: crash"] * 2
 
 
-def test_panic_exit_reads_its_switch_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+def test_panic_exit_reads_its_switch_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     monkeypatch.setenv("ENABLE_PANIC_EXIT", "true")
-    assert RiskSettings().enable_panic_exit
+    risk = load_settings(env_file=tmp_path / "none.env").risk
+    assert risk.enable_panic_exit and not RiskSettings().enable_panic_exit
     positions = pl.DataFrame({"symbol": ["A"], "qty": [3.0]})
-    assert panic_exit_orders([make("global", "*", "x")], positions, RiskSettings()).height == 1
+    assert panic_exit_orders([make("global", "*", "x")], positions, risk).height == 1
 
 
 # --- CLI -----------------------------------------------------------------------------------------

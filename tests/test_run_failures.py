@@ -123,11 +123,11 @@ def test_a_secret_split_over_stream_outputs_is_masked_where_it_starts():
 
 
 def test_a_key_printed_one_character_at_a_time_leaves_no_trace(
-    repo, env, mlflow_settings, monkeypatch, tmp_path
+    repo, env, mlflow_settings, run_settings, monkeypatch, tmp_path
 ):
     monkeypatch.chdir(repo)
     outcome = run_notebook(
-        Path("notebooks/keyed.ipynb"), {}, experiment=EXPERIMENT, settings=mlflow_settings
+        Path("notebooks/keyed.ipynb"), {}, experiment=EXPERIMENT, settings=run_settings
     )
     assert outcome.status == "FINISHED", outcome.error
     nb = assert_no_trace(repo / outcome.output)
@@ -325,12 +325,12 @@ def process_tags_of(pid: int) -> str:
     return _started(pid) or ""
 
 
-def test_an_interrupt_in_an_mlflow_run_marks_it_killed(mlflow_settings):
+def test_an_interrupt_in_an_mlflow_run_marks_it_killed(mlflow_settings, run_settings):
     from kronos.interrupts import RunInterrupted
 
     with (
         pytest.raises(RunInterrupted),
-        mlflow_run("kronos-test-orphans", "stopped", settings=mlflow_settings) as rec,
+        mlflow_run("kronos-test-orphans", "stopped", settings=run_settings) as rec,
     ):
         raise RunInterrupted(signal.SIGTERM)
     run = client_for(mlflow_settings).get_run(rec.run_id)
@@ -341,11 +341,12 @@ def test_an_interrupt_in_an_mlflow_run_marks_it_killed(mlflow_settings):
 ANY_COMMAND = """
 import sys, time
 from kronos.cli import app, main
+from kronos.config import DecisionSettings, CalibrationSettings, load_settings
 from kronos.tracking import mlflow_run
 
 @app.command("sleepy")
 def sleepy() -> None:
-    with mlflow_run("kronos-test-orphans", "sleepy") as rec:
+    with mlflow_run("kronos-test-orphans", "sleepy", settings=load_settings()) as rec:
         print(rec.run_id, flush=True)
         time.sleep(60)
 
@@ -416,6 +417,7 @@ def test_paper_loop_fails_only_when_its_last_cycle_failed(paper_db):
     """A broker outage the next cycle recovers from is counted; one at the end fails the run."""
     from datetime import date
 
+    from kronos.config import CalibrationSettings, DecisionSettings
     from kronos.data.store import Store
     from kronos.execution.brokers.alpaca import AlpacaBroker, AlpacaTradingSettings
     from kronos.execution.paper import PaperConfig, PaperLoop
@@ -439,7 +441,14 @@ def test_paper_loop_fails_only_when_its_last_cycle_failed(paper_db):
                 KRONOS_ALPACA_TIMEOUT_S=0.3,
             )
             broker = AlpacaBroker(settings, backoff_s=0.01, sleep=lambda _s: None)
-            config = PaperConfig(account="outage", model="ewma", symbols=symbols, forecast=False)
+            config = PaperConfig(
+                account="outage",
+                model="ewma",
+                symbols=symbols,
+                forecast=False,
+                calibration=CalibrationSettings(),
+                settings=DecisionSettings(),
+            )
 
             def outage(_clock) -> None:  # the clock fails on every try of the next cycle
                 server.inject("500", method="GET", path="/v2/clock", times=4)

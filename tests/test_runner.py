@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from kronos.cli import app
+from kronos.config import load_settings
 from kronos.runner import (
     Parameter,
     RunnerError,
@@ -51,8 +52,10 @@ db = ""
 """
 OK_BODY = """\
 import os
+from kronos.config import load_settings
 from kronos.tracking import attach_run
-attach_run(mlflow_run_id).log_metrics({"x": n * scale, "sharpe": n / 10, "val_crps": 1 / n})
+rec = attach_run(mlflow_run_id, load_settings().tracking)
+rec.log_metrics({"x": n * scale, "sharpe": n / 10, "val_crps": 1 / n})
 print("secret:", os.environ.get("APCA_API_SECRET_KEY"), "items:", items)
 """
 
@@ -382,7 +385,7 @@ def executed(tmp_path_factory, mlflow_settings):
         mp.setenv("KRONOS_MLRUNS_DIR", str(mlflow_settings.mlruns_dir))  # the kernels log here
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("APCA_API_SECRET_KEY", SECRET)
-        common = {"experiment": EXPERIMENT, "settings": mlflow_settings}
+        common = {"experiment": EXPERIMENT, "settings": load_settings()}
         results["ok"] = run_notebook(
             Path("notebooks/ok.ipynb"), {"n": "4", "items": "[c, d]", "db": str(db)}, **common
         )
@@ -412,12 +415,16 @@ def test_a_run_logs_params_tags_metrics_and_the_notebook_in_one_run(executed, ml
     run = client.get_run(ok.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["x"] == 4.0  # logged by the notebook into the runner's run
-    assert run.data.params == {
+    notebook_params = {k: v for k, v in run.data.params.items() if not k.startswith("settings.")}
+    assert notebook_params == {
         "n": "4",
         "scale": "1.0",
         "items": "['c', 'd']",
         "db": str(repo / "tiny.duckdb"),
     }
+    # the resolved settings the kernel inherits, and their hash
+    assert run.data.params["settings.tracking.mlruns_dir"] == str(mlflow_settings.mlruns_dir)
+    assert len(run.data.tags["settings_hash"]) == 16
     tags = run.data.tags
     assert tags["notebook"] == "notebooks/ok.ipynb" and len(tags["spec_hash"]) == 16
     assert tags["git_commit"] and tags["git_dirty"] in ("true", "false")
@@ -452,6 +459,7 @@ def test_cli_runs_a_spec_with_overrides(executed, mlflow_settings):
     assert run.data.params["n"] == "5" and run.data.params["scale"] == "1.0"  # -p beats the spec
     assert run.data.metrics["x"] == 5.0
     assert run.data.tags["run_spec"] == "experiments/ok_spec.yaml"
+    assert run.data.tags["settings_hash"] == data["settings_hash"]
     assert run.data.tags["mlflow.note.content"] == "the spec run"
 
 

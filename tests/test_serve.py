@@ -30,6 +30,7 @@ from kronos.data.store import Store
 from kronos.features.returns import returns_panel
 from kronos.forecasting import forecast_and_store
 from kronos.models.artifacts import promote, write_artifact
+from kronos.models.base import ForecastError
 from kronos.models.baselines import EwmaNormal
 from kronos.nightly import nightly_calibrate
 from kronos.serve import ServiceConfig, ServiceError, check_request, create_app
@@ -44,10 +45,19 @@ def cal_db(bundled_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("serve") / "k.duckdb"
     shutil.copy(bundled_db, path)
     with Store.open(path) as store:
-        panel = returns_panel(store, CALIBRATED_NIGHT, ["AAPL", "MSFT", "KO", "XOM"])
+        panel = returns_panel(
+            store, CALIBRATED_NIGHT, ["AAPL", "MSFT", "KO", "XOM"], settings=DataSettings()
+        )
         fit = EwmaNormal().fit(panel)
         nights = nightly_calibrate(
-            store, "ewma", CALIBRATED_NIGHT, panel, lambda: fit, since=date(2020, 3, 2)
+            store,
+            "ewma",
+            CALIBRATED_NIGHT,
+            panel,
+            lambda: fit,
+            since=date(2020, 3, 2),
+            settings=CalibrationSettings(),
+            data=DataSettings(),
         )
     assert [n.day for n in nights][-1] == CALIBRATED_NIGHT
     return path
@@ -60,22 +70,30 @@ def _config(db: Path, tmp: Path, **kw) -> ServiceConfig:
 @pytest.fixture(scope="module")
 def client(cal_db: Path) -> TestClient:
     """Calibration enabled; no artifact, so the ewma fallback."""
-    return TestClient(create_app(_config(cal_db, cal_db.parent, max_symbols=30)))
+    config = _config(cal_db, cal_db.parent, max_symbols=30)
+    return TestClient(create_app(config, CalibrationSettings(), DataSettings()))
 
 
 @pytest.fixture(scope="module")
 def raw_client(cal_db: Path) -> TestClient:
     """Calibration disabled."""
     settings = CalibrationSettings(calibration_enabled=False)
-    return TestClient(create_app(_config(cal_db, cal_db.parent), calibration=settings))
+    return TestClient(create_app(_config(cal_db, cal_db.parent), settings, DataSettings()))
 
 
 def _reference(db: Path, symbols: list[str], asof: date, tmp: Path):
     """What ``kronos forecast --no-write`` computes for the same request."""
     with Store.open(db, read_only=True) as store:
-        panel = returns_panel(store, asof, symbols)
+        panel = returns_panel(store, asof, symbols, settings=DataSettings())
         return forecast_and_store(
-            store, "ewma", panel, tmp / "no-models", symbols=symbols, write=False
+            store,
+            "ewma",
+            panel,
+            tmp / "no-models",
+            symbols=symbols,
+            settings=CalibrationSettings(),
+            data=DataSettings(),
+            write=False,
         )
 
 
@@ -187,11 +205,13 @@ def test_asof_on_a_weekend_forecasts_from_the_friday(client: TestClient):
 
 def test_a_promoted_artifact_is_served_from_its_directory(cal_db: Path, tmp_path: Path):
     with Store.open(cal_db, read_only=True) as store:
-        fitted = EwmaNormal(lam=0.9).fit(returns_panel(store, CALIBRATED_NIGHT, ["AAPL"]))
+        fitted = EwmaNormal(lam=0.9).fit(
+            returns_panel(store, CALIBRATED_NIGHT, ["AAPL"], settings=DataSettings())
+        )
     run_dir = write_artifact(fitted, tmp_path / "models", {"valid_crps": 1.0})
     promote(run_dir)
     config = ServiceConfig(db=cal_db, model="ewma", model_dir=tmp_path / "models")
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config, CalibrationSettings(), DataSettings()))
     health, about = client.get("/health").json(), client.get("/version").json()
     assert health["source"] == about["source"] == "artifact" and health["fitted_through"] is None
     assert about["artifact"] == str(run_dir) and about["model_version"] == fitted.version
@@ -201,8 +221,8 @@ def test_a_promoted_artifact_is_served_from_its_directory(cal_db: Path, tmp_path
 
 def test_a_model_without_artifact_or_fallback_refuses_to_start(cal_db: Path, tmp_path: Path):
     config = ServiceConfig(db=cal_db, model="tft", model_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="no promoted tft artifact"):
-        create_app(config)
+    with pytest.raises(ForecastError, match="no promoted tft artifact"):
+        create_app(config, CalibrationSettings(), DataSettings())
 
 
 # ---------------------------------------------------------------- refusals
@@ -285,7 +305,7 @@ def test_unknown_symbols_are_listed_in_the_body(client: TestClient):
 def test_bars_after_asof_do_not_change_the_answer(bundled_db: Path, tmp_path: Path):
     path = tmp_path / "k.duckdb"
     shutil.copy(bundled_db, path)
-    client = TestClient(create_app(_config(path, tmp_path)))
+    client = TestClient(create_app(_config(path, tmp_path), CalibrationSettings(), DataSettings()))
     params = {"symbols": "AAPL,KO", "asof": "2020-03-04"}
     before = client.get("/forecast", params=params).json()
     with Store.open(path) as store:  # a writer between requests: the service holds no lock
@@ -327,7 +347,7 @@ def test_a_writer_holding_the_store_leaves_the_service_answering_from_its_copy(
 ):
     path = tmp_path / "k.duckdb"
     shutil.copy(bundled_db, path)
-    client = TestClient(create_app(_config(path, tmp_path)))
+    client = TestClient(create_app(_config(path, tmp_path), CalibrationSettings(), DataSettings()))
     params = {"symbols": "KO", "asof": "2020-03-04"}
     before, read_at = client.get("/forecast", params=params), client.get("/health").json()
     assert before.status_code == 200
@@ -351,14 +371,16 @@ def test_a_busy_store_before_any_copy_is_503_with_retry_after_and_no_path(
     path = tmp_path / "k.duckdb"
     shutil.copy(cal_db, path)
     with Store.open(path, read_only=True) as store:
-        fitted = EwmaNormal(lam=0.9).fit(returns_panel(store, CALIBRATED_NIGHT, ["KO"]))
+        fitted = EwmaNormal(lam=0.9).fit(
+            returns_panel(store, CALIBRATED_NIGHT, ["KO"], settings=DataSettings())
+        )
     promote(write_artifact(fitted, tmp_path / "models", {"valid_crps": 1.0}))
     config = ServiceConfig(
         db=path, model="ewma", model_dir=tmp_path / "models", first_read_wait_s=0.3
     )
     holder = _hold(path)
     try:  # an artifact needs no store to start; the store is read at the first request
-        client = TestClient(create_app(config))
+        client = TestClient(create_app(config, CalibrationSettings(), DataSettings()))
         for r in (client.get("/health"), client.get("/forecast", params={"symbols": "KO"})):
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"] == "2"
@@ -372,7 +394,7 @@ def test_a_busy_store_before_any_copy_is_503_with_retry_after_and_no_path(
 def test_an_unreadable_store_is_503_naming_no_path(bundled_db: Path, tmp_path: Path):
     path = tmp_path / "k.duckdb"
     shutil.copy(bundled_db, path)
-    client = TestClient(create_app(_config(path, tmp_path)))
+    client = TestClient(create_app(_config(path, tmp_path), CalibrationSettings(), DataSettings()))
     path.write_bytes(b"not a duckdb file" * 100)
     r = client.get("/forecast", params={"symbols": "KO"})
     assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text

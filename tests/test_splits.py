@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from kronos.backtest.engine import rebalance_days
 from kronos.backtest.splits import Fold, WalkForward
 from kronos.calendar import get_calendar
+from kronos.errors import ConfigError, InputError
 from kronos.models.base import HORIZON
 
 
@@ -139,24 +140,28 @@ def test_purge_below_horizon_is_refused():
 def test_short_training_window_names_fold_and_count():
     wf = WalkForward(train="rolling", train_sessions=20, retrain="monthly")
     # 2020-01-15 is the 11th session: 10 before it, 5 of them purged
-    with pytest.raises(ValueError, match=r"test_start 2020-01-15\) has 5 training sessions"):
+    with pytest.raises(ConfigError, match=r"test_start 2020-01-15\) has 5 training sessions"):
         wf.folds(CAL, date(2020, 1, 15), date(2020, 3, 31))
-    with pytest.raises(ValueError, match="move start later or shorten train_sessions"):
+    with pytest.raises(ConfigError, match="move start later or shorten train_sessions"):
         wf.folds(CAL, date(2019, 6, 1), date(2020, 3, 31))
 
 
 @pytest.mark.parametrize(
-    ("sessions", "start", "end", "message"),
+    ("sessions", "start", "end", "error", "message"),
     [
-        ([date(2020, 1, 3), date(2020, 1, 2)], date(2020, 1, 1), date(2020, 1, 9), "out of order"),
-        ([date(2020, 1, 2), date(2020, 1, 2)], date(2020, 1, 1), date(2020, 1, 9), "duplicated"),
-        (CAL, date(2021, 2, 1), date(2021, 1, 1), "start 2021-02-01 is after end 2021-01-01"),
-        (CAL, date(2021, 1, 2), date(2021, 1, 3), "no sessions between 2021-01-02 and 2021-01-03"),
+        ([date(2020, 1, 3), date(2020, 1, 2)], date(2020, 1, 1), date(2020, 1, 9), ValueError,
+         "out of order"),
+        ([date(2020, 1, 2), date(2020, 1, 2)], date(2020, 1, 1), date(2020, 1, 9), ValueError,
+         "duplicated"),
+        (CAL, date(2021, 2, 1), date(2021, 1, 1), ConfigError,
+         "start 2021-02-01 is after end 2021-01-01"),
+        (CAL, date(2021, 1, 2), date(2021, 1, 3), InputError,
+         "no sessions between 2021-01-02 and 2021-01-03"),
     ],
-)
-def test_bad_inputs(sessions, start, end, message):
+)  # fmt: skip
+def test_bad_inputs(sessions, start, end, error, message):
     wf = WalkForward(train="expanding", train_sessions=1, retrain="yearly")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         wf.folds(sessions, start, end)
 
 
@@ -196,11 +201,11 @@ def test_folds_purge_and_partition(case):
     sessions, start, end, wf = case
     in_range = [d for d in sessions if start <= d <= end]
     if not in_range:
-        with pytest.raises(ValueError, match="no sessions"):
+        with pytest.raises(InputError, match="no sessions"):
             wf.folds(sessions, start, end)
         return
     if sessions.index(in_range[0]) - wf.purge < wf.train_sessions:
-        with pytest.raises(ValueError, match="move start later"):
+        with pytest.raises(ConfigError, match="move start later"):
             wf.folds(sessions, start, end)
         return
     folds = wf.folds(sessions, start, end)

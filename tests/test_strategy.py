@@ -20,7 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from kronos.config import StrategySettings
+from kronos.config import DataSettings, StrategySettings
 from kronos.data import loaders, readers
 from kronos.data.ingest import ingest
 from kronos.data.readers import PointInTime
@@ -436,7 +436,7 @@ def test_a_turbulent_reading_of_the_regime_encoder_forces_risk_off():
 
 def test_knob_rows():
     k = RegimeKnobs("on", 10.0, 0.6, None, "why")
-    rows = R.knob_rows(k, date(2024, 1, 2), "run-1")
+    rows = R.knob_rows(k, date(2024, 1, 2), "run-1", data_settings=DataSettings())
     assert rows["knob"].to_list() == [
         "risk_regime",
         "threshold_bps",
@@ -465,7 +465,9 @@ def test_recommendations_top_k_order_side_and_json():
         ]
     )
     scored = St.score(f, OFF, strat())
-    recs = St.recommendations(scored, date(2024, 6, 3), strat(strat_reco_topk=5), "run-9")
+    recs = St.recommendations(
+        scored, date(2024, 6, 3), strat(strat_reco_topk=5), "run-9", data_settings=DataSettings()
+    )
     assert recs["symbol"].to_list() == ["B", "A", "E", "F", "D"]
     assert recs["rank"].to_list() == [1, 2, 3, 4, 5]
     assert recs["side"].to_list() == ["buy", "buy", "buy", "hold", "sell"]
@@ -477,7 +479,9 @@ def test_recommendations_top_k_order_side_and_json():
         src = scored.filter(pl.col("symbol") == row["symbol"]).row(0, named=True)
         assert c == {k: src[k] for k in CONTRIBUTIONS}
         assert math.isclose(sum(c.values()), row["score"], rel_tol=RTOL, abs_tol=1e-15)
-    top2 = St.recommendations(scored, date(2024, 6, 3), strat(strat_reco_topk=2))
+    top2 = St.recommendations(
+        scored, date(2024, 6, 3), strat(strat_reco_topk=2), data_settings=DataSettings()
+    )
     assert top2["symbol"].to_list() == ["B", "A"] and top2["run_id"].to_list() == [None, None]
 
 
@@ -538,7 +542,7 @@ def test_properties_contributions_sum_and_excluded_never_recommended(
     assert scored.height == len(rows)
     assert abs(c.sum(axis=1) - scored["score"].to_numpy()).max() <= 1e-12
     assert (scored["eligible"] == scored["excluded_reason"].is_null()).all()
-    recs = St.recommendations(scored, date(2024, 1, 2), cfg)
+    recs = St.recommendations(scored, date(2024, 1, 2), cfg, data_settings=DataSettings())
     excluded = set(scored.filter(~pl.col("eligible"))["symbol"])
     assert not excluded & set(recs["symbol"])
     n_ok = scored["eligible"].sum()
@@ -633,7 +637,7 @@ def synthetic_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def asof_inputs(synthetic_db: Path) -> pl.DataFrame:
     with Store.open(synthetic_db, read_only=True) as s:
-        return F.strategist_inputs(s, ASOF, None, strat())
+        return F.strategist_inputs(s, ASOF, None, settings=strat(), data_settings=DataSettings())
 
 
 def test_inputs_on_the_synthetic_store(synthetic_db: Path, asof_inputs: pl.DataFrame):
@@ -644,14 +648,14 @@ def test_inputs_on_the_synthetic_store(synthetic_db: Path, asof_inputs: pl.DataF
     assert set(inp["rating"]) <= {-1.0, -0.5, 0.0, 0.5, 1.0}
     assert set(inp["rev_source"]) == {"fmp_revisions_cs"}
     with Store.open(synthetic_db, read_only=True) as s:
-        rets = readers.returns(s, ASOF, ["SYN0007"]).sort("ts")
-        cutoff = PointInTime.at(ASOF).cutoff
-        soc = readers.social(s, ASOF, ["SYN0007"], start=ASOF - timedelta(days=10)).filter(
-            pl.col("ts") > cutoff - timedelta(days=5)
-        )
-        rev = readers.revisions(s, ASOF, ["SYN0007"])
-        rating = readers.ratings(s, ASOF, ["SYN0007"])["rating_score"][0]
-        liq = readers.liquidity(s, ASOF, ["SYN0007"])
+        rets = readers.returns(s, ASOF, ["SYN0007"], settings=DataSettings()).sort("ts")
+        cutoff = PointInTime.at(ASOF, settings=DataSettings()).cutoff
+        soc = readers.social(
+            s, ASOF, ["SYN0007"], start=ASOF - timedelta(days=10), settings=DataSettings()
+        ).filter(pl.col("ts") > cutoff - timedelta(days=5))
+        rev = readers.revisions(s, ASOF, ["SYN0007"], settings=DataSettings())
+        rating = readers.ratings(s, ASOF, ["SYN0007"], settings=DataSettings())["rating_score"][0]
+        liq = readers.liquidity(s, ASOF, ["SYN0007"], settings=DataSettings())
     row = inp.filter(pl.col("symbol") == "SYN0007").row(0, named=True)
     assert rets["ts"][-1] == ASOF
     assert math.isclose(row["mom_s"], rets["log_ret"].tail(5).sum(), rel_tol=1e-12)
@@ -667,11 +671,13 @@ def test_inputs_on_the_synthetic_store(synthetic_db: Path, asof_inputs: pl.DataF
 
 def test_local_revisions_reproduce_fmp_revisions_cs(synthetic_db: Path):
     with Store.open(synthetic_db, read_only=True) as s:
-        cutoff = PointInTime.at(ASOF).cutoff
+        cutoff = PointInTime.at(ASOF, settings=DataSettings()).cutoff
         local = F.local_revisions(
-            readers.estimates(s, ASOF), readers.estimates(s, cutoff - timedelta(days=30)), ASOF
+            readers.estimates(s, ASOF, settings=DataSettings()),
+            readers.estimates(s, cutoff - timedelta(days=30), settings=DataSettings()),
+            ASOF,
         )
-        view = readers.revisions(s, ASOF)
+        view = readers.revisions(s, ASOF, settings=DataSettings())
     j = view.join(local, on="symbol", how="inner")
     assert j.height == 30
     assert (j["period_end"] == j["period_end_right"]).all()
@@ -684,7 +690,10 @@ def test_inputs_are_point_in_time(synthetic_db: Path, tmp_path: Path, asof_input
     shutil.copy(synthetic_db, path)
     later = datetime(2002, 6, 17, 14, tzinfo=UTC)  # the Monday after ASOF
     with Store.open(path) as s:
-        assert_frame_equal(F.strategist_inputs(s, ASOF, None, strat()), asof_inputs)
+        assert_frame_equal(
+            F.strategist_inputs(s, ASOF, None, settings=strat(), data_settings=DataSettings()),
+            asof_inputs,
+        )
 
         def reingest(table: str, sql: str) -> None:
             ingest(s, table, [s.con.sql(sql).pl()], source="test", origin="test")
@@ -730,10 +739,12 @@ def test_inputs_are_point_in_time(synthetic_db: Path, tmp_path: Path, asof_input
         reingest(
             "social_features",
             "SELECT * REPLACE (-senti_mean AS senti_mean) FROM social_features "
-            f"WHERE ts > TIMESTAMPTZ '{PointInTime.at(ASOF).cutoff}'",
+            f"WHERE ts > TIMESTAMPTZ '{PointInTime.at(ASOF, settings=DataSettings()).cutoff}'",
         )
-        after = F.strategist_inputs(s, ASOF, None, strat())
-        seen_later = F.strategist_inputs(s, date(2002, 6, 18), None, strat())
+        after = F.strategist_inputs(s, ASOF, None, settings=strat(), data_settings=DataSettings())
+        seen_later = F.strategist_inputs(
+            s, date(2002, 6, 18), None, settings=strat(), data_settings=DataSettings()
+        )
     assert_frame_equal(after, asof_inputs)
     # The changes are real: a day later they show.
     assert set(seen_later["sector"]) == {"Utilities"}
@@ -745,36 +756,42 @@ def test_writers_are_idempotent_per_asof(store: Store):
     f = features([{"symbol": s, "z_mom_s": v} for s, v in (("A", 1.0), ("B", -1.0), ("C", 0.5))])
     cfg = strat(strat_reco_topk=3)
     day1, day2 = date(2024, 6, 3), date(2024, 6, 4)
-    recos1 = St.recommendations(St.score(f, ON, cfg), day1, cfg, "r1")
-    recos2 = St.recommendations(St.score(f, ON, cfg), day2, cfg, "r2")
+    recos1 = St.recommendations(St.score(f, ON, cfg), day1, cfg, "r1", data_settings=DataSettings())
+    recos2 = St.recommendations(St.score(f, ON, cfg), day2, cfg, "r2", data_settings=DataSettings())
 
     def stored(table: str) -> pl.DataFrame:
         return store.con.sql(f'SELECT * FROM {table} ORDER BY "asof", 2').pl()
 
-    assert St.write_recos(store, recos1) == 3
-    assert St.write_recos(store, recos2) == 3
+    assert St.write_recos(store, recos1, data_settings=DataSettings()) == 3
+    assert St.write_recos(store, recos2, data_settings=DataSettings()) == 3
     first = stored("strategist_recos")
-    assert St.write_recos(store, recos1) == 3  # same day again: replaced, not duplicated
+    assert (
+        St.write_recos(store, recos1, data_settings=DataSettings()) == 3
+    )  # same day again: replaced, not duplicated
     assert_frame_equal(stored("strategist_recos"), first)
     assert first.height == 6
     assert json.loads(first["contributions"][0])["c_mom_s"] == 0.5
 
     # A re-run of day 1 with fewer names replaces all of day 1 and leaves day 2 alone.
     one = strat(strat_reco_topk=1)
-    fewer = St.recommendations(St.score(f, ON, one), day1, one, "r3")
-    St.write_recos(store, fewer)
+    fewer = St.recommendations(St.score(f, ON, one), day1, one, "r3", data_settings=DataSettings())
+    St.write_recos(store, fewer, data_settings=DataSettings())
     now = stored("strategist_recos")
     assert now.filter(pl.col("run_id") == "r3")["symbol"].to_list() == ["A"]
     assert set(now["run_id"]) == {"r2", "r3"} and now.height == 4
     # An empty re-run clears its day when told which day it is.
-    assert St.write_recos(store, fewer.clear(), asof=day2) == 0
+    assert St.write_recos(store, fewer.clear(), asof=day2, data_settings=DataSettings()) == 0
     assert stored("strategist_recos")["run_id"].to_list() == ["r3"]
 
-    knobs = R.knob_rows(ON, day1, "r1")
-    R.write_knobs(store, knobs)
-    R.write_knobs(store, knobs)
+    knobs = R.knob_rows(ON, day1, "r1", data_settings=DataSettings())
+    R.write_knobs(store, knobs, data_settings=DataSettings())
+    R.write_knobs(store, knobs, data_settings=DataSettings())
     assert stored("policy_knobs").height == 5
-    R.write_knobs(store, R.knob_rows(OFF, day1, "r2"))
+    R.write_knobs(
+        store,
+        R.knob_rows(OFF, day1, "r2", data_settings=DataSettings()),
+        data_settings=DataSettings(),
+    )
     k = stored("policy_knobs")
     assert dict(zip(k["knob"], k["value"], strict=True))["risk_regime"] == "off"
     assert set(k["run_id"]) == {"r2"} and k.height == 5
@@ -782,23 +799,25 @@ def test_writers_are_idempotent_per_asof(store: Store):
 
 def test_writer_rolls_back_on_error(store: Store):
     cfg = strat()
-    recos = St.recommendations(St.score(features([{"symbol": "A"}]), ON, cfg), ASOF, cfg)
-    St.write_recos(store, recos)
+    recos = St.recommendations(
+        St.score(features([{"symbol": "A"}]), ON, cfg), ASOF, cfg, data_settings=DataSettings()
+    )
+    St.write_recos(store, recos, data_settings=DataSettings())
     bad = recos.with_columns(contributions=pl.lit("{not json"))
     with pytest.raises(Exception, match=r"(?i)json"):
-        St.write_recos(store, bad)
+        St.write_recos(store, bad, data_settings=DataSettings())
     assert store.con.sql("SELECT count(*) FROM strategist_recos").fetchall() == [(1,)]
 
 
 def test_empty_store_gives_empty_frames_all_the_way(store: Store):
-    inp = F.strategist_inputs(store, ASOF, None, strat())
+    inp = F.strategist_inputs(store, ASOF, None, settings=strat(), data_settings=DataSettings())
     assert inp.height == 0 and inp.schema == pl.Schema(INPUT_SCHEMA)
     k = R.regime(inp, strat())
     assert k.risk_regime == "off" and k.breadth is None
     scored = St.score(St.standardize(inp), k, strat())
-    recs = St.recommendations(scored, ASOF, strat())
+    recs = St.recommendations(scored, ASOF, strat(), data_settings=DataSettings())
     assert recs.height == 0 and recs.schema == pl.Schema(St.RECO_SCHEMA)
-    assert St.write_recos(store, recs) == 0
+    assert St.write_recos(store, recs, data_settings=DataSettings()) == 0
 
 
 def test_inputs_on_a_hand_made_store(store: Store):
@@ -887,7 +906,9 @@ def test_inputs_on_a_hand_made_store(store: Store):
             },
         ],
     )
-    inp = F.strategist_inputs(store, asof, None, strat(strat_mom_short_days=5))
+    inp = F.strategist_inputs(
+        store, asof, None, settings=strat(strat_mom_short_days=5), data_settings=DataSettings()
+    )
     aaa = inp.filter(pl.col("symbol") == "AAA").row(0, named=True)
     stale = inp.filter(pl.col("symbol") == "OLD").row(0, named=True)
     assert inp["symbol"].to_list() == ["AAA", "OLD"]
@@ -920,12 +941,28 @@ def test_prefetched_histories_give_the_same_inputs(tmp_path):
             [symbols[0]],
         )
         end = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
-        pre = F.prefetch(store, symbols, end)
+        pre = F.prefetch(store, symbols, end, data_settings=DataSettings())
         for asof in (end - timedelta(days=500), end - timedelta(days=200), end):
             for names in (symbols, None):
-                a = F.strategist_inputs(store, asof, names)
-                b = F.strategist_inputs(store, asof, names, prefetched=pre)
+                a = F.strategist_inputs(
+                    store, asof, names, settings=StrategySettings(), data_settings=DataSettings()
+                )
+                b = F.strategist_inputs(
+                    store,
+                    asof,
+                    names,
+                    prefetched=pre,
+                    settings=StrategySettings(),
+                    data_settings=DataSettings(),
+                )
                 # the factor z-scores come from DuckDB's parallel sums: equal to ~1 ulp
                 assert_frame_equal(a, b, rel_tol=1e-12, abs_tol=1e-15)
-        restated = F.strategist_inputs(store, end, symbols[:1], prefetched=pre)
+        restated = F.strategist_inputs(
+            store,
+            end,
+            symbols[:1],
+            prefetched=pre,
+            settings=StrategySettings(),
+            data_settings=DataSettings(),
+        )
         assert restated["sector"].to_list() == ["Utilities"]

@@ -12,13 +12,13 @@ from kronos.calendar import get_calendar
 from kronos.data.schema import TABLES
 from kronos.data.sources.synthetic import (
     SECTORS,
-    SyntheticReference,
     iter_synthetic_bars,
     synthetic_bars,
     synthetic_profiles,
-    synthetic_reference,
     synthetic_symbols,
 )
+from kronos.data.sources.synthetic_reference import SyntheticReference, synthetic_reference
+from kronos.errors import InputError
 
 REF_START, REF_END = date(2018, 1, 1), date(2020, 12, 31)
 STATEMENTS = ("income-statement", "balance-sheet-statement", "cash-flow-statement")
@@ -173,7 +173,7 @@ def test_dollar_volume_tracks_market_cap_turnover() -> None:
 def test_empty_requests() -> None:
     assert synthetic_bars(0, 1, seed=0).is_empty()
     assert synthetic_bars(3, 0, seed=0).schema == pl.Schema(TABLES["bars"].schema)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="batch_symbols >= 1; got 3, 1, 0"):
         iter_synthetic_bars(3, 1, seed=0, batch_symbols=0)
 
 

@@ -4,6 +4,7 @@ from datetime import date
 
 import pytest
 
+from kronos.config import DataSettings
 from kronos.data import loaders, readers
 from kronos.data.store import Store
 
@@ -42,14 +43,14 @@ def test_every_reference_table_is_filled_and_labelled(synth: Store):
 
 def test_factor_views_as_of_a_date_cover_the_universe(synth: Store):
     asof = date(2004, 6, 30)
-    factors = readers.factors(synth, asof)
+    factors = readers.factors(synth, asof, settings=DataSettings())
     assert factors.height == 24
-    assert factors["known_at"].max() <= readers.PointInTime.at(asof).cutoff
+    assert factors["known_at"].max() <= readers.PointInTime.at(asof, DataSettings()).cutoff
     z = factors["z_roe"].drop_nulls()
     assert z.len() >= 20 and z.abs().max() <= 3
-    revisions = readers.revisions(synth, asof)
+    revisions = readers.revisions(synth, asof, settings=DataSettings())
     assert revisions.height == 24 and revisions["z_rev_eps"].null_count() < 24
-    assert readers.liquidity(synth, asof)["avg_dollar_vol_60d"].min() > 0
+    assert readers.liquidity(synth, asof, settings=DataSettings())["avg_dollar_vol_60d"].min() > 0
 
 
 def test_key_metrics_are_never_known_before_their_income_statement(synth: Store):
@@ -63,8 +64,12 @@ def test_key_metrics_are_never_known_before_their_income_statement(synth: Store)
 def test_factor_liquidity_stops_at_the_last_closed_session(synth: Store):
     """Regression: the macro once read the next session's bar (UTC date of the cutoff)."""
     asof = date(2004, 6, 30)
-    factors = readers.factors(synth, asof).select("symbol", "avg_dollar_vol_60d")
-    liquidity = readers.liquidity(synth, asof).select("symbol", "avg_dollar_vol_60d")
+    factors = readers.factors(synth, asof, settings=DataSettings()).select(
+        "symbol", "avg_dollar_vol_60d"
+    )
+    liquidity = readers.liquidity(synth, asof, settings=DataSettings()).select(
+        "symbol", "avg_dollar_vol_60d"
+    )
     joined = factors.join(liquidity, on="symbol", suffix="_reader")
     assert joined.height == 24
     assert (joined["avg_dollar_vol_60d"] == joined["avg_dollar_vol_60d_reader"]).all()

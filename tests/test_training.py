@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kronos.models.artifacts import gate, latest_artifact, load_promoted, promote, write_artifact
-from kronos.models.base import forecast_frame
+from kronos.models.base import ForecastError, forecast_frame
 from kronos.models.baselines import EwmaNormal
 from kronos.models.evaluation import realized, score, with_realized
 from kronos.models.split import train_valid_split
@@ -119,13 +119,13 @@ def test_interrupted_write_never_moves_latest(tmp_path: Path):
     assert [
         p.name for p in (tmp_path / "kronos-ewma").iterdir() if p.name.endswith(".partial")
     ] == []
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(ForecastError, match="missing"):
         promote(tmp_path / "kronos-ewma" / "nothing")
 
 
 def test_load_promoted_or_fallback(tmp_path: Path):
     panel = _panel()
-    with pytest.raises(FileNotFoundError, match="no promoted ewma artifact"):
+    with pytest.raises(ForecastError, match="no promoted ewma artifact"):
         load_promoted(tmp_path, "ewma")
     fallback = load_promoted(tmp_path, "ewma", fallback=lambda: EwmaNormal().fit(panel))
     assert fallback.source == "fallback" and "on the fly" in fallback.message

@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from kronos.errors import ConfigError
+
 Executor = Literal["local", "ray"]
 
 
@@ -28,18 +30,22 @@ def map_calls(
     if executor == "local":
         return [fn(*args, **shared) for args in calls]
     if executor != "ray":
-        raise ValueError(f"unknown executor {executor!r}: local or ray")
+        raise ConfigError(f"unknown executor {executor!r}: local or ray")
     import ray  # imported only when asked for: it is slow to import
 
     if not ray.is_initialized():
-        ray.init(
-            address=ray_address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            # workers import kronos from this checkout, and see the same settings
-            runtime_env={"env_vars": _worker_env()},
-        )
+        try:
+            ray.init(
+                address=ray_address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                # workers import kronos from this checkout, and see the same settings
+                runtime_env={"env_vars": _worker_env()},
+            )
+        except (OSError, RuntimeError) as exc:  # unreachable address, no local cluster
+            where = ray_address or "a local Ray"
+            raise ConfigError(f"cannot start or reach {where} (--ray-address): {exc}") from exc
     refs = {k: ray.put(v) for k, v in shared.items()}
     task = ray.remote(fn)
     return ray.get([task.remote(*args, **refs) for args in calls])

@@ -20,8 +20,9 @@ from typing import Any
 import polars as pl
 
 from kronos.backtest.splits import Fold
-from kronos.models.base import Forecaster, TrainingConfig
-from kronos.models.registry import forecaster_class
+from kronos.errors import InputError, LookAhead
+from kronos.models.base import Forecaster
+from kronos.models.registry import build, forecaster_class
 from kronos.models.split import train_valid_split
 
 NEURAL = ("nbeats", "nbeats_default", "tft")
@@ -46,19 +47,8 @@ class FoldForecasts:
 
 
 def build_forecaster(name: str, params: Mapping[str, Any], seed: int) -> Forecaster:
-    """Forecaster ``name``; for neural ones, ``TrainingConfig`` fields go to ``training``."""
-    cls = forecaster_class(name)
-    params = dict(params)
-    if name in NEURAL:
-        base = cls.default_training() if hasattr(cls, "default_training") else TrainingConfig()
-        fields = set(TrainingConfig.model_fields)
-        training = {k: params.pop(k) for k in list(params) if k in fields}
-        training.setdefault("seed", seed)
-        params["training"] = base.model_copy(update=training)
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise ValueError(f"forecaster {name!r}: bad params {sorted(params)}: {err}") from None
+    """Forecaster ``name`` from the spec's ``params`` (``TrainingConfig`` fields go to training)."""
+    return build(name, **{"seed": seed, **params})  # a seed in params wins
 
 
 def ready_dates(panel: pl.DataFrame, input_size: int) -> dict[str, date]:
@@ -72,11 +62,11 @@ def artifact_cutoff(directory: Path) -> date:
     """The last session a saved model saw (training or validation), from its METRICS.json."""
     path = Path(directory) / "METRICS.json"
     if not path.exists():
-        raise ValueError(f"{directory} has no METRICS.json: cannot tell what data it saw")
+        raise InputError(f"{directory} has no METRICS.json: cannot tell what data it saw")
     seen = json.loads(path.read_text()).get("data_range", {})
     last = seen.get("valid_end") or seen.get("train_end")
     if not last:
-        raise ValueError(f"{path} records no data_range: cannot tell what data it saw")
+        raise InputError(f"{path} records no data_range: cannot tell what data it saw")
     return date.fromisoformat(last)
 
 
@@ -84,7 +74,7 @@ def load_for_fold(name: str, directory: Path, fold: Fold) -> Forecaster:
     """A saved model for ``fold``, refused when it saw data after the fold's training cutoff."""
     seen = artifact_cutoff(directory)
     if seen > fold.train_end:
-        raise ValueError(
+        raise LookAhead(
             f"look-ahead: the artifact {directory} saw data up to {seen}, after fold "
             f"{fold.index}'s training cutoff {fold.train_end} (test from {fold.test_start}); "
             "start the backtest later or refit per fold"

@@ -15,7 +15,16 @@ from datetime import date
 import numpy as np
 import polars as pl
 
+from kronos.config import DataSettings
 from kronos.data import readers
+from kronos.data.errors import InputError
+from kronos.data.prices import (
+    ACTIONS_SCHEMA,
+    PriceBasis,
+    basis_bars,
+    corporate_actions,
+    price_basis,
+)
 from kronos.data.store import Store
 from kronos.features.strategist import Prefetched, prefetch
 
@@ -35,10 +44,13 @@ _REFERENCE_TABLES = {
 class Market:
     """Bars of the universe on one session calendar, ``[session, symbol]`` arrays.
 
-    Prices are adjusted (``adj_close``, and open, high, low times the bar's
-    ``adj_close / close``), so corporate actions are no profit or loss;
-    ``mark`` is ``close`` carried forward (for valuing a book on a day a symbol
-    has no bar); ``y`` is the log return of the session (NaN when missing).
+    Prices are on one basis (:mod:`kronos.data.prices`): raw, with ``split``
+    (new shares per old, 1 when none) and ``dividend`` (cash per share, 0 when
+    none) on each ex-date; or adjusted, where both stay neutral. ``mark`` is
+    ``close`` carried forward (for valuing a book on a day a symbol has no
+    bar) and ``marked_at`` the session index of the bar it comes from (-1
+    before the first); ``last_bar`` is each symbol's last session index; ``y``
+    is the log return of the session (NaN when missing).
     """
 
     sessions: list[date]
@@ -50,6 +62,11 @@ class Market:
     close: np.ndarray
     volume: np.ndarray
     mark: np.ndarray
+    marked_at: np.ndarray
+    last_bar: np.ndarray
+    split: np.ndarray
+    dividend: np.ndarray
+    basis: PriceBasis
     y: np.ndarray
     panel: pl.DataFrame  # symbol, ts, y: the forecasters' input
     has_open: bool
@@ -70,6 +87,7 @@ def resolve_universe(
     source: str | None,
     symbols: list[str] | None,
     exclude: list[str],
+    settings: DataSettings,
 ) -> list[str]:
     """The symbols to trade: the given list, else every equity with a profile and bars.
 
@@ -77,7 +95,7 @@ def resolve_universe(
     prefix before a dot: ``skfolio`` matches ``skfolio.sp500``).
     """
     if symbols is None:
-        prof = readers.profiles(store, end)
+        prof = readers.profiles(store, end, settings=settings)
         symbols = prof.filter(pl.col("asset_type") == "equity")["symbol"].to_list()
     if source is not None:
         rows = store.con.execute(
@@ -86,15 +104,15 @@ def resolve_universe(
         ).fetchall()
         sourced = {r[0] for r in rows}
         if not sourced:
-            raise ValueError(f"no bars with source {source!r} in {store.path}")
+            raise InputError(f"no bars with source {source!r} in {store.path}")
         symbols = [s for s in symbols if s in sourced]
     out = sorted(set(symbols) - set(exclude))
     if not out:
-        raise ValueError("the universe is empty after the source filter and exclusions")
+        raise InputError("the universe is empty after the source filter and exclusions")
     known = {r[0] for r in store.con.execute("SELECT DISTINCT symbol FROM bars").fetchall()}
     missing = [s for s in out if s not in known]
     if missing:
-        raise ValueError(f"no bars in {store.path} for symbols {missing}")
+        raise InputError(f"no bars in {store.path} for symbols {missing}")
     return out
 
 
@@ -147,21 +165,33 @@ def carry_forward(values: np.ndarray) -> np.ndarray:
     return np.where(started, out, np.nan)
 
 
-def load_market(store: Store, symbols: list[str], end: date) -> Market:
+def last_index(values: np.ndarray) -> np.ndarray:
+    """Per cell, the row index of its column's last finite value so far (-1 before any)."""
+    finite = np.isfinite(values)
+    idx = np.where(finite, np.arange(values.shape[0])[:, None], -1)
+    return np.maximum.accumulate(idx, axis=0)
+
+
+def load_market(store: Store, symbols: list[str], end: date, settings: DataSettings) -> Market:
     """Every bar and return of ``symbols`` up to ``end``, on the union calendar."""
-    # trade and mark on adjusted prices (splits and dividends would otherwise
-    # show up as profits and losses): the open scaled by the bar's adjustment
-    factor = pl.when(pl.col("close") > 0).then(pl.col("adj_close") / pl.col("close"))
-    bars = readers.prices(store, end, symbols).with_columns(
-        *(pl.col(c) * factor.fill_null(1.0) for c in ("open", "high", "low")),
-        close=pl.col("adj_close"),
-    )
+    basis = price_basis(store, symbols, end, settings)
+    bars = basis_bars(store, end, symbols, basis, settings)
     if bars.is_empty():
-        raise ValueError(f"no bars up to {end} for {symbols}")
+        raise InputError(f"no bars up to {end} for {symbols}")
     sessions = sorted(bars["ts"].unique().to_list())
-    rets = readers.returns(store, end, symbols).select("symbol", "ts", y="log_ret")
+    rets = readers.returns(store, end, symbols, settings=settings).select(
+        "symbol", "ts", y="log_ret"
+    )
     close = wide(bars, "close", sessions, symbols)
-    profiles = readers.profiles(store, end, symbols)
+    actions = (
+        corporate_actions(store, end, symbols, settings)
+        if basis.raw
+        else pl.DataFrame(schema=ACTIONS_SCHEMA)
+    )
+    split = np.nan_to_num(wide(actions, "split_ratio", sessions, symbols), nan=1.0)
+    dividend = np.nan_to_num(wide(actions, "dividend", sessions, symbols), nan=0.0)
+    marked_at = last_index(close)
+    profiles = readers.profiles(store, end, symbols, settings=settings)
     sectors = dict(zip(profiles["symbol"].to_list(), profiles["sector"].to_list(), strict=True))
     return Market(
         sessions=sessions,
@@ -173,9 +203,14 @@ def load_market(store: Store, symbols: list[str], end: date) -> Market:
         close=close,
         volume=wide(bars, "volume", sessions, symbols),
         mark=carry_forward(close),
+        marked_at=marked_at,
+        last_bar=marked_at[-1],
+        split=split,
+        dividend=dividend,
+        basis=basis,
         y=wide(rets, "y", sessions, symbols),
         panel=rets.filter(pl.col("y").is_not_null()).sort("symbol", "ts"),
         has_open=bool(bars["open"].is_not_null().any()),
         absent=absent_reference(store, symbols, end),
-        prefetched=prefetch(store, symbols, end),
+        prefetched=prefetch(store, symbols, end, data_settings=settings),
     )

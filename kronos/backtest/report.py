@@ -58,6 +58,7 @@ _FRAMES = (
     "coverage",
     "factor_contrib",
     "breakers",
+    "events",
 )
 
 _CSS = """
@@ -524,6 +525,7 @@ def write_frames(result: BacktestResult, out_dir: Path) -> dict[str, Path]:
         "stats": _json_safe(result.stats),
         "parity": _json_safe(result.parity),
         "timings": _json_safe(result.timings),
+        "notes": list(result.notes),
     }
     path = out_dir / "stats.json"
     path.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")

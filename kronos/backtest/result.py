@@ -76,6 +76,15 @@ BREAKERS_SCHEMA = {
     "reason": pl.String,
     "expires_at": pl.Datetime("us", "UTC"),
 }
+EVENTS_SCHEMA = {
+    "ts": pl.Date,  # session the event reached the book
+    "symbol": pl.String,
+    "event": pl.String,  # split | dividend | delisted
+    "qty_before": pl.Float64,
+    "qty_after": pl.Float64,
+    "cash": pl.Float64,  # cash the book received
+    "detail": pl.String,
+}
 STAT_NAMES = (
     "total_return",
     "cagr",
@@ -114,3 +123,5 @@ class BacktestResult:
     breakers: pl.DataFrame = field(default_factory=lambda: empty(BREAKERS_SCHEMA))
     parity: dict[str, float] = field(default_factory=dict)  # max relative diffs vs vectorbt
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    events: pl.DataFrame = field(default_factory=lambda: empty(EVENTS_SCHEMA))
+    notes: tuple[str, ...] = ()  # price basis, filters the data switched off, skipped checks

@@ -20,6 +20,7 @@ from kronos.backtest.monitor import Quantiles, calibrate, failsafe
 from kronos.backtest.result import BREAKERS_SCHEMA, EQUITY_SCHEMA, POSITIONS_SCHEMA, BacktestResult
 from kronos.backtest.spec import BacktestSpec, spec_hash
 from kronos.data.store import DEFAULT_LOCK_WAIT_S, Store
+from kronos.errors import ConfigError, InputError
 from kronos.execution.fills import FillRules
 from kronos.risk import Breaker
 
@@ -32,7 +33,13 @@ def fill_rules(spec: BacktestSpec, market: Market) -> FillRules:
     if at == "auto":
         at = "next_open" if market.has_open else "next_close"
     elif at == "next_open" and not market.has_open:
-        raise ValueError("fills.at is next_open but the universe's bars carry no opens")
+        raise ConfigError("fills.at is next_open but the universe's bars carry no opens")
+    if spec.costs.volume_share is not None and not np.isfinite(market.volume).any():
+        # a cap on a share of no volume would fill nothing and still report success
+        raise ConfigError(
+            f"costs.volume_share is {spec.costs.volume_share} but the universe's bars carry "
+            "no volume: remove the cap or ingest bars with volume"
+        )
     return FillRules(
         at=at,
         commission_bps=spec.costs.commission_bps,
@@ -46,7 +53,7 @@ def _window(market: Market, start: date, end: date) -> tuple[int, int]:
     first = int(np.searchsorted(days, np.datetime64(start)))
     last = int(np.searchsorted(days, np.datetime64(end), side="right")) - 1
     if first > last:
-        raise ValueError(f"no session of the universe between {start} and {end}")
+        raise InputError(f"no session of the universe between {start} and {end}")
     return first, last
 
 
@@ -135,8 +142,9 @@ def run_backtest(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     u = spec.universe
-    symbols = resolve_universe(store, spec.dates.end, u.source, u.symbols, u.exclude)
-    market = load_market(store, symbols, spec.dates.end)
+    settings = spec.decision_settings()
+    symbols = resolve_universe(store, spec.dates.end, u.source, u.symbols, u.exclude, settings.data)
+    market = load_market(store, symbols, spec.dates.end, settings.data)
     first, last = _window(market, spec.dates.start, spec.dates.end)
     timings["load"] = time.perf_counter() - t0
     say(
@@ -155,7 +163,6 @@ def run_backtest(
     )
 
     t0 = time.perf_counter()
-    settings = spec.decision_settings()
     if spec.forecaster.calibrate:
         calibrated, _, _ = calibrate(
             raw, market.y, symbols, market.sectors, spec.calibration_settings()
@@ -180,20 +187,20 @@ def run_backtest(
     t0 = time.perf_counter()
     rules = fill_rules(spec, market)
     trading = trade(
-        store,
-        market,
-        first,
-        last,
-        calibrated,
-        trips,
-        rebalance_days(
+        store=store,
+        market=market,
+        first=first,
+        last=last,
+        forecasts=calibrated,
+        breakers=trips,
+        rebalance=rebalance_days(
             market.sessions[first : last + 1], spec.rebalance.every, spec.rebalance.weekday
         ),
-        rules,
-        settings,
-        spec.capital.initial_cash,
-        spec.name,
-        say,
+        rules=rules,
+        settings=settings,
+        initial_cash=spec.capital.initial_cash,
+        label=spec.name,
+        progress=say,
     )
     timings["trading"] = time.perf_counter() - t0
     timings.update({f"trading_{k}": v for k, v in trading.seconds.items()})
@@ -213,7 +220,7 @@ def run_backtest(
     bench_symbols = [u.benchmark] if u.benchmark else symbols
     bench_close = close
     if u.benchmark and u.benchmark not in symbols:
-        other = load_market(store, [u.benchmark], spec.dates.end)
+        other = load_market(store, [u.benchmark], spec.dates.end, settings.data)
         idx = [
             other.sessions.index(d) if d in other.sessions else -1
             for d in market.sessions[first : last + 1]
@@ -229,11 +236,14 @@ def run_backtest(
     signed = trading.fills.with_columns(
         qty=pl.when(pl.col("side") == "sell").then(-pl.col("qty")).otherwise(pl.col("qty"))
     )
+    # vectorbt replays the fills only: a book that took corporate actions or
+    # delistings moved outside them, so there is nothing to compare it with
+    acted = trading.events.height > 0
     t1 = time.perf_counter()
-    pf = vbt.replay(signed, close, spec.capital.initial_cash, rules)
+    pf = None if acted else vbt.replay(signed, close, spec.capital.initial_cash, rules)
     timings["vectorbt_replay"] = time.perf_counter() - t1
-    parity = vbt.parity(equity, positions, pf)
-    stats = vbt.portfolio_stats(pf, equity, signed)
+    parity = {} if pf is None else vbt.parity(equity, positions, pf)
+    stats = vbt.portfolio_stats(pf, equity, signed, spec.capital.initial_cash)
     stats.update({f"benchmark_{k}": v for k, v in bench_stats.items()})
     timings["vectorbt"] = time.perf_counter() - t0
 
@@ -255,6 +265,13 @@ def run_backtest(
         breakers=_breakers(trips),
         parity=parity,
         timings=timings,
+        events=trading.events,
+        notes=trading.notes
+        + (
+            ("vectorbt parity not checked: corporate actions or delistings reached the book",)
+            if acted
+            else ()
+        ),
     )
 
 

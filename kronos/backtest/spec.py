@@ -3,18 +3,18 @@
 Every problem names the file and the dotted key path; unknown keys come with a
 "did you mean" suggestion. The decision and calibration settings of a backtest
 come from the spec alone (class defaults plus the spec's overrides), never from
-environment variables or ``.env``, so a spec reproduces its run.
+environment variables or ``.env`` (settings sections never read them), so a
+spec reproduces its run.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -24,30 +24,31 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings
 
 from kronos.backtest.splits import Retrain, WalkForward
 from kronos.config import (
     CalibrationSettings,
+    ConfigModel,
     DataSettings,
     DecisionSettings,
     PolicySettings,
     PortfolioSettings,
     RiskSettings,
+    Settings,
     StrategySettings,
     config_hash,
     did_you_mean,
 )
-from kronos.models.registry import FORECASTERS
-
-S = TypeVar("S", bound=BaseSettings)
+from kronos.errors import ConfigError
+from kronos.models.registry import FORECASTERS, override_keys
 
 # a base name, then one ``__key=value`` suffix per sweep assignment
 NAME_PATTERN = r"^[a-z0-9_-]+(__[a-z0-9_.-]+=[a-z0-9_.-]+)*$"
 
-DECISION_SETTINGS: dict[str, type[BaseSettings]] = {
+DECISION_SETTINGS: dict[str, type[ConfigModel]] = {
     "strategy": StrategySettings,
     "portfolio": PortfolioSettings,
     "policy": PolicySettings,
@@ -56,13 +57,16 @@ DECISION_SETTINGS: dict[str, type[BaseSettings]] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """An invalid backtest spec; ``problems`` lists every problem found."""
 
     def __init__(self, source: str, problems: Sequence[str]):
         self.source = source
         self.problems = list(problems)
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.source, self.problems)
 
 
 class _Section(BaseModel):
@@ -111,6 +115,17 @@ class ForecasterSpec(_Section):
         if value not in FORECASTERS:
             raise ValueError(f"unknown forecaster {value!r}{did_you_mean(value, FORECASTERS)}")
         return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> ForecasterSpec:
+        # a misspelt parameter fails when the spec is read, not at the first fold
+        valid = override_keys(self.name)
+        for key in self.params:
+            if key not in valid:
+                raise ValueError(
+                    f"unknown parameter {key!r} of {self.name}{did_you_mean(key, valid)}"
+                )
+        return self
 
 
 class SplitsSpec(WalkForward):
@@ -165,7 +180,7 @@ class DecisionSpec(_Section):
         problems = [(k, "unknown", "") for k in value if k not in fields]
         known = {k: v for k, v in value.items() if k in fields}
         try:
-            built = settings_without_env(settings_cls, known)
+            built = settings_cls(**known)
         except ValidationError as exc:
             problems += [(str(e["loc"][0]), "invalid", _describe(e)) for e in exc.errors()]
         if problems:
@@ -201,34 +216,37 @@ class BacktestSpec(_Section):
         """Decision settings: class defaults plus ``decision.*`` overrides, no environment."""
         d = self.decision
         return DecisionSettings(
-            strategy=settings_without_env(StrategySettings, d.strategy),
-            portfolio=settings_without_env(PortfolioSettings, d.portfolio),
-            policy=settings_without_env(PolicySettings, d.policy),
-            risk=settings_without_env(RiskSettings, d.risk),
-            data=settings_without_env(DataSettings, {}),
+            strategy=StrategySettings(**d.strategy),
+            portfolio=PortfolioSettings(**d.portfolio),
+            policy=PolicySettings(**d.policy),
+            risk=RiskSettings(**d.risk),
+            data=DataSettings(),
         )
 
     def calibration_settings(self) -> CalibrationSettings:
         """Calibration settings: class defaults plus ``decision.calibration``, no environment."""
-        return settings_without_env(CalibrationSettings, self.decision.calibration)
+        return CalibrationSettings(**self.decision.calibration)
 
+    def run_settings(self, base: Settings, db: Path | None = None) -> Settings:
+        """The settings a run of this spec uses, for its record.
 
-def settings_without_env(cls: type[S], values: Mapping[str, Any]) -> S:
-    """A validated ``cls`` from its defaults and ``values``, ignoring environment and ``.env``."""
-    # model_validate still reads the environment in pydantic-settings, so validate
-    # through a subclass whose only source is the keyword arguments, then rebuild
-    # the real class from the validated values
-    built = _init_only(cls)(**values)
-    return cls.model_construct(_fields_set=set(values), **dict(built))
-
-
-@functools.cache
-def _init_only(cls: type[S]) -> type[S]:
-    def sources(_owner, settings_cls, init_settings, *_, **__):
-        return (init_settings,)
-
-    namespace = {"settings_customise_sources": classmethod(sources), "__module__": __name__}
-    return type(f"{cls.__name__}FromSpec", (cls,), namespace)
+        ``base``'s tracking, models and Alpaca sections and its store (``db``
+        when given); the spec's decision and calibration sections; data rules
+        at their defaults, as the backtest reads them (never the environment's).
+        """
+        d = self.decision_settings()
+        return Settings(
+            data=DataSettings(db=db or base.data.db, lock_wait_s=base.data.lock_wait_s),
+            models=base.models,
+            tracking=base.tracking,
+            calibration=self.calibration_settings(),
+            risk=d.risk,
+            strategy=d.strategy,
+            portfolio=d.portfolio,
+            policy=d.policy,
+            alpaca_data=base.alpaca_data,
+            alpaca_trading=base.alpaca_trading,
+        )
 
 
 # ------------------------------------------------------------------ loading

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kronos.calendar import period_key
+from kronos.errors import ConfigError, InputError
 from kronos.models.base import HORIZON
 
 Retrain = Literal["weekly", "monthly", "quarterly", "yearly"]
@@ -63,10 +64,10 @@ class WalkForward(BaseModel):
         """Folds whose test windows partition the sessions in ``[start, end]``, in order."""
         _check_sessions(sessions)
         if start > end:
-            raise ValueError(f"start {start} is after end {end}")
+            raise ConfigError(f"start {start} is after end {end}")
         lo, hi = bisect_left(sessions, start), bisect_right(sessions, end)
         if lo == hi:
-            raise ValueError(f"no sessions between {start} and {end}")
+            raise InputError(f"no sessions between {start} and {end}")
         key = _period_key(self.retrain, self.weekday)
         firsts = [i for i in range(lo, hi) if i == lo or key(sessions[i]) != key(sessions[i - 1])]
         folds = []
@@ -74,7 +75,7 @@ class WalkForward(BaseModel):
             train_end = first - self.purge - 1
             available = max(train_end + 1, 0)
             if available < self.train_sessions:
-                raise ValueError(
+                raise ConfigError(
                     f"fold {index} (test_start {sessions[first]}) has {available} training "
                     f"sessions before its {self.purge}-session purge gap, fewer than "
                     f"train_sessions={self.train_sessions}: move start later or shorten "

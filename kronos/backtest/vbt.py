@@ -170,23 +170,33 @@ def _hit_rate(pf: vectorbt.Portfolio) -> float:
 
 
 def portfolio_stats(
-    pf: vectorbt.Portfolio, equity: pl.DataFrame, fills: pl.DataFrame
+    pf: vectorbt.Portfolio | None, equity: pl.DataFrame, fills: pl.DataFrame, init_cash: float
 ) -> dict[str, float]:
     """:data:`STAT_NAMES` of a run: vectorbt's return statistics at 252 sessions a year.
 
     ``turnover`` is traded notional (``|qty| * price`` of ``fills``) / mean NAV /
     years; ``exposure`` the mean of ``invested / nav`` (``invested`` or
     ``nav - cash`` of ``equity``); ``hit_rate`` the share of closed positions
-    (flat to flat) with a positive PnL after fees.
+    (flat to flat) with a positive PnL after fees. Without ``pf`` (a book that
+    took corporate actions or delistings, which a replay of the fills does not
+    know) the return statistics come from the engine's NAV and ``hit_rate`` is NaN.
     """
-    acc = pf.get_returns_acc(year_freq=_YEAR_FREQ)
+    if pf is not None:
+        acc = pf.get_returns_acc(year_freq=_YEAR_FREQ)
+        total = float(pf.total_return())
+    else:
+        index = pd.DatetimeIndex([pd.Timestamp(d) for d in equity["ts"].to_list()])
+        nav_pd = pd.Series(equity["nav"].to_numpy(), index=index)
+        rets = nav_pd / nav_pd.shift(1, fill_value=init_cash) - 1  # vectorbt's convention
+        acc = rets.vbt.returns(freq="1D", year_freq=_YEAR_FREQ)
+        total = float(nav_pd.iloc[-1] / init_cash - 1) if len(nav_pd) else float("nan")
     nav = equity["nav"].cast(pl.Float64)
     invested = equity["invested"] if "invested" in equity.columns else nav - equity["cash"]
     years = equity.height / YEAR_SESSIONS
     notional = float((fills["qty"].abs() * fills["price"]).sum()) if fills.height else 0.0
     mean_nav = float(nav.mean()) if equity.height else float("nan")
     stats = {
-        "total_return": float(pf.total_return()),
+        "total_return": total,
         "cagr": float(acc.annualized()),
         "volatility": float(acc.annualized_volatility()),
         "sharpe": float(acc.sharpe_ratio()),
@@ -194,7 +204,7 @@ def portfolio_stats(
         "max_drawdown": float(acc.max_drawdown()),
         "turnover": notional / mean_nav / years if years > 0 else float("nan"),
         "exposure": float((invested / nav).mean()) if equity.height else float("nan"),
-        "hit_rate": _hit_rate(pf),
+        "hit_rate": _hit_rate(pf) if pf is not None else float("nan"),
     }
     return {name: stats[name] for name in STAT_NAMES}
 
@@ -231,5 +241,5 @@ def buy_and_hold_stats(
     nav = pf.value().to_numpy()
     cash = pf.cash().to_numpy()
     equity = pl.DataFrame({"ts": sessions, "nav": nav, "cash": cash})
-    stats = portfolio_stats(pf, equity, fills)
+    stats = portfolio_stats(pf, equity, fills, init_cash)
     return equity.select("ts", pl.col("nav").alias("benchmark")), stats

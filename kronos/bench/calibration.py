@@ -64,7 +64,8 @@ def run_calibration_bench(
     holdout_days: int = 365,
     warmup_days: int = 365,
     nbeats_max_steps: int | None = 1000,
-    settings: CalibrationSettings | None = None,
+    *,
+    settings: CalibrationSettings,
     on_step: Callable[[str], None] | None = None,
     dynamic: bool = True,
     regime_encoder: RegimeEncoder | None = None,
@@ -76,7 +77,6 @@ def run_calibration_bench(
     (``regime_encoder``: an unfitted encoder, default :class:`RegimeEncoder`).
     """
     step = on_step or (lambda _s: None)
-    settings = settings or CalibrationSettings()
     end = panel["ts"].max()
     holdout_start = end - timedelta(days=holdout_days)
     history = panel.filter(pl.col("ts") <= holdout_start - timedelta(days=warmup_days))

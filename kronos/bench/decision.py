@@ -28,7 +28,7 @@ from kronos.data import loaders
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.decision.allocator import Account
-from kronos.decision.snapshot import read_snapshot
+from kronos.decision.snapshot import StoreSource, read_snapshot
 from kronos.decision.step import decide, decide_from, run_id_for
 from kronos.risk import session_close
 
@@ -115,7 +115,8 @@ def run_decision_bench(
         store_times = []
         for _ in range(max(3, repeats // 4)):
             t0 = time.perf_counter()
-            decision = decide(asof, store, positions, account, settings, model="bench", now=now)
+            source = StoreSource(store, "bench", settings)
+            decision = decide(source, asof, positions, account, settings, now=now)
             store_times.append(time.perf_counter() - t0)
         snapshot = read_snapshot(store, asof, "bench", settings, now)
 

@@ -25,9 +25,9 @@ import numpy as np
 import polars as pl
 
 from kronos.metrics import crps_normal_each, crps_student_t_each
-from kronos.models.base import Forecaster, TrainingConfig
+from kronos.models import registry
+from kronos.models.base import Forecaster
 from kronos.models.evaluation import score, with_realized
-from kronos.models.registry import forecaster_class
 from kronos.models.split import train_valid_split
 
 GRAPH = ("stemgnn", "mtgnn", "mtgnn_prior")
@@ -43,17 +43,12 @@ def build(
     graph_max_steps: int | None = None,
 ) -> Forecaster:
     """The leaderboard's configuration of model ``name``."""
-    cls = forecaster_class(name)
     if name == "nbeats":
-        return cls(training=TrainingConfig(max_steps=nbeats_max_steps))
-    if name == "tft":
-        return cls(training=cls.default_training())
+        return registry.build(name, max_steps=nbeats_max_steps)
     if name in GRAPH:
-        training = cls.default_training()
-        if graph_max_steps is not None:
-            training = training.model_copy(update={"max_steps": graph_max_steps})
-        return cls(sectors=sectors, training=training)
-    return cls()
+        steps = {} if graph_max_steps is None else {"max_steps": graph_max_steps}
+        return registry.build(name, sectors=sectors, **steps)
+    return registry.build(name)
 
 
 def exact_crps(model: Forecaster, panel: pl.DataFrame, scored: pl.DataFrame) -> float | None:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import polars as pl
 
 from kronos.data.sources.synthetic import synthetic_bars
-from kronos.models.base import Forecaster, TrainingConfig
-from kronos.models.registry import forecaster_class
+from kronos.models import registry
+from kronos.models.base import Forecaster
 from kronos.models.split import train_valid_split
 
 TARGET_PREDICT_SECONDS = 1.0
@@ -47,13 +47,11 @@ def _windows_seen(model: Forecaster) -> int | None:
 
 def build(name: str, steps: int, n_symbols: int) -> Forecaster:
     """The benchmark's configuration: whitepaper architectures, a fixed step budget."""
-    cls = forecaster_class(name)
     if name == "nbeats":
-        return cls(training=TrainingConfig(max_steps=steps))
-    if name == "tft":
-        training = TrainingConfig(max_epochs=1, max_steps=steps, patience=2, scheduler_patience=1)
-        return cls(training=training, max_symbols=n_symbols)
-    return cls()
+        return registry.build(name, max_steps=steps)
+    if name == "tft":  # one epoch at most; early stopping as the TFT's default training
+        return registry.build(name, max_epochs=1, max_steps=steps, max_symbols=n_symbols)
+    return registry.build(name)
 
 
 def run_models_bench(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -11,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kronos.config import DataSettings, resolve_db_path
+from kronos.errors import InputError
 
 if TYPE_CHECKING:
     from kronos.data.store import Store
@@ -47,9 +49,24 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def open_store(
-    db: Path | None, *, read_only: bool = False, settings: DataSettings | None = None
-) -> Store:
+def parse_day(text: str, option: str) -> date:
+    """``text`` as a YYYY-MM-DD date; an :class:`InputError` naming ``option`` if it is not."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"cannot read {option} {text!r} as YYYY-MM-DD") from None
+
+
+def parse_moment(text: str, option: str) -> datetime:
+    """``text`` as an ISO date or datetime (naive means UTC); an :class:`InputError` if not."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"cannot read {option} {text!r} as an ISO date or datetime") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def open_store(db: Path | None, *, settings: DataSettings, read_only: bool = False) -> Store:
     """The store at ``--db`` (> ``KRONOS_DB`` > default), waiting ``KRONOS_LOCK_WAIT_S``.
 
     A store another process holds past the wait raises
@@ -57,7 +74,6 @@ def open_store(
     """
     from kronos.data.store import Store
 
-    settings = settings or DataSettings()
     path = resolve_db_path(db, settings)
     return Store.open(path, read_only=read_only, lock_wait_s=settings.lock_wait_s)
 

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import DataSettings, resolve_db_path
+from kronos.config import load_settings, resolve_db_path, settings_hash
+from kronos.errors import KronosError
 
 ExecutorOption = Annotated[
     str, typer.Option("--executor", help="Where folds and sweep variants run: local or ray.")
@@ -56,21 +57,22 @@ def backtest(
     from kronos.backtest.report import write_frames, write_report
     from kronos.backtest.result import STAT_NAMES
     from kronos.backtest.run import run_on_db
-    from kronos.backtest.spec import SpecError, expand_sweep, parse_spec, read_spec_file, to_yaml
+    from kronos.backtest.spec import expand_sweep, parse_spec, read_spec_file, to_yaml
     from kronos.runner.backtest_record import EXPERIMENT, log_backtest
     from kronos.tracking import mlflow_run
 
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
-    settings = DataSettings()
+    base = load_settings()
+    settings = base.data
     path = resolve_db_path(db, settings)
     if not path.exists():
         fail(f"no kronos database at {path}; run 'kronos data ingest' first")
     try:
         raw = read_spec_file(spec_path)
-        base = parse_spec(raw, str(spec_path), set_ or [])
-        variants = expand_sweep(base, sweep or [], str(spec_path))
-    except SpecError as exc:
+        base_spec = parse_spec(raw, str(spec_path), set_ or [])
+        variants = expand_sweep(base_spec, sweep or [], str(spec_path))
+    except KronosError as exc:
         fail(str(exc))
 
     many = len(variants) > 1
@@ -81,7 +83,7 @@ def backtest(
         try:
             shared = {"lock_wait_s": settings.lock_wait_s}
             results = map_calls(run_on_db, calls, executor, ray_address, shared)
-        except (ValueError, OSError) as exc:
+        except KronosError as exc:
             fail(str(exc))
     else:
         from kronos.backtest.run import run_backtest
@@ -98,7 +100,7 @@ def backtest(
                         progress=lambda m: err.print(f"  {m}", highlight=False),
                     )
                 ]
-        except ValueError as exc:
+        except KronosError as exc:
             fail(str(exc))
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -108,9 +110,10 @@ def backtest(
         files = write_report(result, target, to_yaml(spec))
         files.update(write_frames(result, target))
         run_id = None
+        used = spec.run_settings(base, path)
         if mlflow:
             tags = {f"sweep.{k}": v for k, v in assignment.items()}
-            with mlflow_run(EXPERIMENT, spec.name, tags) as recorder:
+            with mlflow_run(EXPERIMENT, spec.name, tags, settings=used) as recorder:
                 log_backtest(recorder, spec, result, target, tags)
                 run_id = recorder.run_id
         summary.append(
@@ -119,10 +122,12 @@ def backtest(
                 "sweep": assignment,
                 "spec_hash": result.spec_hash,
                 "order_hash": result.order_hash,
+                "settings_hash": settings_hash(used),
                 "start": str(result.start),
                 "end": str(result.end),
                 "stats": result.stats,
                 "parity": result.parity,
+                "notes": list(result.notes),
                 "timings": result.timings,
                 "report": str(files["report.html"]),
                 "mlflow_run_id": run_id,
@@ -141,8 +146,11 @@ def backtest(
             )
         )
         worst = max(row["parity"].values()) if row["parity"] else float("nan")
+        for note in row["notes"]:
+            out.print(f"note: {note}")
         out.print(
-            f"order hash {row['order_hash'][:16]}  vectorbt parity (max rel diff) {worst:.1e}\n"
+            f"order hash {row['order_hash'][:16]}  settings {row['settings_hash']}  "
+            f"vectorbt parity (max rel diff) {worst:.1e}\n"
             f"report {row['report']}"
             + (
                 f"\nMLflow run {row['mlflow_run_id']} (experiment kronos-backtest)"

@@ -12,21 +12,26 @@ import typer
 from rich.table import Table
 
 from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, progress, table
+from kronos.config import Settings, load_settings
 
 app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
 
 
-def _panel_and_sectors(db: Path | None, source: str) -> tuple[pl.DataFrame, dict[str, str]]:
+def _panel_and_sectors(
+    db: Path | None, source: str, settings: Settings
+) -> tuple[pl.DataFrame, dict[str, str]]:
     """Today's returns panel of a bars source, and each symbol's sector."""
     from kronos.data import readers
-    from kronos.data.errors import KronosDataError
+    from kronos.errors import KronosError
     from kronos.features.returns import returns_panel
 
+    data = settings.data
     try:
-        with open_store(db, read_only=True) as store:
-            panel = returns_panel(store, date.today(), source=source)
-            sectors = readers.sectors(store, date.today(), panel["symbol"].unique().to_list())
-    except (KronosDataError, FileNotFoundError, ValueError) as exc:
+        with open_store(db, read_only=True, settings=data) as store:
+            panel = returns_panel(store, date.today(), source=source, settings=data)
+            names = panel["symbol"].unique().to_list()
+            sectors = readers.sectors(store, date.today(), names, settings=data)
+    except KronosError as exc:
         fail(str(exc))
     return panel, sectors
 
@@ -82,10 +87,11 @@ def bench_forecast(
     from kronos.bench.forecast import run_forecast_bench
     from kronos.tracking import mlflow_run
 
-    panel, sectors = _panel_and_sectors(db, source)
+    settings = load_settings()
+    panel, sectors = _panel_and_sectors(db, source, settings)
     names = models.split(",")
     with (
-        mlflow_run(experiment, "bench-forecast", {"source": source}) as recorder,
+        mlflow_run(experiment, "bench-forecast", {"source": source}, settings=settings) as recorder,
         progress("steps") as bar,
     ):
         task = bar.add_task("bench forecast", total=2 * len(names))
@@ -223,10 +229,13 @@ def bench_calibration(
     from kronos.bench.calibration import DYNAMIC_VARIANTS, run_calibration_bench
     from kronos.tracking import mlflow_run
 
-    panel, sectors = _panel_and_sectors(db, source)
+    settings = load_settings()
+    panel, sectors = _panel_and_sectors(db, source, settings)
     names = models.split(",")
     with (
-        mlflow_run(experiment, "bench-calibration", {"source": source}) as recorder,
+        mlflow_run(
+            experiment, "bench-calibration", {"source": source}, settings=settings
+        ) as recorder,
         progress("steps") as bar,
     ):
         task = bar.add_task("bench calibration", total=2 * len(names) + 3 + int(dynamic))
@@ -237,6 +246,7 @@ def bench_calibration(
             holdout_days,
             warmup_days,
             nbeats_max_steps,
+            settings=settings.calibration,
             on_step=lambda s: bar.update(task, advance=1, description=s),
             dynamic=dynamic,
             graph_max_steps=graph_max_steps,

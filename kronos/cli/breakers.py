@@ -10,12 +10,22 @@ import polars as pl
 import typer
 
 from kronos import risk
-from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import DataSettings, RiskSettings
+from kronos.cli._common import (
+    DbOption,
+    JsonOption,
+    err,
+    fail,
+    open_store,
+    out,
+    parse_day,
+    parse_moment,
+    table,
+)
+from kronos.config import DataSettings, load_settings
 from kronos.data import readers
-from kronos.data.errors import KronosDataError
 from kronos.data.store import Store
-from kronos.risk import Breaker, BreakerError, FailSafeController
+from kronos.errors import KronosError
+from kronos.risk import Breaker, FailSafeController
 
 app = typer.Typer(
     help="Fail-safe circuit breakers: list, clear, check a session.", no_args_is_help=True
@@ -24,13 +34,7 @@ app = typer.Typer(
 
 def _moment(text: str | None) -> datetime:
     """An ISO date or datetime (naive means UTC); now when ``text`` is None."""
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"cannot read {text!r} as an ISO date or datetime")
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return datetime.now(UTC) if text is None else parse_moment(text, "--at")
 
 
 def _when(t: datetime | None) -> str:
@@ -66,11 +70,11 @@ def breakers_list(
     as_json: JsonOption = False,
 ) -> None:
     """Active breakers (or all of them with --all)."""
-    moment = _moment(at)
     try:
-        with open_store(db, read_only=True) as store:
+        moment = _moment(at)
+        with open_store(db, read_only=True, settings=load_settings().data) as store:
             found = risk.all_breakers(store) if show_all else risk.active_breakers(store, moment)
-    except (KronosDataError, FileNotFoundError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps({"at": moment.isoformat(), "breakers": [b.to_dict() for b in found]}))
@@ -96,22 +100,24 @@ def breakers_clear(
     if breaker_id is not None and scope is not None:
         fail("give either a breaker id or --scope/--key, not both")
     try:
-        with open_store(db) as store:
+        with open_store(db, settings=load_settings().data) as store:
             n = risk.clear(store, breaker_id=breaker_id, scope=scope, key=key)
-    except (BreakerError, KronosDataError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     out.print(f"cleared {n} breaker{'s' if n != 1 else ''}", highlight=False)
 
 
 def _step1_forecasts(
-    store: Store, day: date, model: str | None, version: str | None
+    store: Store, day: date, model: str | None, version: str | None, data: DataSettings
 ) -> tuple[pl.DataFrame, bool]:
     """Stored step-1 forecasts of one model version: calibrated if any, else raw."""
     calibrated = True
-    frame = readers.forecasts(store, day, model=model, calibrated=True).filter(step=1)
+    frame = readers.forecasts(store, day, model=model, calibrated=True, settings=data)
+    frame = frame.filter(step=1)
     if frame.is_empty():
         calibrated = False
-        frame = readers.forecasts(store, day, model=model, calibrated=False).filter(step=1)
+        frame = readers.forecasts(store, day, model=model, calibrated=False, settings=data)
+        frame = frame.filter(step=1)
     if frame.is_empty():
         fail(
             f"no stored step-1 forecasts{f' of model {model}' if model else ''} up to {day}; "
@@ -149,26 +155,32 @@ def breakers_check(
     company profiles and headline counts. Tripping is idempotent.
     """
     try:
-        day = date.fromisoformat(asof)
-    except ValueError:
-        fail(f"cannot read --asof {asof!r} as YYYY-MM-DD")
-    settings, data_settings = RiskSettings(), DataSettings()
+        day = parse_day(asof, "--asof")
+    except KronosError as exc:
+        fail(str(exc))
+    loaded = load_settings()
+    settings, data_settings = loaded.risk, loaded.data
     lookback = timedelta(days=3 * settings.failsafe_coverage_window + 14)
     try:
         with open_store(db, settings=data_settings) as store:
-            fc, calibrated = _step1_forecasts(store, day, model, version)
-            realized = readers.returns(store, day, start=day - lookback).select(
-                "symbol", "ts", y="log_ret"
+            fc, calibrated = _step1_forecasts(store, day, model, version, data_settings)
+            realized = readers.returns(
+                store, day, start=day - lookback, settings=data_settings
+            ).select("symbol", "ts", y="log_ret")
+            sectors = readers.profiles(store, day, settings=data_settings).select(
+                "symbol", "sector"
             )
-            sectors = readers.profiles(store, day).select("symbol", "sector")
             news = readers.news_counts(
-                store, day, start=day - timedelta(days=settings.headline_baseline_days)
+                store,
+                day,
+                start=day - timedelta(days=settings.headline_baseline_days),
+                settings=data_settings,
             )
             found = FailSafeController(settings, data_settings).evaluate(
                 day, fc, realized, sectors, news
             )
             new = risk.trip(store, found)
-    except (KronosDataError, FileNotFoundError, ValueError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     used = f"{fc['model'][0]} ({'calibrated' if calibrated else 'uncalibrated'})"
     if as_json:

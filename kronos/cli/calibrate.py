@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from datetime import date
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import CalibrationSettings, ModelSettings
-from kronos.data.errors import KronosDataError
-from kronos.models.base import ForecastError
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, parse_day, table
+from kronos.config import load_settings, settings_hash
+from kronos.errors import KronosError
 
 
 def calibrate(
@@ -31,26 +30,40 @@ def calibrate(
     import_file: Annotated[
         Path | None, typer.Option("--import", help="Load a calibration JSON into the store.")
     ] = None,
+    mlflow: Annotated[
+        bool, typer.Option(help="Record the run in MLflow (kronos-calibration).")
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Update the calibrator night by night up to --asof; idempotent, catches up in order."""
+    from kronos.calibration import read_json
     from kronos.features.returns import returns_panel
     from kronos.forecasting import fallback
     from kronos.models.artifacts import load_promoted
     from kronos.nightly import import_json, nightly_calibrate, refresh_regime
+    from kronos.tracking import mlflow_run
 
-    settings = CalibrationSettings()
-    night_date = date.fromisoformat(asof)
+    loaded = load_settings()
+    settings = loaded.calibration
+    run_id = None
     try:
-        with open_store(db) as store:
+        night_date = parse_day(asof, "--asof")
+        with contextlib.ExitStack() as stack:
+            store = stack.enter_context(open_store(db, settings=loaded.data))
             if import_file is not None:
-                day = import_json(store, json.loads(import_file.read_text()), settings)
+                day = import_json(store, read_json(import_file), settings)
                 out.print(f"imported calibration state for {day} from {import_file}")
                 return
-            panel = returns_panel(store, night_date, source=source)
-            root = model_dir or ModelSettings().model_dir
+            if mlflow:
+                tags = {"model": model, "asof": str(night_date), "source": source}
+                recorder = stack.enter_context(
+                    mlflow_run("kronos-calibration", f"calibrate-{model}", tags, settings=loaded)
+                )
+                run_id = recorder.run_id
+            panel = returns_panel(store, night_date, source=source, settings=loaded.data)
+            root = model_dir or loaded.models.model_dir
             if settings.calibration_dynamic_lambda:
-                refreshed = refresh_regime(store, root, night_date, source)
+                refreshed = refresh_regime(store, root, night_date, source, settings=loaded.data)
                 err.print(
                     "dynamic lambda: no promoted regime encoder (kronos train regime), "
                     "lambda stays fixed"
@@ -61,9 +74,9 @@ def calibrate(
                 )
 
             def forecaster():
-                loaded = load_promoted(root, model, fallback(model, panel))
-                err.print(loaded.message, highlight=False)
-                return loaded.forecaster
+                found = load_promoted(root, model, fallback(model, panel))
+                err.print(found.message, highlight=False)
+                return found.forecaster
 
             nights = nightly_calibrate(
                 store,
@@ -71,11 +84,12 @@ def calibrate(
                 night_date,
                 panel,
                 forecaster,
-                since=date.fromisoformat(since) if since else None,
+                since=parse_day(since, "--since") if since else None,
                 settings=settings,
+                data=loaded.data,
                 on_night=lambda n: err.print(f"[dim]night {n.day}: {n.report.used} used[/dim]"),
             )
-    except (ForecastError, KronosDataError, FileNotFoundError, ValueError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     result = [
         {
@@ -90,10 +104,14 @@ def calibrate(
         for n in nights
     ]
     if as_json:
-        print(json.dumps({"model": model, "asof": asof, "nights": result}))
+        payload = {"model": model, "asof": asof, "nights": result}
+        payload |= {"settings_hash": settings_hash(loaded), "mlflow_run_id": run_id}
+        print(json.dumps(payload))
         return
+    summary = f"settings {settings_hash(loaded)}" + (f"  MLflow run {run_id}" if run_id else "")
     if not nights:
         out.print(f"{model}: calibration state already up to {asof}; nothing to do")
+        out.print(summary, highlight=False)
         return
     rows = [
         [
@@ -123,3 +141,4 @@ def calibrate(
             left=2,
         )
     )
+    out.print(summary, highlight=False)

@@ -12,10 +12,10 @@ import typer
 from rich.table import Table
 
 from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, progress
-from kronos.config import DataSettings, resolve_db_path
+from kronos.config import load_settings, resolve_db_path
 from kronos.data import loaders, quality, readers
-from kronos.data.errors import KronosDataError
 from kronos.data.ingest import UpsertResult
+from kronos.errors import KronosError
 
 app = typer.Typer(help="Market store: ingest, validate, inspect.", no_args_is_help=True)
 
@@ -118,9 +118,9 @@ def data_ingest(
     closed by now: a bar is known only at its session's close.
     """
     from kronos.data.ingest import IngestRules
-    from kronos.errors import KronosError
 
-    settings = DataSettings()
+    loaded = load_settings()
+    settings = loaded.data
     files = list(paths or [])
     if source in (Source.csv, Source.parquet, Source.fmp) and not files:
         fail(f"--source {source.value} needs one or more files")
@@ -176,6 +176,7 @@ def data_ingest(
                     start.date() if start else date.today(),
                     end.date() if end else None,  # None: the last session closed by now
                     on_batch,
+                    alpaca=loaded.alpaca_data,
                     **checks,
                 )
             else:
@@ -190,7 +191,7 @@ def data_ingest(
                     on_batch=on_batch,
                     **checks,
                 )
-    except (KronosError, ValueError, FileNotFoundError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps({t: vars(r) | {"unchanged": r.unchanged} for t, r in results.items()}))
@@ -202,9 +203,9 @@ def data_ingest(
 def data_info(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Symbols, date spans and rows per table."""
     try:
-        with open_store(db, read_only=True) as store:
+        with open_store(db, read_only=True, settings=load_settings().data) as store:
             info = loaders.store_info(store)
-    except (KronosDataError, FileNotFoundError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps(info))
@@ -272,9 +273,8 @@ def data_validate(
     from kronos.calendar import get_calendar
     from kronos.data.errors import InputError
     from kronos.data.sources.files import parse_mapping, read_bars_file
-    from kronos.errors import KronosError
 
-    settings = DataSettings()
+    settings = load_settings().data
     if calendar_name is not None:
         settings = settings.model_copy(update={"calendar": calendar_name})
     reports = []
@@ -297,11 +297,14 @@ def data_validate(
         else:
             with open_store(db, read_only=True, settings=settings) as store:
                 frame = readers.prices(
-                    store, asof=date.today(), symbols=symbols.split(",") if symbols else None
+                    store,
+                    asof=date.today(),
+                    symbols=symbols.split(",") if symbols else None,
+                    settings=settings,
                 )
             origin = str(resolve_db_path(db, settings))
             reports.append(quality.run_qa(frame, origin, settings, calendar))
-    except (KronosError, FileNotFoundError, ValueError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     passed = all(r.passed for r in reports)
     payload = {"passed": passed, "reports": [r.to_dict() for r in reports]}

@@ -10,11 +10,9 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from kronos.calendar import get_calendar
-from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import CalibrationSettings, DataSettings, ModelSettings
-from kronos.data.errors import KronosDataError
-from kronos.models.base import ForecastError
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, parse_day, table
+from kronos.config import load_settings
+from kronos.errors import KronosError
 
 
 def forecast(
@@ -31,23 +29,24 @@ def forecast(
     from kronos.features.returns import returns_panel
     from kronos.forecasting import forecast_and_store
 
-    cutoff = date.fromisoformat(asof) if asof else date.today()
     names = symbols.split(",") if symbols else None
-    settings = CalibrationSettings()
-    data = DataSettings()
+    loaded = load_settings()
+    settings, data = loaded.calibration, loaded.data
     try:
-        calendar = get_calendar(data.calendar)
+        cutoff = parse_day(asof, "--asof") if asof else date.today()
         with open_store(db, settings=data) as store:
-            panel = returns_panel(store, cutoff, names, source=None if names else source)
+            panel = returns_panel(
+                store, cutoff, names, source=None if names else source, settings=data
+            )
             made = forecast_and_store(
                 store,
                 model,
                 panel,
-                model_dir or ModelSettings().model_dir,
+                model_dir or loaded.models.model_dir,
                 symbols=names,
                 settings=settings,
                 write=write,
-                calendar=calendar,
+                data=data,
             )
             origin = made.origin
             err.print(made.message, highlight=False)
@@ -56,7 +55,7 @@ def forecast(
             elif settings.calibration_enabled:
                 err.print(f"no calibration state for {model} yet: raw forecasts only")
             frame = made.best.with_columns(calibrated=pl.lit(made.calibrated is not None))
-    except (ForecastError, KronosDataError, FileNotFoundError, ValueError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     if as_json:
         print(

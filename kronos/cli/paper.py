@@ -5,16 +5,26 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import ModelSettings, resolve_db_path
-from kronos.data.errors import KronosDataError
+from kronos.cli._common import (
+    DbOption,
+    JsonOption,
+    err,
+    fail,
+    open_store,
+    out,
+    parse_day,
+    parse_moment,
+    table,
+)
+from kronos.config import load_settings, resolve_db_path, settings_hash
 from kronos.data.store import Store
+from kronos.errors import KronosError
 
 app = typer.Typer(help="Paper trading: the live loop on a simulated or Alpaca broker.")
 EXPERIMENT = "kronos-paper"
@@ -35,13 +45,7 @@ def universe(store: Store, source: str | None) -> list[str]:
 
 
 def _moment(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"cannot read {text!r} as an ISO date or datetime")
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return None if text is None else parse_moment(text, "--until")
 
 
 def _sleeper(interval: float, until: datetime | None):
@@ -114,49 +118,59 @@ def paper_run(
         fail("give --cycles N or --until TIME")
     if cycles is not None and cycles < 1:
         fail("--cycles must be at least 1")
-    stop = _moment(until)
+    loaded = load_settings()
     try:
-        store = open_store(db)
-    except (KronosDataError, FileNotFoundError) as exc:
+        stop = _moment(until)
+        store = open_store(db, settings=loaded.data)
+    except KronosError as exc:
         fail(str(exc))
     from kronos.interrupts import RunInterrupted, stop_on_signals
 
     try:
         with stop_on_signals(), store, contextlib.ExitStack() as stack:
+            from kronos.execution.fills import FillRules
             from kronos.execution.paper import PaperConfig, PaperLoop
 
             symbols = universe(store, source)
             if broker == "sim":
                 the_broker, wait = _sim(store, account, symbols, start, cash, fill_at,
-                                        commission_bps, slippage_bps, volume_share)  # fmt: skip
+                                        commission_bps, slippage_bps, volume_share,
+                                        loaded.data)  # fmt: skip
             else:
-                the_broker, wait = _alpaca(), _sleeper(interval, stop)
+                the_broker, wait = _alpaca(loaded.alpaca_trading), _sleeper(interval, stop)
             config = PaperConfig(
                 account=account,
                 model=model,
-                model_dir=ModelSettings().model_dir,
+                model_dir=loaded.models.model_dir,
                 symbols=tuple(symbols),
-            )
+                settings=loaded.decision(),
+                calibration=loaded.calibration,
+                fill_model=FillRules(at=fill_at, commission_bps=commission_bps,
+                                     slippage_bps=slippage_bps, volume_share=volume_share),
+                settings_hash=settings_hash(loaded),
+            )  # fmt: skip
             recorder = None
             if not no_mlflow:
                 from kronos.tracking import mlflow_run
 
                 tags = {"broker": broker, "account": account, "model": model}
-                recorder = stack.enter_context(mlflow_run(EXPERIMENT, f"paper-{account}", tags))
+                recorder = stack.enter_context(
+                    mlflow_run(EXPERIMENT, f"paper-{account}", tags, settings=loaded)
+                )
             say = (lambda m: err.print(m, highlight=False)) if as_json else print
             loop = PaperLoop(store, the_broker, config, recorder, say=say)
             try:
                 reports = loop.run(cycles=cycles, until=stop, wait=wait)
-            except RuntimeError as exc:  # the simulated broker at the end of the stored bars
+            except KronosError as exc:  # e.g. the simulated broker at the end of the stored bars
                 fail(str(exc))
-            _report(loop, reports, the_broker, account, recorder, as_json)
+            _report(loop, reports, the_broker, account, recorder, as_json, settings_hash(loaded))
     except KeyboardInterrupt as exc:  # the MLflow run is KILLED; the cycle journal says so too
         why = str(exc) if isinstance(exc, RunInterrupted) else "stopped by SIGINT"
         err.print(f"[red]{why}[/red]: the paper run is KILLED", highlight=False)
         raise typer.Exit(exc.exit_status if isinstance(exc, RunInterrupted) else 130) from None
 
 
-def _report(loop, reports, the_broker, account: str, recorder, as_json: bool) -> None:
+def _report(loop, reports, the_broker, account: str, recorder, as_json: bool, digest: str) -> None:
     """Print the run's summary; exit 1 (in the MLflow run: FAILED) when it did not work."""
     problem = loop.outcome(reports)
     if problem is not None and loop.failures and loop.failures[-1].unavailable:
@@ -175,6 +189,7 @@ def _report(loop, reports, the_broker, account: str, recorder, as_json: bool) ->
         "nav": reports[-1].nav if reports else None,
         "cash": reports[-1].cash if reports else None,
         "mlflow_run_id": recorder.run_id if recorder is not None else None,
+        "settings_hash": digest,
         "error": problem,
     }
     if as_json:
@@ -184,7 +199,7 @@ def _report(loop, reports, the_broker, account: str, recorder, as_json: bool) ->
         out.print(
             f"{summary['cycles']} cycle(s){failed}: {summary['submitted']} order(s) "
             f"submitted, {summary['fills']} fill(s), {summary['differences']} difference(s); "
-            f"NAV {summary['nav'] or 0:,.2f}",
+            f"NAV {summary['nav'] or 0:,.2f}; settings {digest}",
             highlight=False,
         )
     if recorder is not None:
@@ -210,37 +225,34 @@ def _broker_host(broker) -> str:
     return getattr(broker, "name", "the broker")
 
 
-def _sim(store, account, symbols, start, cash, fill_at, commission, slippage, volume_share):
+def _sim(store, account, symbols, start, cash, fill_at, commission, slippage, volume_share, data):
     from kronos.execution.brokers.sim import SimBroker
     from kronos.execution.fills import FillRules
 
     rules = FillRules(
         at=fill_at, commission_bps=commission, slippage_bps=slippage, volume_share=volume_share
     )
-    sim = SimBroker(store, account, rules, symbols)
-    if start is not None:
-        try:
-            first = date.fromisoformat(start)
-        except ValueError:
-            fail(f"cannot read --start {start!r} as YYYY-MM-DD")
-    else:
-        first = sim.sessions[max(len(sim.sessions) - 253, 0)]
+    sim = SimBroker(store, account, rules, symbols, data_settings=data)
     try:
+        if start is not None:
+            first = parse_day(start, "--start")
+        else:
+            first = sim.sessions[max(len(sim.sessions) - 253, 0)]
         if sim.start(first, cash):
             print(f"simulated account {account!r} opened at the close of {first} with {cash:,.2f}")
         else:
             print(f"simulated account {account!r} continues at {sim.clock().now:%Y-%m-%d %H:%M}Z")
-    except ValueError as exc:
+    except KronosError as exc:
         fail(str(exc))
     return sim, lambda _clock: sim.advance()
 
 
-def _alpaca():
+def _alpaca(settings):
     from kronos.execution.brokers.alpaca import AlpacaBroker, load_alpaca_trading_settings
 
     try:
-        return AlpacaBroker(load_alpaca_trading_settings())
-    except ValueError as exc:
+        return AlpacaBroker(load_alpaca_trading_settings(settings))
+    except KronosError as exc:
         fail(str(exc))
 
 
@@ -251,9 +263,9 @@ def paper_status(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Recent cycles, current positions and open orders of an account, from the store."""
+    """Recent cycles, positions, and paper vs backtest fill prices of an account, from the store."""
     try:
-        with open_store(db, read_only=True) as store:
+        with open_store(db, read_only=True, settings=load_settings().data) as store:
             cycles = store.con.execute(
                 'SELECT cycle, status, broker_now, market_open, "asof", submitted, fills, '
                 "differences, nav, cash, message FROM paper_cycles WHERE account = ? "
@@ -266,10 +278,15 @@ def paper_status(
                 "WHERE account = ?) ORDER BY symbol",
                 [account, account],
             ).fetchall()
-    except (KronosDataError, FileNotFoundError) as exc:
+            from kronos.execution.parity import parity_report
+
+            # realized vs modelled slippage of the account's fills (kronos.execution.parity)
+            parity = parity_report(store, load_settings().data, account=account)
+    except KronosError as exc:
         fail(str(exc))
     if as_json:
-        print(json.dumps({"cycles": cycles, "positions": positions}, default=str))
+        doc = {"cycles": cycles, "positions": positions, "parity": parity.to_dicts()}
+        print(json.dumps(doc, default=str))
         return
     if not cycles:
         out.print(f"no cycles for account {account!r}")
@@ -285,6 +302,16 @@ def paper_status(
     out.print(table(f"paper account {account}: last {len(rows)} cycles", cols, rows, left=5))
     prow = [[s, f"{q:g}", f"{a or 0:,.2f}", f"{v or 0:,.0f}"] for s, q, a, v in positions]
     out.print(table("positions", ["symbol", "qty", "avg price", "value"], prow))
+    bps = lambda x: "" if x is None else f"{x:+.1f}"  # noqa: E731
+    parity_rows = [
+        [r["symbol"], str(r["fills"]), str(r["priced"]), f"{r['notional']:,.0f}",
+         bps(r["realized_bps"]), bps(r["modelled_bps"]), bps(r["gap_bps"])]
+        for r in parity.iter_rows(named=True)
+    ]  # fmt: skip
+    parity_cols = ["symbol", "fills", "priced", "notional", "realized bps", "modelled bps",
+                   "gap bps"]  # fmt: skip
+    title = "paper vs backtest fill prices (gap > 0: paper did worse)"
+    out.print(table(title, parity_cols, parity_rows))
 
 
 @app.command("chaos")
@@ -315,14 +342,15 @@ def paper_chaos(
     from kronos.testing.chaos import ChaosConfig, result_dict, run_chaos
 
     try:
-        first = date.fromisoformat(start)
-    except ValueError:
-        fail(f"cannot read --start {start!r} as YYYY-MM-DD")
-    path = resolve_db_path(db)
+        first = parse_day(start, "--start")
+    except KronosError as exc:
+        fail(str(exc))
+    data = load_settings().data
+    path = resolve_db_path(db, data)
     try:
-        with open_store(db, read_only=True) as store:
+        with open_store(db, read_only=True, settings=data) as store:
             symbols = universe(store, source)
-    except (KronosDataError, FileNotFoundError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     config = ChaosConfig(
         db=path, symbols=tuple(symbols), start=first, sessions=sessions, min_faults=faults,
@@ -330,7 +358,7 @@ def paper_chaos(
     )  # fmt: skip
     try:
         result = run_chaos(config, say=lambda m: err.print(m, highlight=False))
-    except (ValueError, RuntimeError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     data = result_dict(result)
     if as_json:

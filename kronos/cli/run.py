@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from kronos.cli._common import JsonOption, err, fail, out, table
+from kronos.config import TrackingSettings, load_settings, settings_hash
 
 NOTEBOOKS = Path("notebooks")
 SPECS = Path("experiments")
@@ -88,6 +89,7 @@ def run(
     from kronos.runner import RunnerError, load_run_spec, run_notebook
     from kronos.runner.base import DEFAULT_CELL_TIMEOUT
 
+    settings = load_settings()
     notebook, spec_path = _target(target)
     params: dict[str, Any] = {}
     tags: dict[str, str] = {}
@@ -104,7 +106,7 @@ def run(
                 tags["mlflow.note.content"] = spec.description  # the run's description in the UI
         params.update(_assignments(param or []))
 
-        _close_orphans(_client())
+        _close_orphans(_client(settings.tracking))
 
         def started(run_id: str, output: Path) -> None:
             err.print(f"running {notebook} as MLflow run {run_id}\n  -> {output}", highlight=False)
@@ -118,6 +120,7 @@ def run(
                 timeout=timeout or DEFAULT_CELL_TIMEOUT,
                 out_root=out_dir,
                 tags=tags,
+                settings=settings,
                 progress=err.is_terminal,
                 on_start=started,
             )
@@ -137,6 +140,7 @@ def run(
             "experiment": outcome.experiment,
             "error": outcome.error,
             "seconds": outcome.seconds,
+            "settings_hash": settings_hash(settings),
         }
         out.print_json(json.dumps(data))
     else:
@@ -144,7 +148,8 @@ def run(
         out.print(
             f"[{colour}]{outcome.status}[/{colour}] in {outcome.seconds:.1f} s\n"
             f"notebook    {outcome.output}\n"
-            f"MLflow run  {outcome.run_id} (experiment {outcome.experiment})",
+            f"MLflow run  {outcome.run_id} (experiment {outcome.experiment})\n"
+            f"settings    {settings_hash(settings)}",
             highlight=False,
         )
     if outcome.status != "FINISHED":
@@ -156,12 +161,12 @@ def run(
 # ------------------------------------------------------------------ runs
 
 
-def _client():
+def _client(tracking: TrackingSettings | None = None):
+    """A client of the tracking store (``tracking``, else the one the settings name)."""
     from mlflow.tracking import MlflowClient
 
-    from kronos.config import TrackingSettings
-
-    return MlflowClient(tracking_uri=TrackingSettings().tracking_uri())
+    tracking = tracking or load_settings().tracking
+    return MlflowClient(tracking_uri=tracking.tracking_uri())
 
 
 def _when(ms: int | None) -> str:
@@ -391,7 +396,7 @@ def schedule(
         fail("\n".join(problems))
     binary = kronos_bin or _kronos_bin()
     lines = schedule_lines(paths, repo, binary)
-    ensure_experiments()
+    ensure_experiments(load_settings().tracking)
     for path, spec in loaded:
         if spec.cron is None:
             err.print(f"{path}: no cron; run it with: kronos run {path}", highlight=False)

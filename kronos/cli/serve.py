@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from kronos.cli._common import DbOption, err, fail
-from kronos.config import CalibrationSettings, DataSettings, ModelSettings, resolve_db_path
-from kronos.data.errors import KronosDataError
-from kronos.models.base import ForecastError
+from kronos.config import load_settings, resolve_db_path
+from kronos.errors import KronosError
 
 
 def serve(
@@ -31,17 +30,18 @@ def serve(
 
     from kronos.serve import ServiceConfig, create_app
 
-    settings = DataSettings()
+    loaded = load_settings()
+    settings = loaded.data
     config = ServiceConfig(
         db=resolve_db_path(db, settings),
         model=model,
-        model_dir=model_dir or ModelSettings().model_dir,
+        model_dir=model_dir or loaded.models.model_dir,
         fit_source=source,
         max_symbols=max_symbols,
     )
     try:
-        app = create_app(config, CalibrationSettings(), settings)
-    except (ForecastError, KronosDataError, FileNotFoundError, ValueError) as exc:
+        app = create_app(config, loaded.calibration, settings)
+    except KronosError as exc:
         fail(str(exc))
     service = app.state.service
     err.print(service.loaded.message, highlight=False)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, table
-from kronos.config import DataSettings, ModelSettings, config_hash, resolve_db_path
-from kronos.models.base import Forecaster, ForecastError, TrainingConfig
+from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, parse_day, table
+from kronos.config import config_hash, load_settings, resolve_db_path, settings_hash
+from kronos.errors import KronosError
+from kronos.models.base import Forecaster
 
 app = typer.Typer(
     help="Train a forecaster, gate it, promote it, log it to MLflow.", no_args_is_help=True
@@ -26,6 +27,14 @@ SymbolsOpt = Annotated[str | None, typer.Option(help="Comma-separated symbols (e
 AsofOpt = Annotated[str | None, typer.Option(help="Data cutoff YYYY-MM-DD [default: today].")]
 ModelDirOpt = Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")]
 ExperimentOpt = Annotated[str, typer.Option(help="MLflow experiment.")]
+
+
+def _cutoff(asof: str | None) -> date:
+    """``--asof`` as a date (today when not given); exit 2 when it cannot be read."""
+    try:
+        return parse_day(asof, "--asof") if asof else date.today()
+    except KronosError as exc:
+        fail(str(exc))
 
 
 def _run(
@@ -43,18 +52,20 @@ def _run(
     from kronos.models.training import train_and_gate
     from kronos.tracking import mlflow_run
 
-    settings = ModelSettings()
+    loaded = load_settings()
+    settings = loaded.models
     root = model_dir or settings.model_dir
-    cutoff = date.fromisoformat(asof) if asof else date.today()
+    cutoff = _cutoff(asof)
     try:
-        with open_store(db, read_only=True) as store:
+        with open_store(db, read_only=True, settings=loaded.data) as store:
             panel = returns_panel(
                 store,
                 cutoff,
                 symbols.split(",") if symbols else None,
                 source=None if symbols else source,
+                settings=loaded.data,
             )
-    except (FileNotFoundError, ValueError) as exc:
+    except KronosError as exc:
         fail(str(exc))
     tags = {
         "model": forecaster.name,
@@ -62,7 +73,7 @@ def _run(
         "data_cutoff": str(cutoff),
     }
     try:
-        with mlflow_run(experiment, f"train-{forecaster.name}", tags) as recorder:
+        with mlflow_run(experiment, f"train-{forecaster.name}", tags, settings=loaded) as recorder:
             outcome = train_and_gate(
                 forecaster,
                 panel,
@@ -74,7 +85,7 @@ def _run(
             )
             recorder.log_artifacts(outcome.run_dir, "artifact")
             recorder.set_tags({"promoted": outcome.decision.promoted, "version": outcome.version})
-    except ForecastError as exc:
+    except KronosError as exc:
         fail(str(exc))
     result = {
         "model": outcome.name,
@@ -87,6 +98,7 @@ def _run(
         "fit_seconds": outcome.fit_seconds,
         "data_range": outcome.data_range,
         "mlflow_run_id": recorder.run_id,
+        "settings_hash": settings_hash(loaded),
     }
     if as_json:
         print(json.dumps(result))
@@ -106,9 +118,30 @@ def _run(
     out.print(f"{verdict}: {outcome.decision.reason}", highlight=False)
     out.print(
         f"artifact: {outcome.run_dir}  (fit {outcome.fit_seconds:.1f}s, "
-        f"MLflow run {recorder.run_id})",
+        f"MLflow run {recorder.run_id}, settings {settings_hash(loaded)})",
         highlight=False,
     )
+
+
+_COMMON = ("db", "source", "symbols", "asof", "model_dir", "experiment", "as_json")
+_TRAINING = ("max_epochs", "patience", "scheduler_patience", "max_steps")
+
+
+def _train(name: str, options: dict[str, Any], **overrides: Any) -> None:
+    """Build forecaster ``name`` (``registry.build``) from a command's options; train it.
+
+    ``options`` are the command's parameters (``locals()``): the training ones
+    given (not None) update the model's own defaults, the rest say where and how
+    to run; ``overrides`` are the model's own arguments.
+    """
+    from kronos.models.registry import build
+
+    given = {k: options[k] for k in _TRAINING if options.get(k) is not None}
+    try:
+        forecaster = build(name, progress=err.is_terminal, **given, **overrides)
+    except KronosError as exc:
+        fail(str(exc))
+    _run(forecaster, **{k: options[k] for k in _COMMON})
 
 
 @app.command("nbeats")
@@ -126,32 +159,18 @@ def train_nbeats(
     as_json: JsonOption = False,
 ) -> None:
     """N-BEATS through neuralforecast: 90-day input, 5-day horizon, MQLoss(p05, p50, p95)."""
-    from kronos.models.nbeats import NBeatsForecaster
-
-    training = TrainingConfig(
-        max_epochs=max_epochs,
-        patience=patience,
-        scheduler_patience=scheduler_patience,
-        max_steps=max_steps,
-        progress=err.is_terminal,
-    )
-    _run(
-        NBeatsForecaster(training=training),
-        db=db,
-        source=source,
-        symbols=symbols,
-        asof=asof,
-        model_dir=model_dir,
-        experiment=experiment,
-        as_json=as_json,
-    )
+    _train("nbeats", locals())
 
 
 @app.command("tft")
 def train_tft(
-    max_epochs: MaxEpochs = 3,
-    patience: Patience = 2,
-    scheduler_patience: SchedPatience = 1,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Epochs at most [model default: 3].")
+    ] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience [2].")] = None,
+    scheduler_patience: Annotated[
+        int | None, typer.Option(help="ReduceLROnPlateau patience [1].")
+    ] = None,
     max_steps: MaxSteps = None,
     max_symbols: Annotated[int, typer.Option(help="Train on the top N symbols.")] = 200,
     max_tail: Annotated[int, typer.Option(help="Latest observations per symbol.")] = 400,
@@ -164,53 +183,20 @@ def train_tft(
     as_json: JsonOption = False,
 ) -> None:
     """Temporal Fusion Transformer through pytorch-forecasting, same split and metrics."""
-    from kronos.models.tft import TftForecaster
-
-    training = TrainingConfig(
-        max_epochs=max_epochs,
-        patience=patience,
-        scheduler_patience=scheduler_patience,
-        max_steps=max_steps,
-        progress=err.is_terminal,
-    )
-    _run(
-        TftForecaster(training=training, max_symbols=max_symbols, max_tail=max_tail),
-        db=db,
-        source=source,
-        symbols=symbols,
-        asof=asof,
-        model_dir=model_dir,
-        experiment=experiment,
-        as_json=as_json,
-    )
+    _train("tft", locals(), max_symbols=max_symbols, max_tail=max_tail)
 
 
 def _sectors(db: Path | None, asof: str | None) -> dict[str, str]:
     """Each symbol's sector known at the data cutoff (profiles without one are left out)."""
     from kronos.data import readers
 
-    cutoff = date.fromisoformat(asof) if asof else date.today()
+    cutoff = _cutoff(asof)
+    data = load_settings().data
     try:
-        with open_store(db, read_only=True) as store:
-            return readers.sectors(store, cutoff)
-    except (FileNotFoundError, ValueError) as exc:
+        with open_store(db, read_only=True, settings=data) as store:
+            return readers.sectors(store, cutoff, settings=data)
+    except KronosError as exc:
         fail(str(exc))
-
-
-def _graph_training(
-    max_epochs: int, patience: int, scheduler_patience: int, max_steps: int | None
-) -> TrainingConfig:
-    from kronos.models.graph import GraphForecaster
-
-    return GraphForecaster.default_training().model_copy(
-        update={
-            "max_epochs": max_epochs,
-            "patience": patience,
-            "scheduler_patience": scheduler_patience,
-            "max_steps": max_steps,
-            "progress": err.is_terminal,
-        }
-    )
 
 
 @app.command("stemgnn")
@@ -228,19 +214,7 @@ def train_stemgnn(
     as_json: JsonOption = False,
 ) -> None:
     """StemGNN (neuralforecast) over the universe: sector-normalised returns, prior graph."""
-    from kronos.models.stemgnn import StemGnnForecaster
-
-    training = _graph_training(max_epochs, patience, scheduler_patience, max_steps)
-    _run(
-        StemGnnForecaster(sectors=_sectors(db, asof), training=training),
-        db=db,
-        source=source,
-        symbols=symbols,
-        asof=asof,
-        model_dir=model_dir,
-        experiment=experiment,
-        as_json=as_json,
-    )
+    _train("stemgnn", locals(), sectors=_sectors(db, asof))
 
 
 @app.command("mtgnn")
@@ -261,22 +235,10 @@ def train_mtgnn(
     as_json: JsonOption = False,
 ) -> None:
     """MTGNN (torch-geometric-temporal) over the universe; the learned graph is saved and drawn."""
-    from kronos.models.mtgnn import MtgnnForecaster, MtgnnPriorForecaster
-
     if graph not in ("learned", "prior"):
         fail(f"--graph must be 'learned' or 'prior', not {graph!r}")
-    cls = MtgnnForecaster if graph == "learned" else MtgnnPriorForecaster
-    training = _graph_training(max_epochs, patience, scheduler_patience, max_steps)
-    _run(
-        cls(sectors=_sectors(db, asof), training=training),
-        db=db,
-        source=source,
-        symbols=symbols,
-        asof=asof,
-        model_dir=model_dir,
-        experiment=experiment,
-        as_json=as_json,
-    )
+    name = "mtgnn" if graph == "learned" else "mtgnn_prior"
+    _train(name, locals(), sectors=_sectors(db, asof))
 
 
 @app.command("regime")
@@ -307,15 +269,16 @@ def train_regime_command(
     from kronos.nightly import refresh_regime
     from kronos.tracking import mlflow_run
 
-    root = model_dir or ModelSettings().model_dir
-    cutoff = date.fromisoformat(asof) if asof else date.today()
-    path = resolve_db_path(db, DataSettings())
-    result: dict = {"asof": str(cutoff)}
+    loaded = load_settings()
+    root = model_dir or loaded.models.model_dir
+    cutoff = _cutoff(asof)
+    path = resolve_db_path(db, loaded.data)
+    result: dict = {"asof": str(cutoff), "settings_hash": settings_hash(loaded)}
     if not features_only:
         try:
-            with open_store(path, read_only=True) as store:
-                features = market_features_at(store, cutoff, source)
-        except (FileNotFoundError, ValueError) as exc:
+            with open_store(path, read_only=True, settings=loaded.data) as store:
+                features = market_features_at(store, cutoff, source, settings=loaded.data)
+        except KronosError as exc:
             fail(str(exc))
         training = RegimeEncoder.default_training().model_copy(
             update={
@@ -327,13 +290,14 @@ def train_regime_command(
         encoder = RegimeEncoder(training=training)
         tags = {"model": "regime", "config_hash": config_hash(encoder.get_config())}
         try:
-            with mlflow_run(experiment, "train-regime", {**tags, "data_cutoff": cutoff}) as rec:
+            run_tags = {**tags, "data_cutoff": cutoff}
+            with mlflow_run(experiment, "train-regime", run_tags, settings=loaded) as rec:
                 outcome = train_regime(
                     encoder, features, model_dir=root, cutoff=cutoff, recorder=rec
                 )
                 rec.log_artifacts(outcome.run_dir, "artifact")
                 rec.set_tags({"promoted": outcome.promoted, "version": encoder.version})
-        except ValueError as exc:
+        except KronosError as exc:
             fail(str(exc))
         result |= {
             "version": encoder.version,
@@ -347,10 +311,10 @@ def train_regime_command(
     if not path.exists():
         fail(f"no store at {path}: run kronos data ingest first")
     try:
-        with open_store(path) as store:
-            refreshed = refresh_regime(store, root, cutoff, source)
-            reading = latest_regime(store, cutoff)
-    except ValueError as exc:
+        with open_store(path, settings=loaded.data) as store:
+            refreshed = refresh_regime(store, root, cutoff, source, settings=loaded.data)
+            reading = latest_regime(store, cutoff, settings=loaded.data)
+    except KronosError as exc:
         fail(str(exc))
     if refreshed is None:
         fail(f"no promoted regime encoder under {root}: no features written")

@@ -57,7 +57,7 @@ class IngestRules:
     @classmethod
     def from_settings(
         cls,
-        settings: DataSettings | None = None,
+        settings: DataSettings,
         calendar: str | None = None,
         now: datetime | None = None,
     ) -> IngestRules:
@@ -65,7 +65,6 @@ class IngestRules:
 
         ``now`` (the ingest time) defaults to the current time.
         """
-        settings = settings or DataSettings()
         return cls(
             calendar=get_calendar(calendar or settings.calendar),
             max_price=settings.max_price,

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import polars as pl
 
-from kronos.config import DataSettings
+from kronos.config import AlpacaDataSettings, DataSettings
 from kronos.data.errors import InputError, KronosDataError, Problem
 from kronos.data.ingest import IngestRules, UpsertResult, ingest
 from kronos.data.schema import TABLES
-from kronos.data.sources import bundled, fmp, synthetic
+from kronos.data.sources import bundled, fmp, synthetic, synthetic_reference
 from kronos.data.sources.files import read_bars_file
 from kronos.data.store import Store
 from kronos.errors import KronosError
@@ -79,7 +79,7 @@ def _per_file(paths: list[Path], load: Callable[[Path], UpsertResult]) -> dict[s
     for i, path in enumerate(paths):
         try:
             done.append((str(path), load(path)))
-        except (KronosError, ValueError, OSError) as exc:
+        except (KronosError, OSError) as exc:
             if len(paths) == 1:
                 raise
             raise PartialIngest(str(path), exc, done, [str(p) for p in paths[i + 1 :]]) from exc
@@ -87,7 +87,10 @@ def _per_file(paths: list[Path], load: Callable[[Path], UpsertResult]) -> dict[s
 
 
 def _rules(rules: IngestRules | None, settings: DataSettings | None = None) -> IngestRules:
-    return rules if rules is not None else IngestRules.from_settings(settings)
+    """``rules``, else those of ``settings``, else the default rules (XNYS, default bounds)."""
+    if rules is not None:
+        return rules
+    return IngestRules.from_settings(settings if settings is not None else DataSettings())
 
 
 def _merge(results: Iterable[UpsertResult]) -> dict[str, UpsertResult]:
@@ -288,7 +291,9 @@ def load_synthetic(
         last = store.con.execute(
             "SELECT max(ts) FROM bars WHERE symbol IN (SELECT unnest(?::VARCHAR[]))", [symbols]
         ).fetchall()[0][0]
-        ref = synthetic.synthetic_reference(symbols, start, last, seed, calendar=rules.calendar)
+        ref = synthetic_reference.synthetic_reference(
+            symbols, start, last, seed, calendar=rules.calendar
+        )
         for kind, records in ref.payloads.items():
             # one kind at a time: key-metrics take the filing times of the
             # income statements committed just before them
@@ -359,10 +364,11 @@ def load_alpaca(
     end: date | None = None,
     on_batch: OnBatch = None,
     *,
+    alpaca: AlpacaDataSettings,
     rules: IngestRules | None = None,
     on_note: OnNote = None,
 ) -> dict[str, UpsertResult]:
-    """Ingest daily bars (raw and adjusted) through alpaca-py; keys from the environment.
+    """Ingest daily bars (raw and adjusted) through alpaca-py with the ``alpaca`` settings.
 
     Bars end at ``end`` or at the last session closed at the ingest time,
     whichever is earlier (a bar of a session still open is not known yet); a
@@ -397,7 +403,7 @@ def load_alpaca(
                 f"{rules.calendar.session_close(dropped[0]):%Y-%m-%d %H:%M} UTC"
             )
     end = closed if end is None else min(end, closed)
-    frame = fetch_alpaca_bars(wanted, start, end, load_alpaca_settings())
+    frame = fetch_alpaca_bars(wanted, start, end, load_alpaca_settings(alpaca))
     return _merge(
         [
             ingest(

@@ -159,7 +159,7 @@ def _gaps(bars: pl.DataFrame, calendar: Calendar) -> pl.Series:
 def run_qa(
     frame: pl.DataFrame,
     origin: str,
-    settings: DataSettings | None = None,
+    settings: DataSettings,
     calendar: Calendar | None = None,
 ) -> QAReport:
     """Judge every rule for every symbol of a bars frame.
@@ -168,7 +168,6 @@ def run_qa(
     ``_row``, the file line of each row; without it, rows are named by date.
     Sessions are those of ``calendar`` (else the one ``settings.calendar`` names).
     """
-    settings = settings or DataSettings()
     calendar = calendar or get_calendar(settings.calendar)
     has_rows = ROW in frame.columns
     if not has_rows:

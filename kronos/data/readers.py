@@ -19,6 +19,7 @@ import polars as pl
 from kronos.calendar import get_calendar
 from kronos.config import DataSettings
 from kronos.data.store import Store
+from kronos.errors import ConfigError
 
 Asof = date | datetime
 
@@ -29,11 +30,11 @@ class PointInTime:
 
     cutoff: datetime  # UTC
     bar_date: date
+    day: date  # the market-local calendar date of the instant
 
     @classmethod
-    def at(cls, asof: Asof, settings: DataSettings | None = None) -> PointInTime:
+    def at(cls, asof: Asof, settings: DataSettings) -> PointInTime:
         """Resolve ``asof`` against the market's time zone and close."""
-        settings = settings or DataSettings()
         tz = ZoneInfo(settings.market_tz)
         if isinstance(asof, datetime):
             if asof.tzinfo is None:
@@ -52,7 +53,7 @@ class PointInTime:
             known = local.time() >= time.fromisoformat(settings.market_close)
         else:
             known = cutoff >= close
-        return cls(cutoff, day if known else day - timedelta(days=1))
+        return cls(cutoff, day if known else day - timedelta(days=1), day)
 
 
 def _symbol_filter(symbols: Sequence[str] | None, column: str = "symbol") -> tuple[str, list]:
@@ -71,7 +72,8 @@ def prices(
     symbols: Sequence[str] | None = None,
     start: date | None = None,
     end: date | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Daily bars known at ``asof`` (``ts`` up to the last completed session)."""
     pit = PointInTime.at(asof, settings)
@@ -94,7 +96,8 @@ def returns(
     symbols: Sequence[str] | None = None,
     start: date | None = None,
     end: date | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Close-to-close returns on adjusted closes (``ret``, ``log_ret``) known at ``asof``.
 
@@ -126,7 +129,8 @@ def liquidity(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Average dollar volume (raw close x volume) of each symbol's last 60 sessions.
 
@@ -152,7 +156,7 @@ def _newest_known(
     table: str,
     asof: Asof,
     symbols: Sequence[str] | None,
-    settings: DataSettings | None,
+    settings: DataSettings,
     *,
     per: str,
     newest: str = "available_at DESC",
@@ -173,7 +177,8 @@ def profiles(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """The newest company profile of each symbol known at ``asof``."""
     return _newest_known(
@@ -185,10 +190,11 @@ def sectors(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> dict[str, str]:
     """``symbol -> sector`` of the newest profiles known at ``asof``; names without one left out."""
-    rows = profiles(store, asof, symbols, settings)
+    rows = profiles(store, asof, symbols, settings=settings)
     return {s: k for s, k in zip(rows["symbol"], rows["sector"], strict=True) if k}
 
 
@@ -196,7 +202,8 @@ def profile_history(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Every company-profile row known at ``asof`` (a replay slices it per date)."""
     pit = PointInTime.at(asof, settings)
@@ -223,11 +230,12 @@ def statements(
     table: str,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Each fiscal period's newest version known at ``asof`` (restatements replace)."""
     if table not in STATEMENT_TABLES:
-        raise ValueError(f"unknown statement table {table!r}; one of {STATEMENT_TABLES}")
+        raise ConfigError(f"unknown statement table {table!r}; one of {STATEMENT_TABLES}")
     key = "symbol, period_end, period"
     return _newest_known(store, table, asof, symbols, settings, per=key, order=key)
 
@@ -236,7 +244,8 @@ def estimates(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """The newest consensus snapshot per (symbol, fiscal period) known at ``asof``."""
     key = "symbol, period_end, period"
@@ -249,7 +258,8 @@ def ratings(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """The newest rating per symbol known at ``asof``."""
     return _newest_known(
@@ -269,7 +279,7 @@ def _known_since(
     table: str,
     asof: Asof,
     symbols: Sequence[str] | None,
-    settings: DataSettings | None,
+    settings: DataSettings,
     *,
     column: str,
     since: datetime,
@@ -290,7 +300,8 @@ def news(
     asof: Asof,
     symbols: Sequence[str] | None = None,
     since: datetime | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Headlines known at ``asof``, optionally only those published since ``since``."""
     return _known_since(
@@ -309,14 +320,14 @@ def headline_days(
     asof: Asof,
     symbols: Sequence[str] | None = None,
     start: date | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """``symbol, day, available_at`` of each headline known at ``asof`` (day: market-local).
 
     The rows behind :func:`news_counts`: counting those with ``available_at``
     up to an earlier cutoff gives the counts known then (a replay reads once).
     """
-    settings = settings or DataSettings()
     pit = PointInTime.at(asof, settings)
     where, params = _symbol_filter(symbols)
     return _query(
@@ -333,21 +344,18 @@ def news_counts(
     asof: Asof,
     symbols: Sequence[str] | None = None,
     start: date | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Headline counts per symbol and market-local day, from headlines known at ``asof``.
 
     Days without headlines are absent (count them as zero).
     """
-    settings = settings or DataSettings()
-    pit = PointInTime.at(asof, settings)
-    where, params = _symbol_filter(symbols)
-    return _query(
-        store,
-        "SELECT symbol, CAST(timezone(?, published_at) AS DATE) AS day, count(*) AS n_news "
-        f"FROM fmp_news WHERE available_at <= ?{where} GROUP BY ALL "
-        "HAVING day >= ? ORDER BY symbol, day",
-        [settings.market_tz, pit.cutoff, *params, start or date(1, 1, 1)],
+    days = headline_days(store, asof, symbols, start, settings=settings)
+    return (
+        days.group_by("symbol", "day")
+        .agg(pl.len().cast(pl.Int64).alias("n_news"))
+        .sort("symbol", "day")
     )
 
 
@@ -356,7 +364,8 @@ def social(
     asof: Asof,
     symbols: Sequence[str] | None = None,
     start: date | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Social-sentiment aggregates known at ``asof``, from ``start`` on."""
     since = datetime.combine(start or date(1, 1, 1), time(), ZoneInfo("UTC"))
@@ -367,7 +376,8 @@ def factors(
     store: Store,
     asof: Asof,
     symbols: Sequence[str] | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Sector z-scored value/quality factors as of ``asof`` (``fundamentals_factors_v1``)."""
     pit = PointInTime.at(asof, settings)
@@ -384,7 +394,8 @@ def revisions(
     asof: Asof,
     symbols: Sequence[str] | None = None,
     lookback_days: int = 30,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Cross-sectional EPS revisions as of ``asof`` (``fmp_revisions_cs``)."""
     pit = PointInTime.at(asof, settings)
@@ -403,7 +414,8 @@ def forecasts(
     model: str | None = None,
     symbols: Sequence[str] | None = None,
     calibrated: bool | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Stored forecasts made from origins up to the last session completed at ``asof``."""
     pit = PointInTime.at(asof, settings)
@@ -429,7 +441,8 @@ def regime_features(
     model: str = "regime",
     version: str | None = None,
     start: date | None = None,
-    settings: DataSettings | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Regime probabilities per session known at ``asof``, sorted by ``ts``.
 

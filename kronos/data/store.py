@@ -36,7 +36,7 @@ _LOCK_CONFLICT = "could not set lock on file"
 _HOLDER_PID = re.compile(r"\(PID (\d+)\)")
 
 
-class StoreNotFound(KronosDataError, FileNotFoundError):
+class StoreNotFound(KronosDataError):
     """A read-only open of a store file that does not exist."""
 
 

@@ -115,7 +115,7 @@ def knob_rows(
     asof: readers.Asof,
     run_id: str | None = None,
     *,
-    data_settings: DataSettings | None = None,
+    data_settings: DataSettings,
 ) -> pl.DataFrame:
     """``policy_knobs`` rows: risk_regime, threshold_bps, breadth, median_z_rev, p_turbulent."""
     values = {
@@ -143,7 +143,7 @@ def write_knobs(
     rows: pl.DataFrame,
     *,
     asof: readers.Asof | None = None,
-    data_settings: DataSettings | None = None,
+    data_settings: DataSettings,
 ) -> int:
     """Store ``policy_knobs`` rows, replacing those of the same ``asof`` stamps; returns rows."""
     return replace_rows(store, "policy_knobs", rows, KNOB_SCHEMA, asof, data_settings)

@@ -13,7 +13,7 @@ from kronos.data.store import Store
 from kronos.risk import session_close
 
 
-def stamp(asof: readers.Asof, data_settings: DataSettings | None) -> datetime:
+def stamp(asof: readers.Asof, data_settings: DataSettings) -> datetime:
     """The instant rows for ``asof`` carry: market close of a date, or the aware instant."""
     if isinstance(asof, datetime):
         if asof.tzinfo is None:
@@ -28,7 +28,7 @@ def replace_rows(
     rows: pl.DataFrame,
     schema: Mapping[str, pl.DataType],
     asof: readers.Asof | None,
-    data_settings: DataSettings | None,
+    data_settings: DataSettings,
 ) -> int:
     """Replace every row of ``table`` stamped with an instant of ``rows`` (and ``asof``)."""
     missing = [c for c in schema if c not in rows.columns]

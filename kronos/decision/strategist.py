@@ -191,21 +191,17 @@ def _exclusions(settings: StrategySettings) -> list[pl.Expr]:
     min_cap, min_adv = settings.strat_min_market_cap, settings.strat_min_dollar_vol
     # a filter set to 0 is off: a price-only source (no volume, no market cap)
     # then keeps its names instead of losing them all as "missing"
-    rules = []
-    if min_cap > 0:
-        rules.append(
-            pl.when(cap.is_null())
-            .then(pl.lit("market_cap missing"))
-            .when(cap < min_cap)
-            .then(pl.format("market_cap {} < {}", cap, pl.lit(min_cap)))
+    rules = [
+        pl.when(col.is_null())
+        .then(pl.lit(f"{name} missing"))
+        .when(col < floor)
+        .then(pl.format(f"{name} {{}} < {{}}", col, pl.lit(floor)))
+        for name, col, floor in (
+            ("market_cap", cap, min_cap),
+            ("avg_dollar_vol_60d", adv, min_adv),
         )
-    if min_adv > 0:
-        rules.append(
-            pl.when(adv.is_null())
-            .then(pl.lit("avg_dollar_vol_60d missing"))
-            .when(adv < min_adv)
-            .then(pl.format("avg_dollar_vol_60d {} < {}", adv, pl.lit(min_adv)))
-        )
+        if floor > 0
+    ]
     if settings.strat_enable_turnaround:
         for col in ("mom_m", "rev_eps_chg"):
             x = pl.col(col)
@@ -280,7 +276,7 @@ def recommendations(
     settings: StrategySettings,
     run_id: str | None = None,
     *,
-    data_settings: DataSettings | None = None,
+    data_settings: DataSettings,
 ) -> pl.DataFrame:
     """The top ``strat_reco_topk`` eligible names as ``strategist_recos`` rows.
 
@@ -312,7 +308,7 @@ def write_recos(
     recos: pl.DataFrame,
     *,
     asof: readers.Asof | None = None,
-    data_settings: DataSettings | None = None,
+    data_settings: DataSettings,
 ) -> int:
     """Store recommendations, replacing those of the same ``asof`` stamps; returns rows written.
 

@@ -37,18 +37,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from kronos.config import CalibrationSettings, DecisionSettings, StrategySettings
+from kronos.config import CalibrationSettings, DecisionSettings
 from kronos.data import readers
+from kronos.data.prices import corporate_actions, price_basis
 from kronos.data.store import Store
 from kronos.decision.allocator import Account
-from kronos.decision.planner import client_order_id
+from kronos.decision.snapshot import StoreSource
 from kronos.decision.step import decide, record, run_id_for
 from kronos.execution.brokers.base import (
     AmbiguousOutcome,
@@ -61,6 +63,8 @@ from kronos.execution.brokers.base import (
     OrderRejected,
     OrderRequest,
 )
+from kronos.execution.fills import FillRules
+from kronos.execution.parity import backfill_model_prices
 from kronos.execution.reconcile import (
     Reconciled,
     follow_fills,
@@ -71,7 +75,7 @@ from kronos.execution.reconcile import (
 from kronos.features.returns import returns_panel
 from kronos.forecasting import fallback, forecast_with, store_forecasts
 from kronos.models.artifacts import Loaded, load_promoted
-from kronos.risk import FailSafeController, active_breakers, panic_exit_orders, trip
+from kronos.risk import FailSafeController, trip
 
 __all__ = [
     "CycleFailure",
@@ -79,7 +83,6 @@ __all__ = [
     "PaperConfig",
     "PaperLoop",
     "Recorder",
-    "settings_for_store",
 ]
 
 LOOKUPS = 3  # tries to learn an ambiguous submit's outcome within one cycle
@@ -93,7 +96,7 @@ class Recorder(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PaperConfig:
     """What the loop trades and how."""
 
@@ -101,10 +104,12 @@ class PaperConfig:
     model: str = "nbeats"
     model_dir: Path = Path("data/models")
     symbols: tuple[str, ...] | None = None  # None: every symbol with bars
-    settings: DecisionSettings = field(default_factory=DecisionSettings)
-    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    settings: DecisionSettings
+    calibration: CalibrationSettings
     forecast: bool = True  # store the session's forecasts when none are stored
     failsafe: bool = True  # evaluate the fail-safe controller on each new session
+    fill_model: FillRules = field(default_factory=FillRules)  # the backtest's rule fills meet
+    settings_hash: str | None = None  # of the resolved settings (kronos.config.settings_hash)
 
 
 @dataclass(frozen=True)
@@ -146,25 +151,6 @@ class CycleReport:
             f"NAV {self.nav:,.2f} cash {self.cash:,.2f}"
             + (f" ({self.message})" if self.message else "")
         )
-
-
-def settings_for_store(
-    store: Store, asof: date, base: DecisionSettings, symbols: Sequence[str] | None = None
-) -> tuple[DecisionSettings, str | None]:
-    """``base``, with the market-cap and dollar-volume filters off when no volume is stored.
-
-    The bundled prices carry no volume or market caps; with the default filters
-    every name would be excluded. Returns the settings and a note when changed.
-    """
-    names = list(symbols) if symbols is not None else None
-    liquidity = readers.liquidity(store, asof, names)
-    if liquidity["avg_dollar_vol_60d"].drop_nulls().len() > 0:
-        return base, None
-    strategy = StrategySettings.model_validate(
-        {**base.strategy.model_dump(), "strat_min_market_cap": 0, "strat_min_dollar_vol": 0}
-    )
-    note = "no volume stored: market-cap and dollar-volume filters off"
-    return replace(base, strategy=strategy), note
 
 
 def _request(row: tuple) -> OrderRequest:
@@ -211,6 +197,13 @@ class PaperLoop:
         else:
             self.symbols = list(config.symbols)
 
+    def _splits(self, now: datetime) -> pl.DataFrame | None:
+        """Splits known at ``now`` on the raw price basis (the broker applies them itself)."""
+        end = now.astimezone(ZoneInfo(self.data.market_tz)).date()
+        if not price_basis(self.store, self.symbols, end, self.data).raw:
+            return None
+        return corporate_actions(self.store, end, self.symbols, self.data)
+
     # -- journal -----------------------------------------------------------
     def _begin(self, started: datetime) -> int:
         account = self.config.account
@@ -224,9 +217,9 @@ class PaperLoop:
             "SELECT coalesce(max(cycle), 0) + 1 FROM paper_cycles WHERE account = ?", [account]
         ).fetchall()[0][0]
         con.execute(
-            "INSERT INTO paper_cycles (account, cycle, broker, started_at, status) "
-            "VALUES (?, ?, ?, ?, 'running')",
-            [account, n, self.broker.name, started],
+            "INSERT INTO paper_cycles (account, cycle, broker, started_at, status, "
+            "settings_hash) VALUES (?, ?, ?, ?, 'running', ?)",
+            [account, n, self.broker.name, started, self.config.settings_hash],
         )
         return n
 
@@ -276,8 +269,8 @@ class PaperLoop:
         ).fetchall()
         return row[0][0] > 0
 
-    def _prepare(self, session: date) -> DecisionSettings:
-        """Forecasts and fail-safe for a new session; the decision settings to use."""
+    def _prepare(self, session: date) -> None:
+        """Forecasts and fail-safe for a new session."""
         cfg = self.config
         if cfg.forecast:
             stored = self.store.con.execute(
@@ -285,7 +278,7 @@ class PaperLoop:
                 [cfg.model, session],
             ).fetchall()[0][0]
             if not stored:
-                panel = returns_panel(self.store, session, self.symbols)
+                panel = returns_panel(self.store, session, self.symbols, settings=self.data)
                 if self._model is None:  # loaded (or fitted) once per loop
                     fit = fallback(cfg.model, panel)
                     self._model = load_promoted(cfg.model_dir, cfg.model, fit)
@@ -297,20 +290,17 @@ class PaperLoop:
                     panel,
                     symbols=self.symbols,
                     settings=cfg.calibration,
+                    data=self.data,
                 )
                 store_forecasts(self.store, cfg.model, made)
         if cfg.failsafe:
             self._check_failsafe(session)
-        settings, note = settings_for_store(self.store, session, cfg.settings, self.symbols)
-        if note:
-            self.say(f"{session}: {note}")
-        return settings
 
     def _check_failsafe(self, session: date) -> int:
         """Evaluate the fail-safe controller on ``session``; trip what it finds."""
         risk = self.config.settings.risk
         lookback = timedelta(days=3 * risk.failsafe_coverage_window + 14)
-        fc = readers.forecasts(self.store, session, model=self.config.model)
+        fc = readers.forecasts(self.store, session, model=self.config.model, settings=self.data)
         fc = fc.filter(pl.col("step") == 1, pl.col("asof") >= session - lookback)
         if fc.is_empty():
             return 0
@@ -320,11 +310,17 @@ class PaperLoop:
             .group_by("symbol", "asof", maintain_order=True)
             .last()
         )
-        realized = readers.returns(self.store, session, self.symbols, start=session - lookback)
+        realized = readers.returns(
+            self.store, session, self.symbols, start=session - lookback, settings=self.data
+        )
         realized = realized.select("symbol", "ts", y="log_ret")
-        sectors = readers.profiles(self.store, session, self.symbols).select("symbol", "sector")
+        sectors = readers.profiles(self.store, session, self.symbols, settings=self.data)
+        sectors = sectors.select("symbol", "sector")
         news = readers.news_counts(
-            self.store, session, start=session - timedelta(days=risk.headline_baseline_days)
+            self.store,
+            session,
+            start=session - timedelta(days=risk.headline_baseline_days),
+            settings=self.data,
         )
         found = FailSafeController(risk, self.data).evaluate(session, fc, realized, sectors, news)
         new = trip(self.store, found)
@@ -334,55 +330,23 @@ class PaperLoop:
 
     def _decide(self, session: date, run_id: str, now: datetime, rec: Reconciled) -> int:
         """Decide on ``session`` and record the planned orders; how many were planned."""
-        settings = self._prepare(session)
+        self._prepare(session)
+        settings = self.config.settings
         positions = pl.DataFrame(
             {"symbol": [p.symbol for p in rec.positions], "qty": [p.qty for p in rec.positions]},
             schema={"symbol": pl.String, "qty": pl.Float64},
         )
         account = Account(nav=rec.account.nav, cash=rec.account.cash)
-        decision = decide(
-            session,
-            self.store,
-            positions,
-            account,
-            settings,
-            model=self.config.model,
-            run_id=run_id,
-            now=now,
-        )
-        panic = panic_exit_orders(active_breakers(self.store, now), positions, settings.risk)
-        if panic.height:
-            self.say(f"{session}: {panic['reason'][0]}: selling {panic.height} holding(s)")
-            return self._record_panic(panic, session, run_id, now)
-        added = record(self.store, decision, now, broker=self.broker.name)
+        source = StoreSource(self.store, self.config.model, settings, self.symbols)
+        decision = decide(source, session, positions, account, settings, run_id=run_id, now=now)
+        for note in decision.notes:
+            self.say(f"{session}: {note}")
+        added = record(self.store, decision, now, broker=self.broker.name, data_settings=self.data)
         self.store.con.execute(
             "UPDATE paper_cycles SET decided = true, run_id = ? WHERE account = ? AND cycle = ?",
             [run_id, self.config.account, self._cycle],
         )
         return added
-
-    def _record_panic(self, panic: pl.DataFrame, session: date, run_id: str, now: datetime) -> int:
-        at = datetime(session.year, session.month, session.day, tzinfo=UTC)
-        rows = [
-            (client_order_id(run_id, session, s, "panic"), run_id, at, s, "sell", -q, "market",
-             None, None, None, "panic", "planned", self.broker.name, None, 0.0, None, None, now)
-            for s, q in zip(panic["symbol"], panic["qty_delta"], strict=True)
-        ]  # fmt: skip
-        with self.store.transaction() as con:
-            con.executemany(
-                'INSERT INTO orders (client_order_id, run_id, "asof", symbol, side, qty, '
-                "order_type, limit_price, take_profit, stop_loss, intent, status, broker, "
-                "broker_order_id, target_weight, turnover_est, submitted_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                rows,
-            )
-            con.execute(
-                "UPDATE paper_cycles SET decided = true, run_id = ? "
-                "WHERE account = ? AND cycle = ?",
-                [run_id, self.config.account, self._cycle],
-            )
-        return len(rows)
 
     # -- submission --------------------------------------------------------
     def _planned(self, run_id: str) -> list[tuple]:
@@ -449,7 +413,10 @@ class PaperLoop:
         clock = self._clock = self.broker.clock()
         now = clock.now
         session = self.session_at(now)
-        rec = reconcile(self.store, self.broker, self.config.account, session, now)
+        rec = reconcile(
+            self.store, self.broker, self.config.account, session, now,
+            splits=self._splits(now), tz=self.data.market_tz,
+        )  # fmt: skip
         record_differences(self.store, self.config.account, n, rec.differences, now)
         run_id = self.run_id(session) if session is not None else None
         planned = submitted = rejected = 0
@@ -464,6 +431,10 @@ class PaperLoop:
             submitted, rejected, notes_submit = self._submit(run_id, now)
             notes += notes_submit
         fills = rec.new_fills + follow_fills(self.store, self.broker, self.config.account)
+        backfill_model_prices(
+            self.store, self.config.fill_model, settings=self.data,
+            account=self.config.account, universe=self.symbols,
+        )  # fmt: skip
         state = self.broker.account()
         report = CycleReport(
             cycle=n,

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import polars as pl
+
 from kronos.data.store import Store
 from kronos.execution.brokers.base import (
     TERMINAL_STATUSES,
@@ -130,15 +132,32 @@ def record_fills(store: Store, fills: Sequence[BrokerFill], broker: str) -> int:
     return store.con.execute("SELECT count(*) FROM fills").fetchall()[0][0] - before
 
 
-def positions_from_fills(store: Store, account: str) -> dict[str, float]:
-    """Shares per symbol that the account's recorded fills add up to."""
-    rows = store.con.execute(
-        "SELECT f.symbol, sum(CASE WHEN f.side = 'buy' THEN f.qty ELSE -f.qty END) "
-        "FROM fills f JOIN orders o USING (client_order_id) WHERE o.run_id LIKE ? "
-        "GROUP BY 1",
-        [run_prefix(account) + "%"],
-    ).fetchall()
-    return {s: q for s, q in rows if abs(q) > QTY_TOLERANCE}
+def positions_from_fills(
+    store: Store, account: str, splits: pl.DataFrame | None = None, tz: str = "UTC"
+) -> dict[str, float]:
+    """Shares per symbol that the account's recorded fills add up to.
+
+    ``splits`` (``symbol, ts, split_ratio``: :func:`kronos.data.prices.corporate_actions`)
+    scale each fill by the splits with an ex-date after its session (its date in
+    ``tz``, the exchange's zone), as the broker scales the position.
+    """
+    fills = store.con.sql(
+        "SELECT f.symbol, CASE WHEN f.side = 'buy' THEN f.qty ELSE -f.qty END AS qty, "
+        "f.filled_at FROM fills f JOIN orders o USING (client_order_id) WHERE o.run_id LIKE ?",
+        params=[run_prefix(account) + "%"],
+    ).pl()
+    fills = fills.with_columns(
+        day=pl.col("filled_at").dt.convert_time_zone(tz).dt.date(), factor=pl.lit(1.0)
+    )
+    if splits is not None:
+        for symbol, ex, ratio in splits.select("symbol", "ts", "split_ratio").iter_rows():
+            if ratio != 1.0:
+                hit = (pl.col("symbol") == symbol) & (pl.col("day") < ex)
+                fills = fills.with_columns(
+                    factor=pl.when(hit).then(pl.col("factor") * ratio).otherwise(pl.col("factor"))
+                )
+    held = fills.group_by("symbol").agg((pl.col("qty") * pl.col("factor")).sum())
+    return {s: q for s, q in held.iter_rows() if abs(q) > QTY_TOLERANCE}
 
 
 def _diff_books(
@@ -165,12 +184,20 @@ def write_positions(
 
 
 def reconcile(
-    store: Store, broker: Broker, account: str, session: date | None, now: datetime
+    store: Store,
+    broker: Broker,
+    account: str,
+    session: date | None,
+    now: datetime,
+    *,
+    splits: pl.DataFrame | None = None,
+    tz: str = "UTC",
 ) -> Reconciled:
     """Bring the account's records in line with ``broker`` (see the module steps).
 
     ``session``: the session the loop decides on now; planned orders of
-    earlier sessions that the broker never saw become ``stale``.
+    earlier sessions that the broker never saw become ``stale``. ``splits``
+    and ``tz``: see :func:`positions_from_fills` (the broker splits positions).
     """
     differences: list[Difference] = []
     updated = 0
@@ -213,7 +240,7 @@ def reconcile(
     positions = broker.positions()
     theirs = {p.symbol: p.qty for p in positions if abs(p.qty) > QTY_TOLERANCE}
     differences += _diff_books(
-        "position", positions_from_fills(store, account), theirs, "took the broker's"
+        "position", positions_from_fills(store, account, splits, tz), theirs, "took the broker's"
     )
     write_positions(store, account, now, positions, broker.name)
     state = broker.account()

@@ -33,6 +33,8 @@ from datetime import date
 import numpy as np
 import polars as pl
 
+from kronos.errors import ConfigError, InputError
+
 __all__ = [
     "InterAssetGraph",
     "combine_graph",
@@ -75,7 +77,7 @@ def sector_scales(
 
     ``symbol, sector, group, mean, std, n`` (``n``: the pooled returns). A group
     with fewer than two returns, or zero spread, takes the pooled statistics of
-    every symbol. Raises ValueError when even those are unusable.
+    every symbol. Raises InputError when even those are unusable.
     """
     names = sorted(set(panel["symbol"].to_list())) if symbols is None else list(symbols)
     past = _before(panel, cutoff, names)
@@ -89,7 +91,7 @@ def sector_scales(
     everyone = past["y"]
     g_mean, g_std = everyone.mean(), everyone.std()
     if len(everyone) < 2 or not g_std or not np.isfinite(g_std):
-        raise ValueError(f"fewer than two finite returns before {cutoff}: no scale to fit")
+        raise InputError(f"fewer than two finite returns before {cutoff}: no scale to fit")
     by_group = {r["group"]: r for r in stats.iter_rows(named=True)}
     rows = []
     for s in names:
@@ -180,7 +182,7 @@ def combine_graph(
 ) -> np.ndarray:
     """The adjacency: sector edges and correlations >= ``min_correlation``, weighted."""
     if not 0.0 <= sector_weight <= 1.0:
-        raise ValueError(f"sector_weight must lie in [0, 1], not {sector_weight}")
+        raise ConfigError(f"sector_weight must lie in [0, 1], not {sector_weight}")
     corr = np.where(correlation >= min_correlation, correlation, 0.0)
     out = sector_weight * sector + (1.0 - sector_weight) * corr
     np.fill_diagonal(out, 0.0)

@@ -40,6 +40,7 @@ from datetime import UTC, date, datetime
 
 import polars as pl
 
+from kronos.config import DataSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
@@ -122,10 +123,10 @@ def forward_vol(features: pl.DataFrame, horizon: int) -> pl.Series:
 
 
 def market_features_at(
-    store: Store, asof: date, source: str | None = "skfolio.sp500"
+    store: Store, asof: date, source: str | None = "skfolio.sp500", *, settings: DataSettings
 ) -> pl.DataFrame:
     """:func:`market_features` of the universe of ``source`` (all symbols if None), at ``asof``."""
-    return market_features(returns_panel(store, asof, source=source))
+    return market_features(returns_panel(store, asof, source=source, settings=settings))
 
 
 # ---------------------------------------------------------------- the stored probabilities
@@ -200,18 +201,23 @@ def has_regime(store: Store, model: str = "regime") -> bool:
 
 
 def latest_regime(
-    store: Store, asof: readers.Asof, model: str = "regime", max_age_days: int = 7
+    store: Store,
+    asof: readers.Asof,
+    model: str = "regime",
+    max_age_days: int = 7,
+    *,
+    settings: DataSettings,
 ) -> RegimeReading | None:
     """The regime of the newest session known at ``asof`` (None if none within ``max_age_days``).
 
     This is the risk layer's regime feature: a reading older than
     ``max_age_days`` calendar days is treated as unknown rather than as today's.
     """
-    rows = readers.regime_features(store, asof, model=model)
+    rows = readers.regime_features(store, asof, model=model, settings=settings)
     if rows.is_empty():
         return None
     last = rows.row(-1, named=True)
-    pit = readers.PointInTime.at(asof)
+    pit = readers.PointInTime.at(asof, settings)
     if (pit.bar_date - last["ts"]).days > max_age_days:
         return None
     return RegimeReading(

@@ -7,8 +7,10 @@ from datetime import date
 
 import polars as pl
 
+from kronos.config import DataSettings
 from kronos.data import readers
 from kronos.data.store import Store
+from kronos.errors import InputError
 
 
 def returns_panel(
@@ -17,6 +19,8 @@ def returns_panel(
     symbols: Sequence[str] | None = None,
     start: date | None = None,
     source: str | None = None,
+    *,
+    settings: DataSettings,
 ) -> pl.DataFrame:
     """Daily log returns ``symbol, ts, y`` known at ``asof``, optionally of one source only."""
     if source is not None and symbols is None:
@@ -25,6 +29,6 @@ def returns_panel(
         ).fetchall()
         symbols = [r[0] for r in rows]
         if not symbols:
-            raise ValueError(f"no bars with source {source!r} in {store.path}")
-    frame = readers.returns(store, asof=asof, symbols=symbols, start=start)
+            raise InputError(f"no bars with source {source!r} in {store.path}")
+    frame = readers.returns(store, asof=asof, symbols=symbols, start=start, settings=settings)
     return frame.select("symbol", "ts", pl.col("log_ret").alias("y")).sort("symbol", "ts")

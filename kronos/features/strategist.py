@@ -27,7 +27,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -92,14 +91,6 @@ INPUT_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType(
         "sentiment": pl.Float64(),
     }
 )
-
-
-def _local_date(asof: readers.Asof, data_settings: DataSettings | None) -> date:
-    """The market-local calendar date of ``asof``."""
-    if isinstance(asof, datetime):
-        tz = ZoneInfo((data_settings or DataSettings()).market_tz)
-        return asof.astimezone(tz).date()
-    return asof
 
 
 def _momentum(rets: pl.DataFrame, last: date, horizons: Mapping[str, int]) -> pl.DataFrame:
@@ -238,11 +229,11 @@ class Prefetched:
 
 
 def prefetch(
-    store: Store, symbols: Sequence[str], end: date, data_settings: DataSettings | None = None
+    store: Store, symbols: Sequence[str], end: date, data_settings: DataSettings
 ) -> Prefetched:
     """The profile and return history of ``symbols`` known at ``end``."""
     return Prefetched(
-        readers.profile_history(store, end, symbols, data_settings),
+        readers.profile_history(store, end, symbols, settings=data_settings),
         readers.returns(store, end, symbols, settings=data_settings).select(
             "symbol", "ts", "log_ret"
         ),
@@ -271,9 +262,9 @@ def strategist_inputs(
     store: Store,
     asof: readers.Asof,
     symbols: Sequence[str] | None = None,
-    settings: StrategySettings | None = None,
     *,
-    data_settings: DataSettings | None = None,
+    settings: StrategySettings,
+    data_settings: DataSettings,
     skip: Collection[str] = (),
     prefetched: Prefetched | None = None,
 ) -> pl.DataFrame:
@@ -288,10 +279,9 @@ def strategist_inputs(
     unknown = set(skip) - set(REFERENCE_READS)
     if unknown:
         raise ValueError(f"unknown reference datasets to skip: {sorted(unknown)}")
-    settings = settings or StrategySettings()
     pit = PointInTime.at(asof, data_settings)
     prof = (
-        readers.profiles(store, asof, symbols, data_settings)
+        readers.profiles(store, asof, symbols, settings=data_settings)
         if prefetched is None
         else prefetched.profiles_at(pit.cutoff, symbols)
     )
@@ -322,12 +312,12 @@ def strategist_inputs(
         "f_cap": pl.Float64(),
     }
     if "factors" not in skip:
-        fac = readers.factors(store, asof, names, data_settings).select(
+        fac = readers.factors(store, asof, names, settings=data_settings).select(
             "symbol", *QUALITY_SIGNS, f_sector="sector", f_cap="market_cap"
         )
     liq: pl.DataFrame | Mapping[str, pl.DataType] = {"avg_dollar_vol_60d": pl.Float64()}
     if "liquidity" not in skip:
-        liq = readers.liquidity(store, asof, names, data_settings).select(
+        liq = readers.liquidity(store, asof, names, settings=data_settings).select(
             "symbol", "avg_dollar_vol_60d"
         )
     profile = prof.select("symbol", p_sector="sector", p_cap="market_cap")
@@ -351,11 +341,14 @@ def strategist_inputs(
     # only when some name lacks the view's revisions is the fallback needed
     if "estimates" not in skip and not set(names) <= covered:
         local = local_revisions(
-            readers.estimates(store, asof, None, data_settings),
+            readers.estimates(store, asof, None, settings=data_settings),
             readers.estimates(
-                store, pit.cutoff - timedelta(days=REVISION_LOOKBACK_DAYS), None, data_settings
+                store,
+                pit.cutoff - timedelta(days=REVISION_LOOKBACK_DAYS),
+                None,
+                settings=data_settings,
             ),
-            _local_date(asof, data_settings),
+            pit.day,
         )
     if view is not None or local is not None:
         view = view if view is not None else pl.DataFrame(schema=_REVISION_SCHEMA)
@@ -363,7 +356,7 @@ def strategist_inputs(
 
     rat: pl.DataFrame | Mapping[str, pl.DataType] = {"rating": pl.Float64()}
     if "ratings" not in skip:
-        rat = readers.ratings(store, asof, names, data_settings).select(
+        rat = readers.ratings(store, asof, names, settings=data_settings).select(
             "symbol", rating=(pl.col("rating_score") - 3.0) / 2.0
         )
     since = pit.cutoff - timedelta(days=settings.strat_sentiment_days)

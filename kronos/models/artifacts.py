@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kronos.models.base import Forecaster
+from kronos.models.base import Forecaster, ForecastError
 from kronos.models.registry import forecaster_class
 
 REQUIRED_FILES = ("state.pt", "config.json", "scaler.pkl", "VERSION", "METRICS.json")
@@ -81,7 +81,7 @@ def promote(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     missing = [f for f in REQUIRED_FILES if not (run_dir / f).exists()]
     if missing:
-        raise FileNotFoundError(f"{run_dir} is not a complete artifact: missing {missing}")
+        raise ForecastError(f"{run_dir} is not a complete artifact: missing {missing}")
     link = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -122,7 +122,7 @@ def load_promoted(
         forecaster = forecaster_class(name).load(directory)
         return Loaded(forecaster, "artifact", directory, f"loaded {name} from {directory}")
     if fallback is None:
-        raise FileNotFoundError(
+        raise ForecastError(
             f"no promoted {name} artifact under {model_root(model_dir, name)}; "
             "train one with 'kronos train'"
         )

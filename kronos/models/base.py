@@ -11,28 +11,36 @@ of the exchange calendar (:mod:`kronos.calendar`, XNYS unless one is passed):
 a holiday or weekend is never a target.
 
 Models never import mlflow: training takes a :class:`Recorder`.
+
+The base also owns what every model repeats: the artifact header (name,
+format and feature versions, quantiles), the training settings a neural
+model falls back on (:meth:`Forecaster.default_training`), rebuilding a model
+from its saved hyper-parameters, and the fitted check. Writing and reading the
+artifact files and the version fingerprint are :mod:`kronos.models.files`.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from kronos.calendar import Calendar, step_sessions
+from kronos.errors import KronosError
 
 QUANTILES: tuple[float, float, float] = (0.05, 0.5, 0.95)
 QUANTILE_COLUMNS: tuple[str, str, str] = ("p05", "p50", "p95")
 HORIZON = 5
 
 PANEL_SCHEMA = {"symbol": pl.String(), "ts": pl.Date(), "y": pl.Float64()}
+Panel = pl.DataFrame
+"""A panel of daily log returns (:data:`PANEL_SCHEMA`), as forecasters take it."""
 FORECAST_SCHEMA = {
     "symbol": pl.String(),
     "asof": pl.Date(),
@@ -46,7 +54,7 @@ FORECAST_SCHEMA = {
 }
 
 
-class ForecastError(ValueError):
+class ForecastError(KronosError):
     """Bad input to a forecaster; the message names the symbol or file."""
 
 
@@ -194,33 +202,54 @@ def history_until(
     return out
 
 
-def read_config(path: Path, expected: Mapping[str, object], required: Sequence[str]) -> dict:
-    """An artifact's ``config.json`` with ``expected`` values and ``required`` keys.
+def origin_windows(
+    panel: pl.DataFrame, names: Sequence[str], origins: Sequence[date], length: int
+) -> np.ndarray:
+    """The last ``length`` returns up to each origin, ``(n_origins, n_names, length)``, checked.
 
-    Anything else is a ForecastError naming the file and the key.
+    A symbol with fewer than ``length`` returns up to an origin, or a NaN/inf in
+    one of its windows, raises :class:`ForecastError` naming it and the origin.
     """
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ForecastError(f"{path}: cannot read ({exc})") from exc
-    for key, value in expected.items():
-        if not isinstance(config, dict) or config.get(key) != value:
-            found = config.get(key) if isinstance(config, dict) else None
-            raise ForecastError(f"{path}: incompatible {key} {found!r}, expected {value!r}")
-    for key in required:
-        if key not in config:
-            raise ForecastError(f"{path}: missing {key!r}")
-    return config
+    data = (
+        panel.filter(pl.col("symbol").is_in(list(names)))
+        .select("symbol", pl.col("ts").cast(pl.Date).cast(pl.Int32).alias("day"), "y")
+        .sort("symbol", "day")
+    )
+    grouped = {s: (g["day"].to_numpy(), g["y"].to_numpy()) for (s,), g in data.group_by("symbol")}
+    origin_days = np.array([(o - date(1970, 1, 1)).days for o in origins])
+    windows = np.empty((len(origins), len(names), length))
+    for j, s in enumerate(names):
+        day, y = grouped[s]
+        ends = np.searchsorted(day, origin_days, side="right")
+        short = np.flatnonzero(ends < length)
+        if len(short):
+            i = int(short[0])
+            raise ForecastError(
+                f"symbol {s}: {int(ends[i])} returns up to {origins[i]}, needs at least {length}"
+            )
+        w = y[ends[:, None] - length + np.arange(length)[None, :]]
+        bad = ~np.isfinite(w)
+        if bad.any():
+            i, k = np.argwhere(bad)[0]
+            raise ForecastError(
+                f"symbol {s}: NaN/inf in the input window ending {origins[i]} "
+                f"(position {k - length} from the end)"
+            )
+        windows[:, j] = w
+    return windows
 
 
 class Forecaster(ABC):
     """Fit on a panel, predict quantiles from any origin, save and load.
 
     Hyper-parameters are explicit keyword arguments stored unchanged; fitted
-    state ends in ``_`` (skfolio's convention).
+    state ends in ``_`` (skfolio's convention). ``format_version`` and
+    ``feature_version`` go into every artifact's header and are checked on load.
     """
 
     name: ClassVar[str]
+    format_version: ClassVar[int] = 1
+    feature_version: ClassVar[str] = "log_return_v1"
     horizon: int = HORIZON
 
     @property
@@ -230,10 +259,7 @@ class Forecaster(ABC):
 
     @abstractmethod
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Fit on ``train`` (validation rows, if any, steer early stopping only)."""
 
@@ -249,9 +275,13 @@ class Forecaster(ABC):
         """Forecasts from each origin in turn (models override this when they can batch)."""
         return pl.concat([self.predict(panel, o, symbols) for o in origins])
 
-    @abstractmethod
     def get_config(self) -> dict:
-        """The hyper-parameters, JSON-ready (written to ``config.json``)."""
+        """The header and the hyper-parameters, JSON-ready (written to ``config.json``)."""
+        return {**self.header(), **self._hyper_parameters()}
+
+    def _hyper_parameters(self) -> dict[str, Any]:
+        """Constructor arguments, JSON-ready; ``cls(**...)`` rebuilds the estimator."""
+        raise NotImplementedError(f"{type(self).__name__} defines get_config itself")
 
     @abstractmethod
     def save(self, directory: Path) -> None:
@@ -266,3 +296,51 @@ class Forecaster(ABC):
     def version(self) -> str:
         """Identifies the fitted state (set by fit or load)."""
         return getattr(self, "version_", "unfitted")
+
+    # ------------------------------------------------------- shared plumbing
+
+    @classmethod
+    def header(cls, *, horizon: bool = False) -> dict[str, Any]:
+        """What an artifact of this class must say: name, format and feature versions, quantiles.
+
+        ``horizon``: the header also pins the forecast horizon (graph models, TFT).
+        """
+        out: dict[str, Any] = {
+            "name": cls.name,
+            "format_version": cls.format_version,
+            "feature_version": cls.feature_version,
+        }
+        if horizon:
+            out["horizon"] = HORIZON
+        out["quantiles"] = list(QUANTILES)
+        return out
+
+    @staticmethod
+    def default_training() -> TrainingConfig:
+        """The training settings used when ``training`` is None (neural models)."""
+        return TrainingConfig()
+
+    def _training(self) -> TrainingConfig:
+        training = getattr(self, "training", None)
+        return training if training is not None else self.default_training()
+
+    def _quiet(self) -> bool:
+        return not self._training().progress
+
+    @classmethod
+    def _from_hyper_parameters(cls, params: dict[str, Any], path: Path | None = None) -> Self:
+        """The estimator from saved constructor arguments (``training`` as a dict).
+
+        A bad argument is a :class:`ForecastError` naming ``path``.
+        """
+        params = dict(params)
+        try:
+            if isinstance(params.get("training"), dict):
+                params["training"] = TrainingConfig(**params["training"])
+            return cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise ForecastError(f"{path or cls.name}: bad hyper-parameters ({exc})") from exc
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "version_"):
+            raise ForecastError(f"{self.name}: not fitted (call fit or load first)")

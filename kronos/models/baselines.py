@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -25,15 +24,18 @@ from arch import arch_model
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal, stats
 
+from kronos.errors import ConfigError
 from kronos.models.base import (
     FORECAST_SCHEMA,
     QUANTILES,
     Forecaster,
     ForecastError,
+    Panel,
     Recorder,
     forecast_frame,
     history_until,
 )
+from kronos.models.files import read_config, read_state, write_files
 
 __all__ = ["FORMAT_VERSION", "EwmaNormal", "GarchT", "HistoricalQuantiles", "ewma_variance"]
 
@@ -102,10 +104,6 @@ def _digest(*parts: object) -> str:
 class _Baseline(Forecaster):
     """Shared plumbing: origin batching, checks, save and load."""
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "version_"):
-            raise ForecastError(f"{self.name} is not fitted: call fit or load first")
-
     def _start_fit(self, train: pl.DataFrame, recorder: Recorder | None) -> None:
         missing = {"symbol", "ts", "y"} - set(train.columns)
         if missing:
@@ -161,37 +159,26 @@ class _Baseline(Forecaster):
     def save(self, directory: Path) -> None:
         """Write ``state.pt``, ``config.json`` and ``scaler.pkl`` (an empty dict)."""
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save({"version": self.version_, **self._state()}, directory / "state.pt")
-        meta = {"name": self.name, "format_version": FORMAT_VERSION, "config": self.get_config()}
-        (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        with (directory / "scaler.pkl").open("wb") as f:
-            pickle.dump({}, f)
+        write_files(
+            directory,
+            state={"version": self.version_, **self._state()},
+            scaler={},
+            config={
+                "name": self.name,
+                "format_version": FORMAT_VERSION,
+                "config": self.get_config(),
+            },
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         """Rebuild a forecaster saved by :meth:`save`; refuse another model or format."""
         directory = Path(directory)
         config_path = directory / "config.json"
-        try:
-            meta = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ForecastError(f"{config_path}: cannot read ({e})") from e
-        if meta.get("name") != cls.name or meta.get("format_version") != FORMAT_VERSION:
-            raise ForecastError(
-                f"{config_path}: holds {meta.get('name')!r} format {meta.get('format_version')!r}"
-                f", expected {cls.name!r} format {FORMAT_VERSION}"
-            )
-        try:
-            model = cls(**meta["config"])
-        except (KeyError, TypeError) as e:
-            raise ForecastError(f"{config_path}: bad config ({e})") from e
-        state_path = directory / "state.pt"
-        try:
-            state = torch.load(state_path, weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-            raise ForecastError(f"{state_path}: cannot load ({e})") from e
+        expected = {"name": cls.name, "format_version": FORMAT_VERSION}
+        meta = read_config(config_path, expected, ("config",))
+        model = cls._from_hyper_parameters(meta["config"], config_path)
+        state = read_state(directory / "state.pt")
         model.version_ = str(state.pop("version"))
         model._set_state(state)
         return model
@@ -219,14 +206,11 @@ class HistoricalQuantiles(_Baseline):
         return {"window": self.window}
 
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Check the hyper-parameters; nothing is estimated."""
         if not isinstance(self.window, int) or self.window < 2:
-            raise ValueError(f"window must be an integer >= 2, got {self.window!r}")
+            raise ConfigError(f"window must be an integer >= 2, got {self.window!r}")
         self._start_fit(train, recorder)
         self.version_ = _digest(self.name, self.get_config())
         return self
@@ -289,14 +273,11 @@ class EwmaNormal(_Baseline):
         return {"lam": self.lam}
 
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Check the hyper-parameters; ``lam`` is fixed, not estimated."""
         if not 0.0 < self.lam < 1.0:
-            raise ValueError(f"lam must lie in (0, 1), got {self.lam!r}")
+            raise ConfigError(f"lam must lie in (0, 1), got {self.lam!r}")
         self._start_fit(train, recorder)
         self.version_ = _digest(self.name, self.get_config())
         return self
@@ -354,14 +335,11 @@ class GarchT(_Baseline):
         return {"mean": self.mean, "min_train": self.min_train}
 
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Maximum likelihood per symbol on ``train`` (``valid`` is not used)."""
         if self.mean not in ("Constant", "Zero"):
-            raise ValueError(f"mean must be 'Constant' or 'Zero', got {self.mean!r}")
+            raise ConfigError(f"mean must be 'Constant' or 'Zero', got {self.mean!r}")
         self._start_fit(train, recorder)
         names, series = _panel_series(train, None)
         params = np.empty((len(names), 5))  # mu, omega, alpha, beta, nu (scaled units)

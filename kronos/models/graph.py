@@ -5,7 +5,9 @@ reads the last ``input_size`` sector-normalised returns of *every* symbol of
 its universe (the graph's nodes) and emits p05/p50/p95 of each symbol's next
 ``horizon`` returns. Subclasses supply the network (:meth:`GraphForecaster._network`,
 ``[batch, input_size, nodes] -> [batch, horizon, nodes, 3]``); this module owns
-the data, the graph, training, prediction and artifacts.
+the data, the graph, training, prediction and artifacts, with the date grid,
+windows and file formats in :mod:`kronos.models.graph_data` and the Lightning
+module in :mod:`kronos.models.graph_train`.
 
 Data, all fitted without seeing validation or future rows:
 
@@ -57,19 +59,11 @@ sector adjacency, correlation and the adjacency used, in symbol order).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import io
-import json
-import logging
 import math
-import pickle
 import tempfile
-import warnings
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -79,265 +73,48 @@ import numpy as np
 import polars as pl
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from kronos.features.graph import InterAssetGraph, inter_asset_graph, sector_scales
 from kronos.models.base import (
     FORECAST_SCHEMA,
-    HORIZON,
     QUANTILES,
     Forecaster,
     ForecastError,
     NullRecorder,
+    Panel,
     Recorder,
     TrainingConfig,
     flatten_params,
     forecast_frame,
-    read_config,
+    origin_windows,
 )
+from kronos.models.files import fingerprint, read_config, read_state, write_files
+from kronos.models.graph_data import (
+    Windows,
+    clean_panel,
+    day_number,
+    read_graph,
+    read_scales,
+    window_starts,
+    write_graph,
+)
+from kronos.models.graph_data import grid as make_grid
+from kronos.models.graph_train import Checks, GraphModule
+from kronos.models.lightning import early_stopping, make_trainer, quiet_lightning
 
 __all__ = [
     "FEATURE_VERSION",
     "FORMAT_VERSION",
+    "N_QUANTILES",
     "GraphForecaster",
-    "pinball_loss",
     "read_graph",
     "write_graph",
 ]
 
 FORMAT_VERSION = 1
 FEATURE_VERSION = "sector_normalized_log_return_v1"
-PLATEAU_FACTOR = 0.5
 N_QUANTILES = len(QUANTILES)
-_EPOCH = date(1970, 1, 1)
-_LOGGERS = (
-    "lightning",
-    "lightning.pytorch",
-    "lightning.fabric",
-    "pytorch_lightning",
-    "lightning_fabric",
-)
-_NOISE = (
-    r".*does not have many workers.*",
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-    r".*number of training batches.*is smaller than the logging interval.*",
-    r".*Checkpoint directory .* exists and is not empty.*",
-    r".*defined a `validation_step` but have no `val_dataloader`.*",  # no valid rows: no checks
-)
-
-
-def pinball_loss(
-    q: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, levels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and count of the pinball loss over observed targets, averaged over levels.
-
-    ``q``: ``[..., Q]`` quantiles; ``y`` and ``mask``: ``[...]``; returns
-    ``(sum, count)`` so batches can be pooled; the loss is ``sum / count``.
-    """
-    error = y.unsqueeze(-1) - q
-    loss = torch.maximum(levels * error, (levels - 1) * error).mean(dim=-1)
-    return (loss * mask).sum(), mask.sum()
-
-
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    """Silence Lightning's info logs and known-harmless warnings, then restore."""
-    if not enabled:
-        yield
-        return
-    loggers = [logging.getLogger(name) for name in _LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            for message in _NOISE:
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _day(d: date) -> int:
-    return (d - _EPOCH).days
-
-
-# ---------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """The universe on its common trading days."""
-
-    days: np.ndarray  # (T,) days since 1970
-    z: np.ndarray  # (T, N) sector-normalised returns, 0 where not observed
-    observed: np.ndarray  # (T, N) bool
-
-
-def _grid(panel: pl.DataFrame, symbols: Sequence[str], mean: np.ndarray, std: np.ndarray) -> _Grid:
-    """Align ``symbols``' rows on the union of their days and normalise them."""
-    index = {s: i for i, s in enumerate(symbols)}
-    rows = panel.filter(pl.col("symbol").is_in(list(symbols))).select(
-        "symbol",
-        pl.col("ts").cast(pl.Date).cast(pl.Int32).alias("day"),
-        pl.col("y").cast(pl.Float64),
-    )
-    days = np.unique(rows["day"].to_numpy())
-    t = np.searchsorted(days, rows["day"].to_numpy())
-    n = np.array([index[s] for s in rows["symbol"].to_list()], dtype=np.int64)
-    y = rows["y"].to_numpy()
-    ok = np.isfinite(y)
-    z = np.zeros((len(days), len(symbols)))
-    observed = np.zeros((len(days), len(symbols)), dtype=bool)
-    z[t[ok], n[ok]] = (y[ok] - mean[n[ok]]) / std[n[ok]]
-    observed[t[ok], n[ok]] = True
-    return _Grid(days.astype(np.int64), z, observed)
-
-
-def _clean(frame: pl.DataFrame, what: str) -> pl.DataFrame:
-    """``symbol, ts, y`` typed and sorted; duplicate (symbol, ts) refused."""
-    missing = {"symbol", "ts", "y"} - set(frame.columns)
-    if missing:
-        raise ForecastError(f"{what} panel lacks columns {sorted(missing)}")
-    out = frame.select(
-        pl.col("symbol").cast(pl.String), pl.col("ts").cast(pl.Date), pl.col("y").cast(pl.Float64)
-    ).sort("symbol", "ts")
-    dup = out.filter(pl.struct("symbol", "ts").is_duplicated())
-    if dup.height:
-        raise ForecastError(f"symbol {dup['symbol'][0]}: duplicate ts in the {what} rows")
-    return out
-
-
-class _Windows(Dataset):
-    """Windows of the grid: inputs ``[L, N]``, targets ``[h, N]`` and their mask."""
-
-    def __init__(
-        self, z: torch.Tensor, mask: torch.Tensor, starts: np.ndarray, input_size: int, horizon: int
-    ):
-        self.z, self.mask, self.starts = z, mask, starts
-        self.input_size, self.horizon = input_size, horizon
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = int(self.starts[i])
-        e = s + self.input_size
-        return self.z[s:e], self.z[e : e + self.horizon], self.mask[e : e + self.horizon]
-
-
-def _starts(target_ok: np.ndarray, first: int, last: int, input_size: int, horizon: int):
-    """Window starts whose targets lie in rows ``[first, last)`` with one observed at least."""
-    lo = max(0, first - input_size)
-    hi = last - input_size - horizon  # inclusive
-    if hi < lo:
-        return np.empty(0, dtype=np.int64)
-    counts = np.concatenate([[0], np.cumsum(target_ok.any(axis=1))])
-    starts = np.arange(lo, hi + 1)
-    seen = counts[starts + input_size + horizon] - counts[starts + input_size]
-    return starts[seen > 0]
-
-
-# ------------------------------------------------------------------ training
-
-
-class _GraphModule(lightning.LightningModule):
-    """The network with the shared loss, optimiser and plateau scheduler."""
-
-    def __init__(self, net: nn.Module, training: TrainingConfig, has_valid: bool):
-        super().__init__()
-        self.net = net
-        self.training_config = training
-        self.has_valid = has_valid
-        self.register_buffer("levels", torch.tensor(QUANTILES), persistent=False)
-        self._train_sum = self._train_n = 0.0
-        self._valid_sum = self._valid_n = 0.0
-
-    def training_step(self, batch, batch_idx):
-        x, y, mask = batch
-        total, count = pinball_loss(self.net(x), y, mask, self.levels)
-        loss = total / count.clamp(min=1)
-        self._train_sum += float(loss.detach())
-        self._train_n += 1
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y, mask = batch
-        total, count = pinball_loss(self.net(x), y, mask, self.levels)
-        self._valid_sum += float(total)
-        self._valid_n += float(count)
-
-    def on_validation_epoch_end(self):
-        loss = self._valid_sum / max(self._valid_n, 1.0)
-        self._valid_sum = self._valid_n = 0.0
-        self.log("valid_loss", loss, prog_bar=True)
-
-    def take_train_loss(self) -> float:
-        """Mean training loss since the last call."""
-        loss = self._train_sum / self._train_n if self._train_n else math.nan
-        self._train_sum = self._train_n = 0.0
-        return loss
-
-    def configure_optimizers(self):
-        t = self.training_config
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
-        )
-        if not self.has_valid:
-            return optimizer
-        scheduler = ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=PLATEAU_FACTOR,
-            patience=t.scheduler_patience,
-            min_lr=t.min_lr,
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "valid_loss", "interval": "epoch"},
-        }
-
-
-class _Checks(lightning.Callback):
-    """Per validation period: record the losses and LR, keep the best weights."""
-
-    def __init__(self, recorder: Recorder):
-        self.recorder = recorder
-        self.history: list[dict[str, float | int | None]] = []
-        self.best_loss = math.inf
-        self.best_step: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.last_step = 0
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or "valid_loss" not in trainer.callback_metrics:
-            return
-        loss = float(trainer.callback_metrics["valid_loss"])
-        if loss < self.best_loss:
-            self.best_loss, self.best_step = loss, int(trainer.global_step)
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()
-            }
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        step = int(trainer.global_step)
-        self.last_step = step
-        metrics = trainer.callback_metrics
-        row: dict[str, float | int | None] = {
-            "step": step,
-            "train_loss": pl_module.take_train_loss(),
-            "valid_loss": float(metrics["valid_loss"]) if "valid_loss" in metrics else None,
-            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-        }
-        self.history.append(row)
-        self.recorder.log_metrics(
-            {k: v for k, v in row.items() if k != "step" and v is not None}, step=step
-        )
-
-
-# --------------------------------------------------------------- forecaster
 
 
 class GraphForecaster(Forecaster):
@@ -354,6 +131,8 @@ class GraphForecaster(Forecaster):
     """
 
     name: ClassVar[str]
+    format_version: ClassVar[int] = FORMAT_VERSION
+    feature_version: ClassVar[str] = FEATURE_VERSION
     input_size: int = 90
     _batch_independent: ClassVar[bool] = True
     """False where a forecast depends on its batch's other windows: predict one at a time."""
@@ -406,9 +185,6 @@ class GraphForecaster(Forecaster):
         """1,000 steps of 32 windows (each holds every symbol), patience 5, scheduler 2."""
         return TrainingConfig(max_steps=1000, batch_size=32, patience=5, scheduler_patience=2)
 
-    def _training(self) -> TrainingConfig:
-        return self.training if self.training is not None else self.default_training()
-
     def _hyper_parameters(self) -> dict[str, Any]:
         return {
             "input_size": self.input_size,
@@ -425,32 +201,10 @@ class GraphForecaster(Forecaster):
             **self._architecture(),
         }
 
-    @classmethod
-    def _from_hyper_parameters(cls, params: dict[str, Any]) -> Self:
-        params = dict(params)
-        params["training"] = TrainingConfig(**params["training"])
-        return cls(**params)
-
-    def get_config(self) -> dict:
-        """Hyper-parameters plus model name, format and feature versions."""
-        return {
-            "name": self.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
-            "quantiles": list(QUANTILES),
-            **self._hyper_parameters(),
-        }
-
-    def _quiet(self) -> bool:
-        return not self._training().progress
-
     # ----------------------------------------------------------------- fit
 
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Fit on ``train``; ``valid`` rows (after each symbol's train rows) steer stopping only.
 
@@ -459,7 +213,7 @@ class GraphForecaster(Forecaster):
         """
         recorder = recorder if recorder is not None else NullRecorder()
         config = self._training()
-        train = _clean(train, "train")
+        train = clean_panel(train, "train")
         if train.is_empty():
             raise ForecastError("train panel is empty")
         symbols = sorted(train["symbol"].unique().to_list())
@@ -488,16 +242,16 @@ class GraphForecaster(Forecaster):
             min_correlation=self.min_correlation,
         )
         mean, std = scales["mean"].to_numpy(), scales["std"].to_numpy()
-        grid = _grid(rows, symbols, mean, std)
-        n_train = int(np.searchsorted(grid.days, _day(cutoff)))
+        grid = make_grid(rows, symbols, mean, std)
+        n_train = int(np.searchsorted(grid.days, day_number(cutoff)))
         v_end = (
             len(grid.days)
             if self.max_valid is None
             else min(len(grid.days), n_train + self.max_valid)
         )
         L, h = self.input_size, self.horizon
-        train_starts = _starts(grid.observed, 0, n_train, L, h)
-        valid_starts = _starts(grid.observed, n_train, v_end, L, h) if v_end > n_train else []
+        train_starts = window_starts(grid.observed, 0, n_train, L, h)
+        valid_starts = window_starts(grid.observed, n_train, v_end, L, h) if v_end > n_train else []
         if len(train_starts) == 0:
             raise ForecastError(f"no training window of {L} + {h} days before {cutoff}")
         has_valid = len(valid_starts) > 0
@@ -522,41 +276,24 @@ class GraphForecaster(Forecaster):
 
         z = torch.tensor(grid.z, dtype=torch.float32)
         mask = torch.tensor(grid.observed, dtype=torch.float32)
-        train_ds = _Windows(z, mask, train_starts, L, h)
+        train_ds = Windows(z, mask, train_starts, L, h)
         lightning.seed_everything(config.seed, workers=True, verbose=False)
-        with _quiet(self._quiet()), tempfile.TemporaryDirectory(prefix="kronos-graph-") as root:
+        with (
+            quiet_lightning(self._quiet()),
+            tempfile.TemporaryDirectory(prefix="kronos-graph-") as root,
+        ):
             net = self._network(len(symbols), graph.adjacency, config)
-            module = _GraphModule(net, config, has_valid)
-            checks = _Checks(recorder)
+            module = GraphModule(net, config, has_valid)
+            checks = Checks(recorder)
             callbacks: list[lightning.Callback] = [checks]
             if has_valid:
-                callbacks.append(
-                    lightning.pytorch.callbacks.EarlyStopping(
-                        monitor="valid_loss",
-                        mode="min",
-                        patience=config.patience,
-                        check_on_train_epoch_end=False,
-                    )
-                )
-            trainer = lightning.Trainer(
-                default_root_dir=root,
-                accelerator=config.accelerator,
-                devices=1,
-                max_epochs=periods,
-                gradient_clip_val=config.gradient_clip,
-                gradient_clip_algorithm="norm",
-                callbacks=callbacks,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=config.progress,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-            )
+                callbacks.append(early_stopping("valid_loss", config.patience))
+            trainer = make_trainer(config, root, callbacks=callbacks, max_epochs=periods)
             sampler = RandomSampler(train_ds, replacement=False, num_samples=val_check * batch)
             train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler)
             valid_loader = None
             if has_valid:
-                valid_ds = _Windows(z, mask, np.asarray(valid_starts), L, h)
+                valid_ds = Windows(z, mask, np.asarray(valid_starts), L, h)
                 valid_loader = DataLoader(valid_ds, batch_size=self.predict_batch_size)
             trainer.fit(module, train_loader, valid_loader)
         if checks.best_state is not None:
@@ -575,7 +312,7 @@ class GraphForecaster(Forecaster):
         """The training cutoff and the rows (train, then valid) the fit may read."""
         if valid is None or valid.height == 0:
             return train["ts"].max() + timedelta(days=1), train
-        valid = _clean(valid, "valid")
+        valid = clean_panel(valid, "valid")
         extra = sorted(set(valid["symbol"].unique().to_list()) - set(symbols))
         if extra:
             raise ForecastError(f"symbols in valid but not in train: {extra}")
@@ -600,25 +337,15 @@ class GraphForecaster(Forecaster):
 
     def _fingerprint(self) -> str:
         """Version: a hash of hyper-parameters, symbols, weights, scales and graph."""
-        digest = hashlib.sha256(
-            json.dumps([self.get_config(), self.symbols_], sort_keys=True).encode()
-        )
-        for key, tensor in sorted(self.network_.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        for array in (
+        return fingerprint(
+            [self.get_config(), self.symbols_],
+            self.network_,
             self.scales_["mean"].to_numpy(),
             self.scales_["std"].to_numpy(),
             self.graph_.adjacency,
-        ):
-            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-        return digest.hexdigest()[:12]
+        )[:12]
 
     # ------------------------------------------------------------- predict
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise ForecastError(f"{self.name}: not fitted (call fit or load first)")
 
     def _wanted(self, panel: pl.DataFrame, symbols: Sequence[str] | None) -> list[str]:
         """The symbols to forecast, checked against the panel and the graph's nodes."""
@@ -643,36 +370,6 @@ class GraphForecaster(Forecaster):
             )
             raise ForecastError(f"symbols the {self.name} network was not trained on: {shown}")
         return wanted
-
-    def _check_history(self, panel: pl.DataFrame, names: list[str], origins: list[date]) -> None:
-        """Each wanted symbol has ``input_size`` returns up to each origin, the last finite."""
-        L = self.input_size
-        origin_days = np.array([_day(o) for o in origins])
-        data = (
-            panel.filter(pl.col("symbol").is_in(names))
-            .select("symbol", pl.col("ts").cast(pl.Date).cast(pl.Int32).alias("day"), "y")
-            .sort("symbol", "day")
-        )
-        grouped = {
-            s: (g["day"].to_numpy(), g["y"].to_numpy()) for (s,), g in data.group_by("symbol")
-        }
-        for s in names:
-            day, y = grouped[s]
-            ends = np.searchsorted(day, origin_days, side="right")
-            short = np.flatnonzero(ends < L)
-            if len(short):
-                i = int(short[0])
-                raise ForecastError(
-                    f"symbol {s}: {int(ends[i])} returns up to {origins[i]}, needs at least {L}"
-                )
-            w = y[ends[:, None] - L + np.arange(L)[None, :]]
-            bad = ~np.isfinite(w)
-            if bad.any():
-                i, k = np.argwhere(bad)[0]
-                raise ForecastError(
-                    f"symbol {s}: NaN/inf in the input window ending {origins[i]} "
-                    f"(position {k - L} from the end)"
-                )
 
     @torch.inference_mode()
     def _quantiles_z(self, windows: np.ndarray) -> np.ndarray:
@@ -700,12 +397,12 @@ class GraphForecaster(Forecaster):
         names = self._wanted(panel, symbols)
         if not origins:
             return pl.DataFrame(schema=FORECAST_SCHEMA)
-        self._check_history(panel, names, origins)
+        origin_windows(panel, names, origins, self.input_size)  # checks the history
         mean = self.scales_["mean"].to_numpy()
         std = self.scales_["std"].to_numpy()
-        grid = _grid(panel, self.symbols_, mean, std)
+        grid = make_grid(panel, self.symbols_, mean, std)
         L = self.input_size
-        ends = np.searchsorted(grid.days, [_day(o) for o in origins], side="right")
+        ends = np.searchsorted(grid.days, [day_number(o) for o in origins], side="right")
         windows = np.zeros((len(origins), L, len(self.symbols_)))
         for i, e in enumerate(ends):
             take = grid.z[max(0, e - L) : e]
@@ -727,20 +424,10 @@ class GraphForecaster(Forecaster):
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network_.state_dict(), directory / "state.pt")
-        scales = {
-            r["symbol"]: {"group": r["group"], "mean": float(r["mean"]), "std": float(r["std"])}
-            for r in self.scales_.iter_rows(named=True)
-        }
-        with (directory / "scaler.pkl").open("wb") as f:
-            pickle.dump(scales, f)
         write_graph(self.graph_, directory / "graph.npz")
         config = {
-            "name": self.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
+            **self.header(horizon=True),
             "horizon": self.horizon,
-            "quantiles": list(QUANTILES),
             "version": self.version_,
             "hyper_parameters": self._hyper_parameters(),
             "symbols": self.symbols_,
@@ -753,28 +440,27 @@ class GraphForecaster(Forecaster):
             },
             **self._artifact_extras(directory),
         }
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        scales = {
+            r["symbol"]: {"group": r["group"], "mean": float(r["mean"]), "std": float(r["std"])}
+            for r in self.scales_.iter_rows(named=True)
+        }
+        write_files(directory, state=self.network_.state_dict(), scaler=scales, config=config)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         """Rebuild the fitted forecaster from :meth:`save`'s files, without refitting."""
         directory = Path(directory)
         config = cls._read_config(directory / "config.json")
-        try:
-            model = cls._from_hyper_parameters(config["hyper_parameters"])
-        except (TypeError, ValueError) as exc:
-            raise ForecastError(
-                f"{directory / 'config.json'}: bad hyper-parameters ({exc})"
-            ) from exc
+        model = cls._from_hyper_parameters(config["hyper_parameters"], directory / "config.json")
         symbols = [str(s) for s in config["symbols"]]
-        scales = _read_scales(directory / "scaler.pkl", symbols)
+        scales = read_scales(directory / "scaler.pkl", symbols)
         graph = read_graph(directory / "graph.npz")
         if list(graph.symbols) != symbols:
             raise ForecastError(f"{directory / 'graph.npz'}: symbols differ from config.json")
         state_path = directory / "state.pt"
+        state = read_state(state_path)
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            with _quiet(model._quiet()):
+            with quiet_lightning(model._quiet()):
                 net = model._network(len(symbols), graph.adjacency, model._training())
             net.load_state_dict(state)
         except Exception as exc:  # neuralforecast raises bare Exceptions on bad arguments
@@ -790,88 +476,6 @@ class GraphForecaster(Forecaster):
     @classmethod
     def _read_config(cls, path: Path) -> dict:
         """``config.json``, checked against this class; ForecastError naming the file otherwise."""
-        expected = {
-            "name": cls.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
-            "horizon": HORIZON,
-            "quantiles": list(QUANTILES),
-        }
-        return read_config(path, expected, ("hyper_parameters", "symbols", "version"))
-
-
-# ------------------------------------------------------------- file formats
-
-
-class _NoClasses(pickle.Unpickler):
-    def find_class(self, module, name):  # dicts of str and float need no class
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _read_scales(path: Path, symbols: list[str]) -> pl.DataFrame:
-    """``scaler.pkl`` read without executing code: ``{symbol: {group, mean, std}}``."""
-    try:
-        raw = _NoClasses(io.BytesIO(path.read_bytes())).load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ForecastError(f"{path}: not a symbol -> scale mapping ({exc})") from exc
-    ok = isinstance(raw, dict) and sorted(raw) == sorted(symbols)
-    ok = ok and all(
-        isinstance(v, dict)
-        and isinstance(v.get("group"), str)
-        and isinstance(v.get("mean"), float)
-        and isinstance(v.get("std"), float)
-        and v["std"] > 0
-        for v in raw.values()
-    )
-    if not ok:
-        raise ForecastError(f"{path}: not a scale (group, mean, std > 0) for each of the symbols")
-    return pl.DataFrame(
-        {
-            "symbol": symbols,
-            "group": [raw[s]["group"] for s in symbols],
-            "mean": [raw[s]["mean"] for s in symbols],
-            "std": [raw[s]["std"] for s in symbols],
-        }
-    )
-
-
-def write_graph(graph: InterAssetGraph, path: Path) -> None:
-    """The inter-asset graph as ``.npz`` arrays in symbol order (no pickled objects)."""
-    np.savez(
-        path,
-        symbols=np.asarray(graph.symbols, dtype=str),
-        sectors=np.asarray([s or "" for s in graph.sectors], dtype=str),
-        sector=graph.sector,
-        correlation=graph.correlation,
-        adjacency=graph.adjacency,
-        cutoff=np.asarray(str(graph.cutoff)),
-        window=np.asarray(graph.window),
-        min_periods=np.asarray(graph.min_periods),
-        sector_weight=np.asarray(graph.sector_weight),
-        min_correlation=np.asarray(graph.min_correlation),
-    )
-
-
-def read_graph(path: Path) -> InterAssetGraph:
-    """Read :func:`write_graph`'s file (``allow_pickle=False``)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            symbols = tuple(str(s) for s in f["symbols"])
-            n = len(symbols)
-            graph = InterAssetGraph(
-                symbols=symbols,
-                sectors=tuple(str(s) or None for s in f["sectors"]),
-                cutoff=date.fromisoformat(str(f["cutoff"])),
-                window=int(f["window"]),
-                min_periods=int(f["min_periods"]),
-                sector_weight=float(f["sector_weight"]),
-                min_correlation=float(f["min_correlation"]),
-                sector=np.asarray(f["sector"], dtype=np.float64),
-                correlation=np.asarray(f["correlation"], dtype=np.float64),
-                adjacency=np.asarray(f["adjacency"], dtype=np.float64),
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise ForecastError(f"{path}: not a graph file ({exc})") from exc
-    if any(a.shape != (n, n) for a in (graph.sector, graph.correlation, graph.adjacency)):
-        raise ForecastError(f"{path}: matrices are not {n} x {n}")
-    return graph
+        return read_config(
+            path, cls.header(horizon=True), ("hyper_parameters", "symbols", "version")
+        )

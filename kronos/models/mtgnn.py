@@ -42,6 +42,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from kronos.errors import ConfigError
 from kronos.models.base import HORIZON, ForecastError, TrainingConfig
 from kronos.models.graph import N_QUANTILES, GraphForecaster
 from kronos.models.graph_compat import import_torch_geometric_temporal
@@ -254,7 +255,7 @@ class MtgnnForecaster(GraphForecaster):
     def _graph_kind(self) -> str:
         kind = self.graph or self._default_graph
         if kind not in ("learned", "prior"):
-            raise ValueError(f"graph must be 'learned' or 'prior', not {kind!r}")
+            raise ConfigError(f"graph must be 'learned' or 'prior', not {kind!r}")
         return kind
 
     def _architecture(self) -> dict[str, Any]:

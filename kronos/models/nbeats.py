@@ -47,39 +47,30 @@ frequency would invent missing rows.
 
 Prediction does not go through ``NeuralForecast.predict``: all (symbol, origin)
 input windows are stacked and the torch network runs on them in batches
-(:meth:`NBeatsForecaster._quantiles`), with neuralforecast's own normalisation
+(:func:`kronos.models.nbeats_net.network_quantiles`), with neuralforecast's own normalisation
 and inverse normalisation. If the network crosses its quantiles, the three
 values of each (symbol, step) are sorted (monotone rearrangement, which never
 increases the pinball loss: Chernozhukov, Fernandez-Val and Galichon 2010).
+
+The network class, the per-check recorder and the data plumbing live in
+:mod:`kronos.models.nbeats_net`; Lightning options in :mod:`kronos.models.lightning`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import io
-import json
-import logging
 import math
-import pickle
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import pandas as pd
 import polars as pl
-import torch
 from neuralforecast.losses.pytorch import MQLoss
 from neuralforecast.models import NBEATS
 from neuralforecast.tsdataset import TimeSeriesDataset
-from pytorch_lightning import Callback
-from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from kronos.models.base import (
     FORECAST_SCHEMA,
@@ -88,11 +79,32 @@ from kronos.models.base import (
     Forecaster,
     ForecastError,
     NullRecorder,
+    Panel,
     Recorder,
     TrainingConfig,
     flatten_params,
     forecast_frame,
     history_until,
+    origin_windows,
+)
+from kronos.models.files import (
+    fingerprint,
+    read_config,
+    read_plain_pickle,
+    read_state,
+    stamped,
+    write_files,
+)
+from kronos.models.lightning import quiet_lightning, trainer_options
+from kronos.models.nbeats_net import (
+    VAL_LOSS_KEY,
+    CheckRecorder,
+    KronosNBEATS,
+    network_quantiles,
+    panel_series,
+    symbol_scale,
+    to_nixtla,
+    validation_rows,
 )
 
 __all__ = [
@@ -107,259 +119,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 FEATURE_VERSION = "log_return_v1"
-VAL_LOSS_KEY = "ptl/val_loss"
-"""What neuralforecast logs after each validation check (window-weighted MQLoss)."""
-PLATEAU_FACTOR = 0.5
-PREDICT_BATCH = 8192
-_LIGHTNING_LOGGERS = (
-    "pytorch_lightning",
-    "lightning_fabric",
-    "lightning",
-    "lightning.pytorch",
-    "lightning.fabric",
-)
-
-
-class _KronosNBEATS(NBEATS):
-    """NBEATS with AdamW, ReduceLROnPlateau stepped once per validation check, and dropout.
-
-    Lightning offers a plateau scheduler a step after every training batch (with
-    ``interval="step"``), or per epoch, and neither is a validation check here:
-    neuralforecast validates every ``val_check_steps`` global steps. So the
-    scheduler is registered with Lightning (monitor ``ptl/val_loss``) and
-    :meth:`lr_scheduler_step` takes only the first offer after each check.
-    """
-
-    def __init__(
-        self,
-        *,
-        weight_decay: float,
-        scheduler_patience: int,
-        min_lr: float,
-        dropout: float,
-        **nbeats_kwargs: Any,
-    ):
-        super().__init__(dropout_prob_theta=0.0, **nbeats_kwargs)
-        self.kronos_weight_decay = weight_decay
-        self.kronos_scheduler_patience = scheduler_patience
-        self.kronos_min_lr = min_lr
-        self._checks_done = 0
-        self._checks_stepped = 0
-        if dropout > 0:
-            for block in self.blocks:
-                layers: list[nn.Module] = []
-                for layer in block.layers:
-                    layers.append(layer)
-                    if not isinstance(layer, nn.Linear):
-                        layers.append(nn.Dropout(p=dropout))
-                block.layers = nn.Sequential(*layers)
-
-    def _create_windows(self, batch, step):
-        """Training windows: sample first, then gather only the sampled windows.
-
-        neuralforecast materialises every window of every series in the batch
-        (an ``unfold`` then a copy of ``n_series * T * (input_size + h)``
-        values) on every step, only to keep ``windows_batch_size`` of them: on
-        20 series of 8,000 days that copy is ~80% of a step. This draws the same
-        way (uniformly among windows with at least one observed input and one
-        observed target; with replacement only when there are fewer windows than
-        ``windows_batch_size``) from availability counts, and gathers those.
-        Validation and prediction windows, and anything with exogenous or
-        sample-weight columns, go to neuralforecast.
-        """
-        temporal_cols = batch["temporal_cols"]
-        if (
-            step != "train"
-            or self.windows_batch_size is None
-            or self.start_padding_enabled
-            or batch.get("static") is not None
-            or list(temporal_cols) != ["y", "available_mask"]
-        ):
-            return super()._create_windows(batch, step)
-        temporal = batch["temporal"]  # [n_series, C, T]
-        cut = self.val_size + self.test_size
-        if cut > 0:
-            temporal = temporal[:, :, :-cut]
-        temporal = self.padder_train(temporal)  # h zeros (mask 0) at the end
-        size = self.input_size + self.h
-        n_starts = temporal.shape[-1] - size + 1
-        if n_starts < 1:
-            raise Exception("Time series is too short for training")
-        mask = temporal[:, temporal_cols.get_loc("available_mask"), :]
-        counts = torch.nn.functional.pad(mask.cumsum(dim=-1), (1, 0))
-        starts = torch.arange(n_starts, device=mask.device)
-        insample = counts[:, starts + self.input_size] - counts[:, starts]
-        outsample = counts[:, starts + size] - counts[:, starts + self.input_size]
-        ok = (insample >= max(1, int(self.input_size * self.min_insample_fraction))) & (
-            outsample >= max(1, int(self.h * self.min_outsample_fraction))
-        )
-        candidates = torch.nonzero(ok.flatten()).squeeze(-1)
-        if len(candidates) == 0:
-            raise Exception("No windows available for training")
-        if len(candidates) < self.windows_batch_size:
-            pick = torch.randint(0, len(candidates), (self.windows_batch_size,), device=mask.device)
-        else:
-            pick = torch.randperm(len(candidates), device=mask.device)[: self.windows_batch_size]
-        chosen = candidates[pick]
-        series, start = chosen // n_starts, chosen % n_starts
-        positions = start[:, None] + torch.arange(size, device=mask.device)[None, :]
-        windows = temporal[series[:, None], :, positions].unsqueeze(-1)  # [Ws, L + h, C, 1]
-        final_condition = torch.arange(len(windows), device=mask.device)
-        return windows, None, batch.get("static_cols"), final_condition, None, temporal_cols
-
-    def configure_optimizers(self):
-        """AdamW; with validation rows, ReduceLROnPlateau on the validation loss."""
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.learning_rate, weight_decay=self.kronos_weight_decay
-        )
-        if self.val_size == 0:
-            return optimizer
-        scheduler = ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=PLATEAU_FACTOR,
-            patience=self.kronos_scheduler_patience,
-            min_lr=self.kronos_min_lr,
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "monitor": VAL_LOSS_KEY,
-                "interval": "step",
-                "frequency": 1,
-                # the monitor does not exist before the first check: skip, don't fail
-                "strict": False,
-            },
-        }
-
-    def on_validation_epoch_end(self):
-        """Log the validation loss (neuralforecast), then count the check."""
-        super().on_validation_epoch_end()
-        if self.val_size > 0 and not self.trainer.sanity_checking:
-            self._checks_done += 1
-
-    def lr_scheduler_step(self, scheduler, metric):
-        """Step the plateau scheduler once per validation check, others as usual."""
-        if isinstance(scheduler, ReduceLROnPlateau):
-            if self._checks_done > self._checks_stepped:
-                scheduler.step(metric)
-                self._checks_stepped = self._checks_done
-            return
-        super().lr_scheduler_step(scheduler, metric)
-
-
-class _CheckRecorder(Callback):
-    """After each validation check: record losses, forward them, keep the best weights."""
-
-    def __init__(self, recorder: Recorder, keep_best: bool):
-        self.recorder = recorder
-        self.keep_best = keep_best
-        self.history: list[dict[str, float | int | None]] = []
-        self.best_loss = math.inf
-        self.best_step: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.trainer = None
-        self._seen = 0
-
-    def on_fit_start(self, trainer, pl_module):
-        self.trainer = trainer
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        step = int(trainer.global_step)
-        losses = [loss for _, loss in pl_module.train_trajectories[self._seen :]]
-        self._seen = len(pl_module.train_trajectories)
-        valid = None
-        if pl_module.val_size > 0 and pl_module.valid_trajectories:
-            last_step, last_loss = pl_module.valid_trajectories[-1]
-            valid = float(last_loss) if last_step == step else None
-        lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
-        row = {
-            "step": step,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "valid_loss": valid,
-            "lr": lr,
-        }
-        self.history.append(row)
-        self.recorder.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-        if self.keep_best and valid is not None and valid < self.best_loss:
-            self.best_loss, self.best_step = valid, step
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
-            }
-
-
-@contextlib.contextmanager
-def _quiet_lightning(quiet: bool) -> Iterator[None]:
-    """Silence Lightning's info logs and its known-harmless warnings, then restore."""
-    if not quiet:
-        yield
-        return
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            for message in (
-                ".*does not have many workers.*",
-                ".*ReduceLROnPlateau conditioned on metric.*",
-                ".*val_check_steps is greater than max_steps.*",
-                ".*number of training batches.*is smaller than the logging interval.*",
-                ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
-            ):
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _to_nixtla(symbols: np.ndarray, y: np.ndarray, lengths: np.ndarray) -> pd.DataFrame:
-    """The one polars/numpy -> pandas conversion: Nixtla's ``unique_id, ds, y`` frame.
-
-    ``ds`` is the row's integer position within its symbol.
-    """
-    return pd.DataFrame(
-        {
-            "unique_id": np.repeat(symbols, lengths),
-            "ds": np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]),
-            "y": y,
-        }
-    )
-
-
-def _series(frame: pl.DataFrame, what: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per symbol: (ts as days since 1970, y), sorted by ts; refuse duplicates and NaN."""
-    missing = {"symbol", "ts", "y"} - set(frame.columns)
-    if missing:
-        raise ForecastError(f"{what} panel lacks columns {sorted(missing)}")
-    data = frame.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("ts").cast(pl.Date).cast(pl.Int32).alias("day"),
-        pl.col("y").cast(pl.Float64),
-    ).sort("symbol", "day")
-    out = {}
-    for (symbol,), g in data.group_by("symbol", maintain_order=True):
-        day, y = g["day"].to_numpy(), g["y"].to_numpy()
-        if np.any(np.diff(day) == 0):
-            raise ForecastError(f"symbol {symbol}: duplicate ts in the {what} rows")
-        if not np.all(np.isfinite(y)):
-            raise ForecastError(f"symbol {symbol}: NaN/inf in the {what} rows")
-        out[symbol] = (day, y)
-    return out
-
-
-def _symbol_scale(y: np.ndarray) -> float:
-    """Standard deviation of a symbol's training returns (nan when unusable)."""
-    scale = float(np.std(y, ddof=1)) if len(y) > 1 else math.nan
-    return scale if math.isfinite(scale) and scale > 0 else math.nan
-
-
-def _days(d: date) -> int:
-    return (d - date(1970, 1, 1)).days
 
 
 class NBeatsForecaster(Forecaster):
@@ -388,6 +147,8 @@ class NBeatsForecaster(Forecaster):
     """
 
     name: ClassVar[str] = "nbeats"
+    format_version: ClassVar[int] = FORMAT_VERSION
+    feature_version: ClassVar[str] = FEATURE_VERSION
     input_size: int = 90
     _symbol_scaling: ClassVar[bool] = True
     _keep_best: ClassVar[bool] = True
@@ -418,9 +179,6 @@ class NBeatsForecaster(Forecaster):
 
     # ------------------------------------------------------------------ config
 
-    def _training(self) -> TrainingConfig:
-        return self.training if self.training is not None else TrainingConfig()
-
     def _hyper_parameters(self) -> dict[str, Any]:
         """Constructor arguments, JSON-ready; ``cls(**...)`` rebuilds the estimator."""
         return {
@@ -436,34 +194,6 @@ class NBeatsForecaster(Forecaster):
             "series_batch_size": self.series_batch_size,
         }
 
-    @classmethod
-    def _from_hyper_parameters(cls, params: dict[str, Any]) -> Self:
-        params = dict(params)
-        params["training"] = TrainingConfig(**params["training"])
-        return cls(**params)
-
-    def get_config(self) -> dict:
-        """Hyper-parameters plus model name, format and feature versions."""
-        return {
-            "name": self.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
-            "quantiles": list(QUANTILES),
-            **self._hyper_parameters(),
-        }
-
-    def _trainer_kwargs(self, training: TrainingConfig) -> dict[str, Any]:
-        """Lightning plumbing: one device, no logger/checkpoints, quiet unless asked."""
-        return {
-            "accelerator": training.accelerator,
-            "devices": 1,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": training.progress,
-            "enable_model_summary": training.progress,
-            "num_sanity_val_steps": 0,
-        }
-
     def _make_network(self, has_valid: bool, n_windows: int) -> tuple[NBEATS, dict[str, int]]:
         """The Lightning module and the resolved step counts (see the module docstring)."""
         t = self._training()
@@ -473,7 +203,7 @@ class NBeatsForecaster(Forecaster):
         if t.max_steps is not None:
             max_steps = min(max_steps, t.max_steps)
         val_check = min(self.val_check_steps or steps_per_epoch, max_steps)
-        net = _KronosNBEATS(
+        net = KronosNBEATS(
             h=self.horizon,
             input_size=self.input_size,
             stack_types=list(self.stack_types),
@@ -494,7 +224,7 @@ class NBeatsForecaster(Forecaster):
             scheduler_patience=t.scheduler_patience,
             min_lr=t.min_lr,
             gradient_clip_val=t.gradient_clip,
-            **self._trainer_kwargs(t),
+            **trainer_options(t),
         )
         info = {
             "steps_per_epoch": steps_per_epoch,
@@ -504,16 +234,10 @@ class NBeatsForecaster(Forecaster):
         }
         return net, info
 
-    def _quiet(self) -> bool:
-        return not self._training().progress
-
     # --------------------------------------------------------------------- fit
 
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Fit on ``train``; ``valid`` rows steer early stopping and the LR schedule only.
 
@@ -525,7 +249,7 @@ class NBeatsForecaster(Forecaster):
         train rows; otherwise :class:`ForecastError` names the symbol.
         """
         recorder = recorder if recorder is not None else NullRecorder()
-        train_series = _series(train, "train")
+        train_series = panel_series(train, "train")
         if not train_series:
             raise ForecastError("train panel is empty")
         for symbol, (_, y) in train_series.items():
@@ -534,11 +258,11 @@ class NBeatsForecaster(Forecaster):
                     f"symbol {symbol}: {len(y)} train returns, "
                     f"needs at least input_size + horizon = {self.input_size + self.horizon}"
                 )
-        val_size, valid_y = self._validation_rows(train_series, valid)
+        val_size, valid_y = validation_rows(train_series, valid, self.horizon)
 
         symbols = sorted(train_series)
         if self._symbol_scaling:
-            fitted = {s: _symbol_scale(train_series[s][1]) for s in symbols}
+            fitted = {s: symbol_scale(train_series[s][1]) for s in symbols}
             median = float(np.nanmedian(list(fitted.values()))) if fitted else 1.0
             median = median if math.isfinite(median) else 1.0
             scales = {s: (v if math.isfinite(v) else median) for s, v in fitted.items()}
@@ -548,13 +272,13 @@ class NBeatsForecaster(Forecaster):
         ys = [np.concatenate([train_series[s][1], valid_y.get(s, np.empty(0))]) for s in symbols]
         lengths = np.array([len(y) for y in ys])
         scaled = np.concatenate([y / scales[s] for s, y in zip(symbols, ys, strict=True)])
-        frame = _to_nixtla(np.array(symbols, dtype=object), scaled, lengths)
+        frame = to_nixtla(np.array(symbols, dtype=object), scaled, lengths)
         dataset, *_ = TimeSeriesDataset.from_df(frame, id_col="unique_id", time_col="ds")
 
         n_windows = int(sum(len(train_series[s][1]) - self.input_size for s in symbols))
-        with tempfile.TemporaryDirectory() as root, _quiet_lightning(self._quiet()):
+        with tempfile.TemporaryDirectory() as root, quiet_lightning(self._quiet()):
             net, info = self._make_network(val_size > 0, n_windows)
-            checks = _CheckRecorder(recorder, keep_best=self._keep_best and val_size > 0)
+            checks = CheckRecorder(recorder, keep_best=self._keep_best and val_size > 0)
             net.trainer_kwargs.setdefault("callbacks", []).append(checks)
             recorder.log_params(
                 flatten_params({**self.get_config(), "fit": {**info, "val_size": val_size}})
@@ -580,30 +304,6 @@ class NBeatsForecaster(Forecaster):
         self.version_ = self._new_version()
         return self
 
-    def _validation_rows(
-        self, train_series: dict[str, tuple[np.ndarray, np.ndarray]], valid: pl.DataFrame | None
-    ) -> tuple[int, dict[str, np.ndarray]]:
-        """``val_size`` and each symbol's first ``val_size`` valid returns."""
-        if valid is None or valid.height == 0:
-            return 0, {}
-        valid_series = _series(valid, "valid")
-        extra = sorted(set(valid_series) - set(train_series))
-        if extra:
-            raise ForecastError(f"symbols in valid but not in train: {extra}")
-        for symbol in sorted(train_series):
-            if symbol not in valid_series:
-                raise ForecastError(f"symbol {symbol}: no valid rows")
-            day, _ = valid_series[symbol]
-            if len(day) < self.horizon:
-                raise ForecastError(
-                    f"symbol {symbol}: {len(day)} valid rows, needs at least horizon "
-                    f"= {self.horizon}"
-                )
-            if day[0] <= train_series[symbol][0][-1]:
-                raise ForecastError(f"symbol {symbol}: valid rows do not follow its train rows")
-        val_size = min(len(v[1]) for v in valid_series.values())
-        return val_size, {s: y[:val_size] for s, (_, y) in valid_series.items()}
-
     def _set_network(self, net: NBEATS) -> None:
         """Keep the trained module (float32) and a float64 copy that predicts.
 
@@ -616,63 +316,17 @@ class NBeatsForecaster(Forecaster):
         self.predictor_ = copy.deepcopy(self.network_).double().eval()
 
     def _new_version(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.get_config(), sort_keys=True).encode())
-        for key, tensor in sorted(self.network_.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
+        return stamped(fingerprint(self.get_config(), self.network_))
 
     # ----------------------------------------------------------------- predict
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise RuntimeError(f"{self.name}: not fitted (call fit or load)")
 
     def _scale_of(self, symbols: Sequence[str]) -> np.ndarray:
         """Fitted per-symbol scales; unseen symbols get the median fitted scale."""
         median = float(np.median(list(self.scales_.values()))) if self.scales_ else 1.0
         return np.array([self.scales_.get(s, median) for s in symbols], dtype=np.float64)
 
-    @torch.inference_mode()
     def _quantiles(self, windows: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        """``(n, input_size)`` windows of returns -> ``(n, horizon, 3)`` sorted quantiles.
-
-        Runs the network directly with neuralforecast's own window normalisation,
-        exactly as its ``predict_step`` does for one window per series.
-        """
-        net = self.predictor_
-        temporal_cols = pd.Index(["y", "available_mask"])
-        batch = {"y_idx": 0}
-        out = []
-        for start in range(0, len(windows), PREDICT_BATCH):
-            chunk = (
-                windows[start : start + PREDICT_BATCH] / scales[start : start + PREDICT_BATCH, None]
-            )
-            n = len(chunk)
-            temporal = torch.zeros((n, self.input_size + self.horizon, 2, 1), dtype=torch.float64)
-            temporal[:, : self.input_size, 0, 0] = torch.from_numpy(chunk)
-            temporal[:, : self.input_size, 1, 0] = 1.0
-            parsed = net._normalization(
-                windows={
-                    "temporal": temporal,
-                    "temporal_cols": temporal_cols,
-                    "static": None,
-                    "static_cols": None,
-                },
-                y_idx=0,
-            )
-            insample_y, insample_mask, _, _, hist, futr, stat = net._parse_windows(batch, parsed)
-            y_hat = net._predict_step_direct_batch(
-                insample_y=insample_y,
-                insample_mask=insample_mask,
-                hist_exog=hist,
-                futr_exog=futr,
-                stat_exog=stat,
-                y_idx=0,
-            )
-            out.append(y_hat.reshape(n, self.horizon, len(QUANTILES)).numpy())
-        q = np.concatenate(out) if out else np.empty((0, self.horizon, len(QUANTILES)))
-        return np.sort(q * scales[:, None, None], axis=-1)
+        return network_quantiles(self.predictor_, windows, scales, self.input_size, self.horizon)
 
     def predict(
         self, panel: pl.DataFrame, asof: date, symbols: Sequence[str] | None = None
@@ -705,37 +359,8 @@ class NBeatsForecaster(Forecaster):
             raise ForecastError(f"unknown symbols (not in the panel): {unknown}")
         if not origins or not names:
             return pl.DataFrame(schema=FORECAST_SCHEMA)
-        wanted = set(names)
-        data = (
-            panel.filter(pl.col("symbol").is_in(wanted))
-            .select("symbol", pl.col("ts").cast(pl.Int32).alias("day"), pl.col("y"))
-            .sort("symbol", "day")
-        )
-        grouped = {
-            s: (g["day"].to_numpy(), g["y"].to_numpy()) for (s,), g in data.group_by("symbol")
-        }
-        origin_days = np.array([_days(o) for o in origins])
         L = self.input_size
-        windows = np.empty((len(origins), len(names), L))
-        for j, s in enumerate(names):
-            day, y = grouped[s]
-            ends = np.searchsorted(day, origin_days, side="right")
-            short = np.flatnonzero(ends < L)
-            if len(short):
-                i = int(short[0])
-                raise ForecastError(
-                    f"symbol {s}: {int(ends[i])} returns up to {origins[i]}, needs at least {L}"
-                )
-            idx = ends[:, None] - L + np.arange(L)[None, :]
-            w = y[idx]
-            bad = ~np.isfinite(w)
-            if bad.any():
-                i, k = np.argwhere(bad)[0]
-                raise ForecastError(
-                    f"symbol {s}: NaN/inf in the input window ending {origins[i]} "
-                    f"(position {k - L} from the end)"
-                )
-            windows[:, j] = w
+        windows = origin_windows(panel, names, origins, L)
         scales = np.tile(self._scale_of(names), len(origins))
         q = self._quantiles(windows.reshape(-1, L), scales).reshape(
             len(origins), len(names), self.horizon, len(QUANTILES)
@@ -749,57 +374,41 @@ class NBeatsForecaster(Forecaster):
     def save(self, directory: Path) -> None:
         """Write ``state.pt`` (weights), ``config.json`` and ``scaler.pkl``."""
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network_.state_dict(), directory / "state.pt")
-        config = {**self.get_config(), "version": self.version_, "fit": self.fit_info_}
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        with (directory / "scaler.pkl").open("wb") as f:
-            pickle.dump({s: float(v) for s, v in self.scales_.items()}, f)
+        write_files(
+            directory,
+            state=self.network_.state_dict(),
+            scaler={s: float(v) for s, v in self.scales_.items()},
+            config={**self.get_config(), "version": self.version_, "fit": self.fit_info_},
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         """Rebuild a fitted forecaster from :meth:`save`'s files, without refitting."""
         directory = Path(directory)
         config_path = directory / "config.json"
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ForecastError(f"{config_path}: cannot read: {e}") from e
-        expected = {
-            "name": cls.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
-            "quantiles": list(QUANTILES),
-        }
-        for key, want in expected.items():
-            if config.get(key) != want:
-                raise ForecastError(
-                    f"{config_path}: {key} is {config.get(key)!r}, {cls.__name__} needs {want!r}"
-                )
-        params = {k: v for k, v in config.items() if k not in {*expected, "version", "fit"}}
+        config = read_config(config_path, cls.header())
+        params = {k: v for k, v in config.items() if k not in {*cls.header(), "version", "fit"}}
         for key in ("input_size", "horizon"):
             if not isinstance(params.get(key), int) or params[key] < 1:
                 raise ForecastError(f"{config_path}: {key} must be a positive integer")
-        try:
-            model = cls._from_hyper_parameters(params)
-        except (TypeError, ValueError) as e:
-            raise ForecastError(f"{config_path}: bad hyper-parameters: {e}") from e
-
+        model = cls._from_hyper_parameters(params, config_path)
         state_path = directory / "state.pt"
+        state = read_state(state_path)
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-            raise ForecastError(f"{state_path}: cannot read: {e}") from e
-        try:
-            with _quiet_lightning(model._quiet()):
+            with quiet_lightning(model._quiet()):
                 net, _ = model._make_network(has_valid=False, n_windows=1)
             net.load_state_dict(state)
         except Exception as e:  # neuralforecast raises bare Exceptions on bad arguments
             raise ForecastError(
                 f"{config_path}: hyper-parameters do not match the weights in {state_path}: {e}"
             ) from e
-        scales = _restricted_scales(directory / "scaler.pkl")
+        scales = read_plain_pickle(directory / "scaler.pkl")
+        if not isinstance(scales, dict) or not all(
+            isinstance(k, str) and isinstance(v, float) and v > 0 for k, v in scales.items()
+        ):
+            raise ForecastError(
+                f"{directory / 'scaler.pkl'}: not a symbol -> positive scale mapping"
+            )
 
         model._set_network(net)
         model.scales_ = scales
@@ -807,24 +416,6 @@ class NBeatsForecaster(Forecaster):
         model.fit_info_ = config.get("fit", {})
         model.version_ = str(config.get("version", "unknown"))
         return model
-
-
-class _ScalesUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):  # a dict of str -> float needs no class
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _restricted_scales(path: Path) -> dict[str, float]:
-    """Read ``scaler.pkl`` without executing code: it must be ``{str: float}``."""
-    try:
-        scales = _ScalesUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ForecastError(f"{path}: not a symbol -> scale mapping: {e}") from e
-    if not isinstance(scales, dict) or not all(
-        isinstance(k, str) and isinstance(v, float) and v > 0 for k, v in scales.items()
-    ):
-        raise ForecastError(f"{path}: not a symbol -> positive float mapping")
-    return scales
 
 
 class NBeatsDefaultForecaster(NBeatsForecaster):
@@ -861,10 +452,6 @@ class NBeatsDefaultForecaster(NBeatsForecaster):
             "overrides": dict(self.overrides or {}),
         }
 
-    @classmethod
-    def _from_hyper_parameters(cls, params: dict[str, Any]) -> Self:
-        return cls(**params)
-
     def _quiet(self) -> bool:
         return True
 
@@ -873,7 +460,7 @@ class NBeatsDefaultForecaster(NBeatsForecaster):
             h=self.horizon,
             input_size=self.input_size,
             loss=MQLoss(quantiles=list(QUANTILES)),
-            **{**self._trainer_kwargs(TrainingConfig()), **(self.overrides or {})},
+            **{**trainer_options(TrainingConfig()), **(self.overrides or {})},
         )
         info = {
             "max_steps": net.max_steps,

@@ -49,27 +49,33 @@ the training labels).
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
-import json
 import math
 import pickle
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 from typing import ClassVar, Self
 
 import numpy as np
 import polars as pl
 import torch
-from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from kronos.errors import ConfigError, InputError
 from kronos.features.regime import PROBABILITY_COLUMNS, STATES, VOL_FLOOR, forward_vol
 from kronos.models.artifacts import latest_artifact, promote, write_artifact
-from kronos.models.base import NullRecorder, Recorder, TrainingConfig, flatten_params
+from kronos.models.base import ForecastError, NullRecorder, Recorder, TrainingConfig, flatten_params
+from kronos.models.files import fingerprint, read_config, read_state, stamped, write_files
+from kronos.models.regime_labels import (
+    accuracy,
+    label_split,
+    log_loss,
+    persistence_baseline,
+    states_of,
+    trailing_vol,
+)
+from kronos.models.regime_net import RegimeNet, S4DLayer
 
 __all__ = [
     "FORMAT_VERSION",
@@ -114,108 +120,6 @@ def model_inputs(features: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# ---------------------------------------------------------------- network
-
-
-class S4DKernel(nn.Module):
-    """The convolution kernel of a diagonal state space, ZOH-discretized (S4D-Lin init)."""
-
-    def __init__(self, d_model: int, d_state: int, dt_min: float, dt_max: float) -> None:
-        super().__init__()
-        n = d_state // 2  # conjugate pairs: the real output keeps one of each
-        log_dt = torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = nn.Parameter(log_dt)
-        self.log_a_real = nn.Parameter(torch.log(0.5 * torch.ones(d_model, n)))
-        self.a_imag = nn.Parameter(
-            math.pi * torch.arange(n, dtype=torch.float32).repeat(d_model, 1)
-        )
-        self.c = nn.Parameter(torch.view_as_real(torch.randn(d_model, n, dtype=torch.cfloat)))
-
-    def forward(self, length: int) -> torch.Tensor:
-        """The kernel ``(d_model, length)``."""
-        dt = torch.exp(self.log_dt)
-        a = torch.complex(-torch.exp(self.log_a_real), self.a_imag)
-        dta = a * dt[:, None]
-        c = torch.view_as_complex(self.c.contiguous()) * (torch.exp(dta) - 1.0) / a
-        # exp(l dtA) for l = j B + i as exp(i dtA) exp(j B dtA): 2 sqrt(L) exponentials
-        # per mode instead of L, then one batched product over the modes
-        block = math.isqrt(max(length - 1, 0)) + 1  # block**2 >= length
-        blocks = -(-length // block)  # <= block
-        steps = torch.arange(block, device=a.device, dtype=self.log_dt.dtype)
-        small = torch.exp(dta[:, :, None] * steps)  # (H, N, B)
-        large = torch.exp(dta[:, :, None] * (steps[:blocks] * block))  # (H, N, J)
-        kernel = torch.bmm(large.transpose(1, 2), c[:, :, None] * small)  # (H, J, B)
-        return 2 * kernel.real.reshape(kernel.shape[0], -1)[:, :length]
-
-
-class S4DLayer(nn.Module):
-    """S4D convolution with skip ``D``, GELU, dropout, then a 1x1 convolution with GLU."""
-
-    def __init__(
-        self, d_model: int, d_state: int, dropout: float, dt_min: float, dt_max: float
-    ) -> None:
-        super().__init__()
-        self.kernel = S4DKernel(d_model, d_state, dt_min, dt_max)
-        self.d = nn.Parameter(torch.randn(d_model))
-        self.activation = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
-        self.output = nn.Sequential(nn.Conv1d(d_model, 2 * d_model, 1), nn.GLU(dim=-2))
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """``(batch, d_model, length)`` -> same shape; causal in ``length``."""
-        length = u.shape[-1]
-        k = self.kernel(length)
-        n_fft = 1 << (2 * length - 1).bit_length()  # zero padding: no circular wrap-around
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(k, n=n_fft), n=n_fft)[
-            ..., :length
-        ]
-        y = y + u * self.d[:, None]
-        return self.output(self.dropout(self.activation(y)))
-
-
-class RegimeNet(nn.Module):
-    """Input projection, residual S4D blocks with LayerNorm, a linear head to state logits."""
-
-    def __init__(
-        self,
-        n_inputs: int,
-        n_states: int,
-        d_model: int,
-        d_state: int,
-        n_layers: int,
-        dropout: float,
-        dt_min: float,
-        dt_max: float,
-    ) -> None:
-        super().__init__()
-        self.encoder = nn.Linear(n_inputs, d_model)
-        self.layers = nn.ModuleList(
-            S4DLayer(d_model, d_state, dropout, dt_min, dt_max) for _ in range(n_layers)
-        )
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(d_model, n_states)
-
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, length, n_inputs)`` -> the last block's output ``(batch, length, d_model)``."""
-        h = self.encoder(x)
-        for layer, norm in zip(self.layers, self.norms, strict=True):
-            z = self.dropout(layer(h.transpose(-1, -2))).transpose(-1, -2)
-            h = norm(h + z)
-        return h
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """State logits ``(batch, length, n_states)``."""
-        return self.head(self.hidden(x))
-
-    def ssm_parameters(self) -> list[nn.Parameter]:
-        """The state-space parameters (trained without weight decay)."""
-        return [p for layer in self.layers for p in layer.kernel.parameters()]
-
-
-# ---------------------------------------------------------------- labels and baseline
-
-
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """Run torch on one thread, then restore the thread count.
@@ -229,111 +133,6 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _states(vol: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """State index of each volatility (0 calm, 1 normal, 2 turbulent); -1 where NaN."""
-    out = np.searchsorted(thresholds, vol, side="right")
-    return np.where(np.isfinite(vol), out, -1)
-
-
-def _trailing_vol(index_ret: np.ndarray, horizon: int) -> np.ndarray:
-    sq = pl.Series(index_ret**2).rolling_mean(horizon, min_samples=horizon)
-    return np.sqrt(sq.to_numpy())
-
-
-def label_split(
-    ts: Sequence[date], labelled: np.ndarray, valid_days: int, horizon: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Training and validation label positions, and the first validation session's position.
-
-    Validation: the labels of the last ``valid_days`` calendar days (none when
-    0). Training: the labels whose ``horizon`` sessions ahead all lie before the
-    first validation session (the purge), so no training label reads a
-    validation-period return.
-    """
-    if valid_days > 0 and len(labelled):
-        edge = ts[labelled[-1]] - timedelta(days=valid_days)
-        valid = labelled[np.array([ts[i] > edge for i in labelled])]
-        first_valid = int(valid[0])
-    else:
-        valid, first_valid = np.empty(0, dtype=np.int64), len(ts)
-    return labelled[labelled + horizon < first_valid], valid, first_valid
-
-
-def persistence_baseline(
-    now_state: np.ndarray, next_state: np.ndarray, train: np.ndarray, n_states: int = 3
-) -> np.ndarray:
-    """Transition probabilities ``P[now, next]`` counted on ``train`` rows, plus one per cell."""
-    counts = np.ones((n_states, n_states))
-    rows = train[(now_state[train] >= 0) & (next_state[train] >= 0)]
-    np.add.at(counts, (now_state[rows], next_state[rows]), 1)
-    return counts / counts.sum(axis=1, keepdims=True)
-
-
-def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
-
-
-def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(probs.argmax(axis=1) == labels))
-
-
-def _optimise(
-    net: RegimeNet,
-    inputs: torch.Tensor,
-    labels: np.ndarray,
-    train: np.ndarray,
-    valid: np.ndarray,
-    training: TrainingConfig,
-    recorder: Recorder,
-) -> tuple[list[dict[str, float]], int]:
-    """Full-sequence steps; with validation labels, plateau LR, early stopping, best weights.
-
-    Returns the per-epoch history and the epoch whose weights ``net`` ends with.
-    """
-    ssm = {id(p) for p in net.ssm_parameters()}
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in net.parameters() if id(p) not in ssm]},
-            {"params": net.ssm_parameters(), "weight_decay": 0.0},
-        ],
-        lr=training.learning_rate,
-        weight_decay=training.weight_decay,
-    )
-    scheduler = ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=training.scheduler_patience, min_lr=training.min_lr
-    )
-    target = torch.as_tensor(labels, dtype=torch.long)
-    train_t, valid_t = torch.as_tensor(train), torch.as_tensor(valid)
-    loss_fn = nn.CrossEntropyLoss()
-    max_epochs = min(training.max_epochs, training.max_steps or training.max_epochs)
-    best_loss, best_epoch, best_state = math.inf, -1, None
-    history: list[dict[str, float]] = []
-    for epoch in range(max_epochs):
-        net.train()
-        optimizer.zero_grad()
-        loss = loss_fn(net(inputs)[0][train_t], target[train_t])
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), training.gradient_clip)
-        optimizer.step()
-        row = {"train_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-        if len(valid):
-            net.eval()
-            with torch.no_grad():
-                row["valid_loss"] = loss_fn(net(inputs)[0][valid_t], target[valid_t]).item()
-            scheduler.step(row["valid_loss"])
-            if row["valid_loss"] < best_loss:
-                best_loss, best_epoch = row["valid_loss"], epoch
-                best_state = copy.deepcopy(net.state_dict())
-        history.append(row)
-        recorder.log_metrics(row, step=epoch)
-        if len(valid) and epoch - best_epoch >= training.patience:
-            break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.eval()
-    return history, best_epoch if best_state is not None else len(history) - 1
 
 
 # ---------------------------------------------------------------- the estimator
@@ -416,9 +215,9 @@ class RegimeEncoder:
     def _check_params(self) -> None:
         q = self.state_quantiles
         if len(q) != len(STATES) - 1 or not 0 < q[0] < q[1] < 1:
-            raise ValueError(f"state_quantiles must be two increasing values in (0, 1), not {q}")
+            raise ConfigError(f"state_quantiles must be two increasing values in (0, 1), not {q}")
         if self.horizon < 1 or self.d_model < 1 or self.n_layers < 1 or self.d_state < 2:
-            raise ValueError("horizon, d_model, n_layers must be >= 1 and d_state >= 2")
+            raise ConfigError("horizon, d_model, n_layers must be >= 1 and d_state >= 2")
 
     def _network(self, seed: int) -> RegimeNet:
         torch.manual_seed(seed)
@@ -457,15 +256,15 @@ class RegimeEncoder:
         vol_next = forward_vol(data, self.horizon).fill_null(np.nan).to_numpy()
         labelled = np.flatnonzero(np.isfinite(vol_next))
         if len(labelled) == 0:
-            raise ValueError(f"regime encoder: no labelled sessions up to {cutoff}")
+            raise InputError(f"regime encoder: no labelled sessions up to {cutoff}")
         ts = data["ts"].to_list()
         train, valid, first_valid = label_split(ts, labelled, self.valid_days, self.horizon)
         if len(train) < 50:
-            raise ValueError(
+            raise InputError(
                 f"regime encoder: {len(train)} training labels up to {cutoff}, needs 50"
             )
         thresholds = np.quantile(vol_next[train], self.state_quantiles)
-        labels = _states(vol_next, thresholds)
+        labels = states_of(vol_next, thresholds)
         x = data.select(INPUTS).to_numpy()
         mean = x[:first_valid].mean(axis=0)
         std = x[:first_valid].std(axis=0)
@@ -474,7 +273,10 @@ class RegimeEncoder:
         net = self._network(training.seed)
         inputs = torch.as_tensor(np.clip((x - mean) / std, -_CLIP, _CLIP), dtype=DTYPE)[None]
         t0 = time.perf_counter()
-        history, best_epoch = _optimise(net, inputs, labels, train, valid, training, recorder)
+        # Lightning loads only to fit: reading a saved encoder (nightly, CLI) stays light
+        from kronos.models.regime_fit import train_network
+
+        history, best_epoch = train_network(net, inputs, labels, train, valid, training, recorder)
 
         self.network_ = net
         self.mean_, self.std_ = mean, std
@@ -507,7 +309,7 @@ class RegimeEncoder:
         thresholds: np.ndarray,
     ) -> dict[str, float]:
         """Log loss and accuracy of the encoder and of the persistence baseline."""
-        now = _states(_trailing_vol(data["index_ret"].to_numpy(), self.horizon), thresholds)
+        now = states_of(trailing_vol(data["index_ret"].to_numpy(), self.horizon), thresholds)
         transition = persistence_baseline(now, labels, train)
         out = {"train_share_" + s: float(np.mean(labels[train] == i)) for i, s in enumerate(STATES)}
         if not len(valid):
@@ -518,10 +320,10 @@ class RegimeEncoder:
         base = transition[now[scored]]
         return {
             **out,
-            "valid_log_loss": _log_loss(probs[scored], labels[scored]),
-            "valid_accuracy": _accuracy(probs[scored], labels[scored]),
-            "baseline_log_loss": _log_loss(base, labels[scored]),
-            "baseline_accuracy": _accuracy(base, labels[scored]),
+            "valid_log_loss": log_loss(probs[scored], labels[scored]),
+            "valid_accuracy": accuracy(probs[scored], labels[scored]),
+            "baseline_log_loss": log_loss(base, labels[scored]),
+            "baseline_accuracy": accuracy(base, labels[scored]),
             "uniform_log_loss": math.log(len(STATES)),
             **{
                 "valid_share_" + s: float(np.mean(labels[scored] == i))
@@ -530,12 +332,7 @@ class RegimeEncoder:
         }
 
     def _new_version(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.get_config(), sort_keys=True).encode())
-        for key, tensor in sorted(self.network_.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(np.asarray(self.thresholds_).tobytes())
-        return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
+        return stamped(fingerprint(self.get_config(), self.network_, self.thresholds_))
 
     @property
     def version(self) -> str:
@@ -546,7 +343,7 @@ class RegimeEncoder:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):
-            raise RuntimeError(f"{self.name}: not fitted (call fit or load)")
+            raise ForecastError(f"{self.name}: not fitted (call fit or load first)")
 
     def _run(self, features: pl.DataFrame) -> tuple[pl.DataFrame, torch.Tensor]:
         self._check_fitted()
@@ -586,35 +383,29 @@ class RegimeEncoder:
     def save(self, directory: Path) -> None:
         """Write ``state.pt`` (weights), ``config.json`` and ``scaler.pkl`` (input scaler)."""
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network_.state_dict(), directory / "state.pt")
-        config = {
-            **self.get_config(),
-            "version": self.version_,
-            "fit": self.fit_info_,
-            "metrics": self.metrics_,
-        }
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        with (directory / "scaler.pkl").open("wb") as f:
-            pickle.dump({"inputs": list(INPUTS), "mean": self.mean_, "std": self.std_}, f)
+        write_files(
+            directory,
+            state=self.network_.state_dict(),
+            scaler={"inputs": list(INPUTS), "mean": self.mean_, "std": self.std_},
+            config={
+                **self.get_config(),
+                "version": self.version_,
+                "fit": self.fit_info_,
+                "metrics": self.metrics_,
+            },
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         """Rebuild a fitted encoder from :meth:`save`'s files; refuse incompatible ones."""
         directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
         expected = {
             "name": cls.name,
             "format_version": FORMAT_VERSION,
             "inputs": list(INPUTS),
             "states": list(STATES),
         }
-        for key, want in expected.items():
-            if config.get(key) != want:
-                raise ValueError(
-                    f"{directory / 'config.json'}: {key} is {config.get(key)!r}, needs {want!r}"
-                )
+        config = read_config(directory / "config.json", expected, ("fit", "version"))
         model = cls(
             horizon=config["horizon"],
             state_quantiles=tuple(config["state_quantiles"]),
@@ -627,11 +418,11 @@ class RegimeEncoder:
             dt_max=config["dt_max"],
         )
         with (directory / "scaler.pkl").open("rb") as f:
-            scaler = pickle.load(f)
+            scaler = pickle.load(f)  # numpy arrays: a trusted artifact directory only
         if scaler.get("inputs") != list(INPUTS):
-            raise ValueError(f"{directory / 'scaler.pkl'}: inputs {scaler.get('inputs')!r}")
+            raise ForecastError(f"{directory / 'scaler.pkl'}: inputs {scaler.get('inputs')!r}")
         net = model._network(0)
-        net.load_state_dict(torch.load(directory / "state.pt", weights_only=True))
+        net.load_state_dict(read_state(directory / "state.pt"))
         net.eval()
         model.network_ = net
         model.mean_, model.std_ = np.asarray(scaler["mean"]), np.asarray(scaler["std"])

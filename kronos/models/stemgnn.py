@@ -37,8 +37,10 @@ import torch
 from neuralforecast.losses.pytorch import MQLoss
 from neuralforecast.models import StemGNN
 
+from kronos.errors import ConfigError
 from kronos.models.base import HORIZON, QUANTILES, TrainingConfig
 from kronos.models.graph import N_QUANTILES, GraphForecaster
+from kronos.models.lightning import trainer_options
 
 __all__ = ["StemGnnForecaster"]
 
@@ -154,7 +156,7 @@ class StemGnnForecaster(GraphForecaster):
 
     def _network(self, n_nodes: int, prior: np.ndarray, training: TrainingConfig) -> _KronosStemGNN:
         if not 0.0 <= self.prior_weight <= 1.0:
-            raise ValueError(f"prior_weight must lie in [0, 1], not {self.prior_weight}")
+            raise ConfigError(f"prior_weight must lie in [0, 1], not {self.prior_weight}")
         net = _KronosStemGNN(
             h=self.horizon,
             input_size=self.input_size,
@@ -164,8 +166,7 @@ class StemGnnForecaster(GraphForecaster):
             leaky_rate=self.leaky_rate,
             loss=MQLoss(quantiles=list(QUANTILES)),
             random_seed=training.seed,
-            logger=False,
-            enable_progress_bar=False,
+            **trainer_options(training),  # kept on the module; training is GraphForecaster's
         )
         net.set_prior(prior, self.prior_weight)
         return net

@@ -50,12 +50,9 @@ tensors and leave through :func:`~kronos.models.base.forecast_frame`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import pickle
 import tempfile
-import warnings
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -73,31 +70,23 @@ from torch import nn
 
 from kronos.models.base import (
     FORECAST_SCHEMA,
-    HORIZON,
     QUANTILES,
     Forecaster,
     ForecastError,
     NullRecorder,
+    Panel,
     Recorder,
     TrainingConfig,
     forecast_frame,
     history_until,
-    read_config,
 )
+from kronos.models.files import fingerprint, read_config, read_state, write_files
+from kronos.models.lightning import early_stopping, make_trainer, quiet_lightning
 
 FORMAT_VERSION = 1
 FEATURE_VERSION = "log_return_v1"
 DECODER_PLACEHOLDER = 0.0
 """Return written into the ``horizon`` decoder rows of a prediction window (never read)."""
-
-_LIBRARY_NOISE = (
-    r"Attribute '(loss|logging_metrics)' is an instance of `nn.Module`",
-    r".*does not have many workers.*",
-    r".*isinstance\(treespec, LeafSpec\).*",
-    # without validation rows there is no val_loss: no validation loop, no LR schedule
-    r".*ReduceLROnPlateau conditioned on metric val_loss which is not available.*",
-    r".*defined a `validation_step` but have no `val_dataloader`.*",
-)
 
 
 def select_training_rows(
@@ -193,6 +182,8 @@ class TftForecaster(Forecaster):
     """
 
     name = "tft"
+    format_version = FORMAT_VERSION
+    feature_version = FEATURE_VERSION
 
     def __init__(
         self,
@@ -249,25 +240,23 @@ class TftForecaster(Forecaster):
     # ------------------------------------------------------------------ fit
 
     def fit(
-        self,
-        train: pl.DataFrame,
-        valid: pl.DataFrame | None = None,
-        recorder: Recorder | None = None,
+        self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
     ) -> Self:
         """Fit on ``train``; ``valid`` rows (later than each symbol's train rows) steer stopping."""
         min_length = self.input_size + self.horizon
         if self.max_tail < min_length:
             raise ForecastError(f"max_tail={self.max_tail} < input_size + horizon = {min_length}")
-        config = self.training if self.training is not None else self.default_training()
+        config = self._training()
         rows = select_training_rows(train, self.max_symbols, self.max_tail, min_length)
         if rows.is_empty():
             raise ForecastError(f"no symbol has {min_length} finite training returns")
         rows, valid_rows, first_valid = self._time_index(rows, valid)
 
         lightning.seed_everything(config.seed, workers=True, verbose=False)
-        with warnings.catch_warnings():
-            for message in _LIBRARY_NOISE:
-                warnings.filterwarnings("ignore", message=message)
+        with (
+            quiet_lightning(self._quiet()),
+            tempfile.TemporaryDirectory(prefix="kronos-tft-") as root,
+        ):
             train_ds = _new_dataset(_to_pandas(rows), self.input_size, self.horizon)
             valid_ds = None
             if valid_rows is not None:
@@ -281,43 +270,25 @@ class TftForecaster(Forecaster):
             log = _EpochLog(recorder or NullRecorder())
             callbacks: list[lightning.Callback] = [log]
             if valid_ds is not None:
-                callbacks.append(
-                    # checked after each validation run only: a step budget that
-                    # ends mid-epoch must not look for a val_loss never computed
-                    lightning.pytorch.callbacks.EarlyStopping(
-                        monitor="val_loss",
-                        mode="min",
-                        patience=config.patience,
-                        check_on_train_epoch_end=False,
-                    )
-                )
-            with tempfile.TemporaryDirectory(prefix="kronos-tft-") as root:
-                trainer = lightning.Trainer(
-                    default_root_dir=root,
-                    accelerator=config.accelerator,
-                    devices=1,
-                    max_epochs=config.max_epochs,
-                    max_steps=config.max_steps or -1,
-                    gradient_clip_val=config.gradient_clip,
-                    limit_train_batches=self.limit_train_batches,
-                    callbacks=callbacks,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=config.progress,
-                    enable_model_summary=False,
-                    num_sanity_val_steps=0,
-                )
-                trainer.fit(
-                    network,
-                    train_dataloaders=train_ds.to_dataloader(
-                        train=True, batch_size=config.batch_size, num_workers=0
-                    ),
-                    val_dataloaders=None
-                    if valid_ds is None
-                    else valid_ds.to_dataloader(
-                        train=False, batch_size=config.batch_size, num_workers=0
-                    ),
-                )
+                callbacks.append(early_stopping("val_loss", config.patience))
+            trainer = make_trainer(
+                config,
+                root,
+                callbacks=callbacks,
+                max_epochs=config.max_epochs,
+                max_steps=config.max_steps or -1,
+                limit_train_batches=self.limit_train_batches,
+            )
+            loader = train_ds.to_dataloader(train=True, batch_size=config.batch_size, num_workers=0)
+            trainer.fit(
+                network,
+                train_dataloaders=loader,
+                val_dataloaders=None
+                if valid_ds is None
+                else valid_ds.to_dataloader(
+                    train=False, batch_size=config.batch_size, num_workers=0
+                ),
+            )
         if log.best_state is not None:
             network.load_state_dict(log.best_state)
         self.network_ = network.cpu().double().eval()
@@ -363,9 +334,7 @@ class TftForecaster(Forecaster):
         self, dataset: TimeSeriesDataSet, config: TrainingConfig
     ) -> TemporalFusionTransformer:
         """The TFT for ``dataset``'s variables (the same call rebuilds it in :meth:`load`)."""
-        with warnings.catch_warnings():
-            for message in _LIBRARY_NOISE:
-                warnings.filterwarnings("ignore", message=message)
+        with quiet_lightning():
             return TemporalFusionTransformer.from_dataset(
                 dataset,
                 hidden_size=self.hidden_size,
@@ -385,11 +354,7 @@ class TftForecaster(Forecaster):
 
     def _fingerprint(self) -> str:
         """Version: a hash of the weights and the hyper-parameters."""
-        digest = hashlib.sha256(json.dumps(self.get_config(), sort_keys=True).encode())
-        for key, tensor in sorted(self.network_.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:12]
+        return fingerprint(self.get_config(), self.network_)[:12]
 
     # -------------------------------------------------------------- predict
 
@@ -406,8 +371,7 @@ class TftForecaster(Forecaster):
         self, panel: pl.DataFrame, origins: Sequence[date], symbols: Sequence[str] | None = None
     ) -> pl.DataFrame:
         """Forecasts from every origin, all (symbol, origin) windows in one dataset."""
-        if not hasattr(self, "network_"):
-            raise ForecastError("tft: not fitted (call fit or load first)")
+        self._check_fitted()
         known = set(self.symbols_)
         if symbols is None:
             wanted = sorted(known & set(panel["symbol"].unique().to_list()))
@@ -459,9 +423,7 @@ class TftForecaster(Forecaster):
                 ),
             }
         )
-        with warnings.catch_warnings():
-            for message in _LIBRARY_NOISE:
-                warnings.filterwarnings("ignore", message=message)
+        with quiet_lightning():
             dataset = TimeSeriesDataSet.from_parameters(
                 self.dataset_parameters_,
                 _to_pandas(frame),
@@ -495,38 +457,32 @@ class TftForecaster(Forecaster):
 
     def save(self, directory: Path) -> None:
         """Write ``state.pt``, ``config.json`` and ``scaler.pkl`` into ``directory``."""
-        if not hasattr(self, "network_"):
-            raise ForecastError("tft: not fitted, nothing to save")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network_.state_dict(), directory / "state.pt")
-        with open(directory / "scaler.pkl", "wb") as fh:
-            pickle.dump(self.dataset_parameters_, fh)
+        self._check_fitted()
         params = self.dataset_parameters_
         config = {
-            "name": self.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
+            **self.header(horizon=True),
             "horizon": self.horizon,
-            "quantiles": list(QUANTILES),
             "version": self.version,
             "hyper_parameters": self.get_config(),
             "training": self.training_.model_dump(),
             "dataset": {
-                "time_idx": params["time_idx"],
-                "target": params["target"],
-                "group_ids": params["group_ids"],
-                "max_encoder_length": params["max_encoder_length"],
-                "max_prediction_length": params["max_prediction_length"],
-                "static_categoricals": params["static_categoricals"],
-                "time_varying_unknown_reals": params["time_varying_unknown_reals"],
-                "add_relative_time_idx": params["add_relative_time_idx"],
-                "target_normalizer": repr(params["target_normalizer"]),
-            },
+                key: params[key]
+                for key in (
+                    "time_idx",
+                    "target",
+                    "group_ids",
+                    "max_encoder_length",
+                    "max_prediction_length",
+                    "static_categoricals",
+                    "time_varying_unknown_reals",
+                    "add_relative_time_idx",
+                )
+            }
+            | {"target_normalizer": repr(params["target_normalizer"])},
             "symbols": self.symbols_,
             "history": self.history_,
         }
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_files(directory, state=self.network_.state_dict(), scaler=params, config=config)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
@@ -545,16 +501,11 @@ class TftForecaster(Forecaster):
         ):
             raise ForecastError(f"{scaler_path}: does not match config.json")
 
+        model = cls._from_hyper_parameters(config["hyper_parameters"], directory / "config.json")
         try:
-            hyper = dict(config["hyper_parameters"])
-            if hyper.get("training") is not None:
-                hyper["training"] = TrainingConfig(**hyper["training"])
-            model = cls(**hyper)
             training = TrainingConfig(**config["training"])
         except (TypeError, ValueError) as exc:
-            raise ForecastError(
-                f"{directory / 'config.json'}: bad hyper-parameters ({exc})"
-            ) from exc
+            raise ForecastError(f"{directory / 'config.json'}: bad training ({exc})") from exc
         length = model.input_size + model.horizon
         symbols = list(config["symbols"])
         stub = pl.DataFrame(
@@ -566,8 +517,8 @@ class TftForecaster(Forecaster):
         network = model._network(stub_ds, training).double()
         state_path = directory / "state.pt"
         try:
-            network.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as exc:
+            network.load_state_dict(read_state(state_path))
+        except RuntimeError as exc:
             raise ForecastError(f"{state_path}: cannot load the network state ({exc})") from exc
         model.network_ = network.eval()
         model.training_ = training
@@ -582,11 +533,5 @@ class TftForecaster(Forecaster):
     @classmethod
     def _read_config(cls, path: Path) -> dict:
         """``config.json``, checked against this class; ForecastError naming the file otherwise."""
-        expected = {
-            "name": cls.name,
-            "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION,
-            "horizon": HORIZON,
-            "quantiles": list(QUANTILES),
-        }
-        return read_config(path, expected, ("hyper_parameters", "training", "symbols", "version"))
+        required = ("hyper_parameters", "training", "symbols", "version")
+        return read_config(path, cls.header(horizon=True), required)

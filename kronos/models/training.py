@@ -17,7 +17,7 @@ import polars as pl
 from kronos.models.artifacts import GateDecision, gate, promote, record_decision, write_artifact
 from kronos.models.base import Forecaster, NullRecorder, Recorder, flatten_params
 from kronos.models.evaluation import score, with_realized
-from kronos.models.registry import forecaster_class
+from kronos.models.registry import build
 from kronos.models.split import train_valid_split
 
 
@@ -97,7 +97,7 @@ def train_and_gate(
     stage("validate")
     metrics = score(validation_forecasts(forecaster, panel, train, valid))
     stage(f"validate {baseline} baseline")
-    reference = forecaster_class(baseline)().fit(train, valid)
+    reference = build(baseline).fit(train, valid)
     baseline_metrics = score(validation_forecasts(reference, panel, train, valid))
     decision = gate(
         metrics["crps"], baseline_metrics["crps"], baseline=baseline, tolerance=tolerance

@@ -37,6 +37,8 @@ def log_backtest(
             "data_start": str(result.start),
             "data_end": str(result.end),
             "forecaster": spec.forecaster.name,
+            "price_basis": result.notes[0] if result.notes else "",
+            "notes": " | ".join(result.notes)[:5000],
             **(tags or {}),
         }
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from kronos.errors import KronosError
+
 # notebook stem -> the MLflow experiment its runs land in
 WORKFLOWS: dict[str, str] = {
     "00_data": "kronos-data",
@@ -23,7 +25,7 @@ KERNEL = "python3"
 DEFAULT_CELL_TIMEOUT = 3600  # seconds a cell may run under `kronos run` unless told otherwise
 
 
-class RunnerError(ValueError):
+class RunnerError(KronosError):
     """Bad input to the runner: a notebook, parameter or run spec; names the source."""
 
     def __init__(self, problems: str | Sequence[str], source: str | None = None) -> None:
@@ -31,6 +33,9 @@ class RunnerError(ValueError):
         self.source = source
         prefix = f"{source}: " if source else ""
         super().__init__("\n".join(prefix + p for p in self.problems))
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.problems, self.source)
 
     def at(self, source: str) -> RunnerError:
         """The same problems, attributed to ``source``."""

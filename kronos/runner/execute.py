@@ -14,7 +14,7 @@ from typing import Any, Literal
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from kronos.config import DataSettings, TrackingSettings, config_hash, resolve_db_path
+from kronos.config import DataSettings, Settings, TrackingSettings, config_hash, resolve_db_path
 from kronos.runner.base import DEFAULT_EXPERIMENT, KERNEL, RUN_ID_PARAMETER, WORKFLOWS, RunnerError
 from kronos.runner.params import checked_parameters, redact, redact_notebook, secret_values
 from kronos.tracking import (
@@ -24,6 +24,7 @@ from kronos.tracking import (
     experiment_id,
     git_state,
     process_tags,
+    record_settings,
 )
 
 NOTEBOOK_PATH_TAG = "kronos.notebook_path"  # absolute: a later command logs it if orphaned
@@ -46,9 +47,8 @@ class RunOutcome:
     seconds: float
 
 
-def ensure_experiments(settings: TrackingSettings | None = None) -> dict[str, str]:
+def ensure_experiments(settings: TrackingSettings) -> dict[str, str]:
     """Create every workflow experiment now, so parallel runs never race to create one."""
-    settings = settings or TrackingSettings()
     settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=settings.tracking_uri())
     return {name: experiment_id(client, name, settings) for name in WORKFLOWS.values()}
@@ -68,12 +68,12 @@ def _reserve(directory: Path) -> Path:
     raise RunnerError(f"too many runs in {directory} at {stamp}")
 
 
-def _data_tags(params: Mapping[str, Any]) -> dict[str, str]:
-    """The store a notebook reads (its ``db`` parameter) and the span of its bars."""
+def _data_tags(params: Mapping[str, Any], data: DataSettings) -> dict[str, str]:
+    """The store a notebook reads (its ``db`` parameter, else ``data.db``) and its bars' span."""
     if "db" not in params:
         return {}
     value = params["db"]
-    db = resolve_db_path(value if isinstance(value, str) and value else None, DataSettings())
+    db = resolve_db_path(value if isinstance(value, str) and value else None, data)
     tags = {"db": str(db)}
     if not db.is_file():
         return tags
@@ -141,7 +141,7 @@ def run_notebook(
     experiment: str | None = None,
     timeout: int | None = None,
     out_root: Path = Path("experiments/runs"),
-    settings: TrackingSettings | None = None,
+    settings: Settings,
     tags: Mapping[str, object] | None = None,
     progress: bool = False,
     on_start: Callable[[str, Path], None] | None = None,
@@ -155,7 +155,10 @@ def run_notebook(
     stops the kernel, logs the partial notebook, marks the run KILLED and is
     raised again. Runs of this host whose process ended without closing them
     are marked FAILED first (:func:`close_orphaned`). ``on_start`` receives the
-    run id and output path once the run exists.
+    run id and output path once the run exists. The run records ``settings``
+    (``settings.*`` parameters, tag ``settings_hash``): the kernel inherits the
+    same environment and ``.env``, so its own :func:`~kronos.config.load_settings`
+    resolves the same values.
     """
     import papermill
 
@@ -166,19 +169,19 @@ def run_notebook(
     effective = {k: p.default for k, p in declared.items() if k != RUN_ID_PARAMETER} | values
     name = name or notebook.stem
     experiment = experiment or WORKFLOWS.get(notebook.stem, DEFAULT_EXPERIMENT)
-    settings = settings or TrackingSettings()
+    tracking = settings.tracking
     repo = Path.cwd()
     try:
         shown = notebook.resolve().relative_to(repo).as_posix()
     except ValueError:
         shown = str(notebook)
 
-    ensure_experiments(settings)  # every workflow's, up front: parallel runs never race
-    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    ensure_experiments(tracking)  # every workflow's, up front: parallel runs never race
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
     close_orphaned(client)
     secrets = sorted(secret_values(), key=len, reverse=True)
     run = client.create_run(
-        experiment_id(client, experiment, settings),
+        experiment_id(client, experiment, tracking),
         run_name=name,
         tags={
             **git_state(repo),
@@ -196,6 +199,7 @@ def run_notebook(
     status: Literal["FINISHED", "FAILED"] = "FINISHED"
     try:
         recorder.log_params(effective)
+        record_settings(recorder, settings)
         output = _reserve(Path(out_root) / name)
         recorder.set_tags(
             {
@@ -224,7 +228,7 @@ def run_notebook(
             if not isinstance(exc, papermill.PapermillExecutionError) and _saved(output):
                 error += _mark_stopped_cell(output, error)
             error = redact(error, secrets)
-        end_tags = _data_tags(effective)
+        end_tags = _data_tags(effective, settings.data)
         if error is not None:
             end_tags["error"] = error[:5000]
         recorder.set_tags(end_tags)

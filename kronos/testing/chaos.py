@@ -43,6 +43,7 @@ from typing import BinaryIO
 import polars as pl
 
 from kronos.data.store import Store
+from kronos.errors import InputError, KronosError
 from kronos.execution.reconcile import positions_from_fills, run_prefix
 
 __all__ = ["ChaosConfig", "ChaosResult", "market_frame", "result_dict", "run_chaos"]
@@ -104,7 +105,7 @@ def market_frame(
         [start, list(symbols), sessions],
     ).fetchall()
     if not days:
-        raise ValueError(f"no bars on or after {start} for the chaos universe")
+        raise InputError(f"no bars on or after {start} for the chaos universe")
     end = days[-1][0]
     frame = store.con.sql(
         "SELECT symbol, ts, open, high, low, close, adj_close, volume FROM bars "
@@ -248,7 +249,7 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] | None = None) -> 
         server.faults = Faults(None)  # a last, quiet run reconciles
         final = _child(config, db, env, 2, log)
         if final.wait() != 0:
-            raise RuntimeError(f"the final reconciling run failed; see {log_path}")
+            raise KronosError(f"the final reconciling run failed; see {log_path}")
         with Store.open(db) as store:
             counts = _count(store, config, market)
     return ChaosResult(

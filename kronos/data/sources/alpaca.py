@@ -7,8 +7,10 @@ New York (05:00Z in winter, 04:00Z in summer); ``ts`` is that instant's New York
 calendar date, the trading day.
 
 Credentials come from ``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY`` (environment
-or ``.env``) and are held as :class:`~pydantic.SecretStr`, so they never show in
-a repr, a log line or an error message.
+or ``.env``, read by :func:`kronos.config.load_settings` into
+:class:`~kronos.config.AlpacaDataSettings`) and are held as
+:class:`~pydantic.SecretStr`, so they never show in a repr, a log line or an
+error message.
 
 Failures are one-line :class:`~kronos.data.errors.SourceError` messages naming
 the host and what to check: :class:`~kronos.data.errors.SourceUnreachable` when
@@ -33,15 +35,12 @@ from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.data.models import BarSet
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic import SecretStr
 
-from kronos.data.errors import KronosDataError, SourceError, SourceUnreachable
+from kronos.config import AlpacaDataSettings
+from kronos.data.errors import SourceError, SourceUnreachable
 from kronos.data.schema import TABLES
+from kronos.errors import ConfigError, InputError
 
 __all__ = [
     "AlpacaConfigError",
@@ -61,107 +60,32 @@ ENV_DATA_FEED = "APCA_DATA_FEED"
 ENV_DATA_TIMEOUT = "APCA_DATA_TIMEOUT_S"
 
 
-class AlpacaConfigError(KronosDataError, ValueError):
+class AlpacaConfigError(ConfigError):
     """Alpaca settings are missing or invalid; the message names the variables."""
 
 
-class OwnVariablesSettings(BaseSettings):
-    """Settings read by variable name that take from ``.env`` only the variables they declare.
-
-    A project ``.env`` holds other providers' keys too; with ``extra="forbid"``
-    those would otherwise fail validation. The declared names are the fields'
-    ``validation_alias`` values.
-    """
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[Any, ...]:
-        """Keyword arguments, then environment, then only our variables from ``.env``."""
-        names = {f.validation_alias for f in settings_cls.model_fields.values()}
-
-        def own_dotenv() -> dict[str, Any]:
-            return {k: v for k, v in dotenv_settings().items() if k in names}
-
-        return (init_settings, env_settings, own_dotenv, file_secret_settings)
-
-
-class AlpacaDataSettings(OwnVariablesSettings):
-    """Connection settings for the Alpaca market-data API.
-
-    Populated from the environment or ``.env`` by variable name (the field names are
-    *not* read from the environment); pass the same names as keywords to build one
-    directly, e.g. ``AlpacaDataSettings(APCA_API_KEY_ID=..., APCA_API_SECRET_KEY=...)``.
-    """
-
-    model_config = SettingsConfigDict(
-        frozen=True,
-        extra="forbid",
-        env_file=".env",
-        env_file_encoding="utf-8",
-    )
-
-    api_key: SecretStr = Field(validation_alias=ENV_KEY_ID, min_length=1)
-    secret_key: SecretStr = Field(validation_alias=ENV_SECRET_KEY, min_length=1)
-    data_url: str | None = Field(
-        default=None,
-        validation_alias=ENV_DATA_URL,
-        description="Base URL override (tests, proxies); alpaca-py appends /v2/...",
-    )
-    feed: str = Field(default=DataFeed.IEX.value, validation_alias=ENV_DATA_FEED)
-    timeout_s: float = Field(
-        default=30.0,
-        gt=0,
-        validation_alias=ENV_DATA_TIMEOUT,
-        description="Seconds to wait for each answer before giving up",
-    )
-
-    @field_validator("data_url")
-    @classmethod
-    def _normalise_url(cls, value: str | None) -> str | None:
-        value = (value or "").strip().rstrip("/")
-        return value or None
-
-    @field_validator("feed")
-    @classmethod
-    def _known_feed(cls, value: str) -> str:
-        value = value.strip().lower()
-        known = [feed.value for feed in DataFeed]
-        if value not in known:
-            raise ValueError(f"unknown Alpaca data feed {value!r}; expected one of {known}")
-        return value
-
-
-def load_alpaca_settings() -> AlpacaDataSettings:
-    """Read :class:`AlpacaDataSettings` from the environment / ``.env``.
+def load_alpaca_settings(settings: AlpacaDataSettings) -> AlpacaDataSettings:
+    """``settings`` (``load_settings().alpaca_data``) once both keys are set.
 
     Raises:
-        AlpacaConfigError: a key variable is unset or empty, or a value is invalid;
-            the message names the variable(s) and never includes a secret.
+        AlpacaConfigError: a key variable is unset or empty; the message names the
+            variable(s) and never includes a secret.
 
     """
-    try:
-        return AlpacaDataSettings()
-    except ValidationError as exc:
-        missing: list[str] = []
-        invalid: list[str] = []
-        for error in exc.errors(include_input=False, include_url=False):
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            if error["type"] in {"missing", "too_short"}:
-                missing.append(name)
-            else:
-                invalid.append(f"{name}: {error['msg']}")
-        parts = []
-        if missing:
-            parts.append(f"set {', '.join(missing)} (environment or .env)")
-        if invalid:
-            parts.append("invalid " + "; ".join(invalid))
-        raise AlpacaConfigError("Alpaca data settings: " + "; ".join(parts)) from None
+    missing = [
+        name
+        for name, key in ((ENV_KEY_ID, settings.api_key), (ENV_SECRET_KEY, settings.secret_key))
+        if key is None or not key.get_secret_value().strip()
+    ]
+    if missing:
+        raise AlpacaConfigError(
+            f"Alpaca data settings: set {', '.join(missing)} (environment or .env)"
+        )
+    return settings
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value is not None else ""
 
 
 def fetch_alpaca_bars(
@@ -178,7 +102,7 @@ def fetch_alpaca_bars(
 
     Raises:
         TypeError: ``symbols`` is a single string rather than a list.
-        ValueError: no symbols, or ``end`` before ``start``.
+        InputError: no symbols, or ``end`` before ``start``.
         SourceUnreachable: no answer from the host (connection, DNS, timeout).
         SourceError: the API refused the request (bad keys, bad parameters, ...),
             a symbol has no bars in the range (all such symbols are named), or
@@ -189,14 +113,14 @@ def fetch_alpaca_bars(
         raise TypeError("fetch_alpaca_bars: symbols must be a list of symbols, not one string")
     wanted = list(dict.fromkeys(symbols))
     if not wanted:
-        raise ValueError("fetch_alpaca_bars: no symbols requested")
+        raise InputError("fetch_alpaca_bars: no symbols requested")
     if end < start:
-        raise ValueError(f"fetch_alpaca_bars: end {end} is before start {start}")
+        raise InputError(f"fetch_alpaca_bars: end {end} is before start {start}")
 
     client = _DataClient(
         timeout_s=settings.timeout_s,
-        api_key=settings.api_key.get_secret_value(),
-        secret_key=settings.secret_key.get_secret_value(),
+        api_key=_secret(load_alpaca_settings(settings).api_key),
+        secret_key=_secret(settings.secret_key),
         url_override=settings.data_url,
     )
     host = urlsplit(settings.data_url or BaseURL.DATA.value).netloc

@@ -1,6 +1,7 @@
 """The Alpaca broker: the :class:`~kronos.execution.brokers.base.Broker` contract over alpaca-py.
 
-Settings (keys, mode, the live-trading switch, URL override, timeout) live in
+Settings (keys, mode, the live-trading switch, URL override, timeout) are
+:class:`kronos.config.AlpacaTradingSettings`, checked by
 :mod:`kronos.execution.brokers.alpaca_settings`; keys never show in a repr, an
 error message or a log line. The client that sends each request once, with a
 timeout, lives in :mod:`kronos.execution.brokers.alpaca_client`.

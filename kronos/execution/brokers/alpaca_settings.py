@@ -1,4 +1,4 @@
-"""Settings of the Alpaca trading API, read from the environment or ``.env`` at the edges.
+"""Checks of the Alpaca trading settings (:class:`kronos.config.AlpacaTradingSettings`).
 
 Paper keys ``APCA_PAPER_API_KEY_ID`` / ``APCA_PAPER_API_SECRET_KEY``, live keys
 ``APCA_LIVE_API_KEY_ID`` / ``APCA_LIVE_API_SECRET_KEY``, ``KRONOS_ALPACA_MODE``
@@ -7,16 +7,13 @@ Live mode is refused unless ``KRONOS_ALLOW_LIVE_TRADING`` is ``true`` (any case,
 surrounding blanks ignored); ``1``, ``yes``, ``on``... are refused, and the
 refusal names the variable and the value given. Keys are
 :class:`~pydantic.SecretStr`: they never show in a repr, an error or a log line.
+:func:`kronos.config.load_settings` reads them from the environment or ``.env``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import SettingsConfigDict
-
-from kronos.data.sources.alpaca import AlpacaConfigError, OwnVariablesSettings
+from kronos.config import AlpacaTradingSettings
+from kronos.data.sources.alpaca import AlpacaConfigError
 
 __all__ = [
     "ENV_ALLOW_LIVE",
@@ -36,58 +33,6 @@ ENV_MODE = "KRONOS_ALPACA_MODE"
 ENV_ALLOW_LIVE = "KRONOS_ALLOW_LIVE_TRADING"
 ENV_URL = "KRONOS_ALPACA_TRADING_URL"
 ENV_TIMEOUT = "KRONOS_ALPACA_TIMEOUT_S"
-
-
-class AlpacaTradingSettings(OwnVariablesSettings):
-    """Connection settings for the Alpaca trading API.
-
-    Populated from the environment or ``.env`` by variable name (field names are
-    not read); pass the same names as keywords to build one directly, e.g.
-    ``AlpacaTradingSettings(APCA_PAPER_API_KEY_ID=..., APCA_PAPER_API_SECRET_KEY=...)``.
-    Which keys are needed depends on the mode; :class:`AlpacaBroker` checks.
-    """
-
-    model_config = SettingsConfigDict(
-        frozen=True,
-        extra="forbid",
-        env_file=".env",
-        env_file_encoding="utf-8",
-    )
-
-    paper_key_id: SecretStr | None = Field(default=None, validation_alias=ENV_PAPER_KEY_ID)
-    paper_secret_key: SecretStr | None = Field(default=None, validation_alias=ENV_PAPER_SECRET)
-    live_key_id: SecretStr | None = Field(default=None, validation_alias=ENV_LIVE_KEY_ID)
-    live_secret_key: SecretStr | None = Field(default=None, validation_alias=ENV_LIVE_SECRET)
-    mode: Literal["paper", "live"] = Field(default="paper", validation_alias=ENV_MODE)
-    allow_live: str | None = Field(
-        default=None,
-        validation_alias=ENV_ALLOW_LIVE,
-        description="the text given; only 'true' (any case) unlocks live mode",
-    )
-    trading_url: str | None = Field(
-        default=None,
-        validation_alias=ENV_URL,
-        description="Base URL override (tests, the fake); alpaca-py appends /v2/...",
-    )
-    timeout_s: float = Field(default=10.0, gt=0, validation_alias=ENV_TIMEOUT)
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _lower_mode(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("allow_live", mode="before")
-    @classmethod
-    def _flag_text(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # a keyword from code, not the environment
-            return "true" if value else "false"
-        return value
-
-    @field_validator("trading_url")
-    @classmethod
-    def _normalise_url(cls, value: str | None) -> str | None:
-        value = (value or "").strip().rstrip("/")
-        return value or None
 
 
 def live_trading_allowed(flag: str | None) -> bool:
@@ -119,22 +64,14 @@ def credentials(settings: AlpacaTradingSettings) -> tuple[str, str]:
     return values[0], values[1]
 
 
-def load_alpaca_trading_settings() -> AlpacaTradingSettings:
-    """Read :class:`AlpacaTradingSettings` from the environment / ``.env`` and check them.
+def load_alpaca_trading_settings(settings: AlpacaTradingSettings) -> AlpacaTradingSettings:
+    """``settings`` (``load_settings().alpaca_trading``) once checked.
 
     Raises:
-        AlpacaConfigError: a value is invalid, the mode's keys are unset, or live
-            mode lacks ``KRONOS_ALLOW_LIVE_TRADING=true``; the message names the
-            variables and never includes a secret.
+        AlpacaConfigError: the mode's keys are unset, or live mode lacks
+            ``KRONOS_ALLOW_LIVE_TRADING=true``; the message names the variables and
+            never includes a secret.
 
     """
-    try:
-        settings = AlpacaTradingSettings()
-    except ValidationError as exc:
-        invalid = [
-            f"{error['loc'][0] if error['loc'] else '?'}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        ]
-        raise AlpacaConfigError("Alpaca trading settings: invalid " + "; ".join(invalid)) from None
     credentials(settings)
     return settings

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
+from kronos.errors import KronosError
+
 __all__ = [
     "REJECTION_KINDS",
     "TERMINAL_STATUSES",
@@ -66,7 +68,7 @@ REJECTION_KINDS = (
 )
 
 
-class BrokerError(RuntimeError):
+class BrokerError(KronosError):
     """A broker request failed; the subclass says what is known about its effect."""
 
 
@@ -79,6 +81,9 @@ class OrderRejected(BrokerError):
     def __init__(self, message: str, kind: str = "other") -> None:
         super().__init__(message)
         self.kind = kind
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.kind)
 
 
 class DuplicateOrder(BrokerError):

@@ -19,8 +19,12 @@ calendar (:mod:`kronos.calendar`); the clock opens and closes at that
 calendar's times, early closes included (13:00 New York the day after
 Thanksgiving).
 
-Prices are split- and dividend-adjusted (``open * adj_close / close``) as in
-the backtest. Every piece of state (clock, cash, orders, fills, positions)
+Prices are on the store's one price basis (:mod:`kronos.data.prices`), as in
+the backtest: raw where every symbol has raw closes, with splits and cash
+dividends applied to positions, cash and open orders when the ex-date's
+session opens; else adjusted (``open * adj_close / close``).
+
+Every piece of state (clock, cash, orders, fills, positions)
 lives in the ``sim_broker_*`` tables and changes in one transaction per call,
 so a process killed at any point restarts exactly where the last call left it.
 """
@@ -31,12 +35,15 @@ import hashlib
 from collections.abc import Sequence
 from datetime import date, datetime
 
+import duckdb
 import numpy as np
 import polars as pl
 
 from kronos.calendar import Calendar, get_calendar
 from kronos.config import DataSettings
+from kronos.data.prices import ACTIONS_SCHEMA, corporate_actions, on_basis, price_basis
 from kronos.data.store import Store
+from kronos.errors import InputError
 from kronos.execution.brokers.base import (
     AccountState,
     BrokerFill,
@@ -68,7 +75,8 @@ class SimBroker:
         account: str = "sim",
         rules: FillRules | None = None,
         symbols: Sequence[str] | None = None,
-        data_settings: DataSettings | None = None,
+        *,
+        data_settings: DataSettings,
         calendar: Calendar | None = None,
     ) -> None:
         self.store = store
@@ -76,14 +84,14 @@ class SimBroker:
         self.rules = rules or FillRules()
         if self.rules.at == "close":
             raise ValueError("the simulated broker cannot fill at the decision's own close")
-        self.data = data_settings or DataSettings()
+        self.data = data_settings
         self.calendar = calendar or get_calendar(self.data.calendar)
         if symbols is None:
             rows = store.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
             symbols = [r[0] for r in rows]
         self.symbols = sorted(set(symbols))
         if not self.symbols:
-            raise ValueError(f"no bars in {store.path}: nothing to trade")
+            raise InputError(f"no bars in {store.path}: nothing to trade")
         marks = ", ".join("?" for _ in self.symbols)
         rows = store.con.execute(
             f"SELECT DISTINCT ts FROM bars WHERE symbol IN ({marks}) ORDER BY 1", self.symbols
@@ -94,6 +102,19 @@ class SimBroker:
         # a bar on a closed day (``kronos data validate``: off_session) is no session
         self.sessions: list[date] = days[keep].tolist()
         self._index = {d: i for i, d in enumerate(self.sessions)}
+        self._last_bar = dict(
+            store.con.execute(
+                "SELECT symbol, max(ts) FROM bars WHERE symbol IN (SELECT unnest(?)) GROUP BY 1",
+                [self.symbols],
+            ).fetchall()
+        )
+        end = self.sessions[-1] if self.sessions else date.max
+        self.basis = price_basis(store, self.symbols, end, self.data)
+        self._actions = (
+            corporate_actions(store, end, self.symbols, self.data)
+            if self.basis.raw
+            else pl.DataFrame(schema=ACTIONS_SCHEMA)
+        )
 
     # -- state -------------------------------------------------------------
     def start(self, session: date, cash: float) -> bool:
@@ -101,9 +122,9 @@ class SimBroker:
         if self._state() is not None:
             return False
         if session not in self._index:
-            raise ValueError(f"{session} is not a session of the stored bars")
+            raise InputError(f"{session} is not a session of the stored bars")
         if not (cash > 0):
-            raise ValueError(f"starting cash must be positive, got {cash!r}")
+            raise InputError(f"starting cash must be positive, got {cash!r}")
         self.store.con.execute(
             "INSERT INTO sim_broker_state VALUES (?, ?, 'closed', ?, ?, ?)",
             [self.account_id, session, cash, cash, self._moment(session, "closed")],
@@ -134,26 +155,20 @@ class SimBroker:
 
     # -- prices ------------------------------------------------------------
     def _bars(self, session: date) -> pl.DataFrame:
-        """Adjusted ``symbol, open, high, low, close, volume`` of ``session``."""
+        """``symbol, open, high, low, close, volume`` of ``session`` on the price basis."""
         frame = self.store.con.sql(
             "SELECT symbol, open, high, low, close, adj_close, volume FROM bars "
             "WHERE ts = ? AND symbol IN (SELECT unnest(?))",
             params=[session, self.symbols],
         ).pl()
-        factor = (
-            pl.when(pl.col("close").is_not_null() & pl.col("adj_close").is_not_null())
-            .then(pl.col("adj_close") / pl.col("close"))
-            .otherwise(1.0)
+        return (
+            on_basis(frame, self.basis)
+            .select(
+                "symbol",
+                *(pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "volume")),
+            )
+            .with_columns(pl.col("open", "high", "low", "close").fill_nan(None))
         )
-        close = pl.coalesce("adj_close", "close").cast(pl.Float64)
-        return frame.select(
-            "symbol",
-            (pl.col("open") * factor).cast(pl.Float64).alias("open"),
-            (pl.col("high") * factor).cast(pl.Float64).alias("high"),
-            (pl.col("low") * factor).cast(pl.Float64).alias("low"),
-            close.alias("close"),
-            pl.col("volume").cast(pl.Float64),
-        ).with_columns(pl.col("open", "high", "low", "close").fill_nan(None))
 
     def _marks(self) -> dict[str, float]:
         """The last price known now: this session's open while open, its close once closed."""
@@ -212,6 +227,11 @@ class SimBroker:
             raise DuplicateOrder(f"client_order_id {order.client_order_id} exists already")
         if order.symbol not in self.symbols:
             raise OrderRejected(f"{order.client_order_id}: unknown symbol {order.symbol!r}")
+        if self._last_bar.get(order.symbol, date.max) < session:
+            last = self._last_bar[order.symbol]
+            raise OrderRejected(
+                f"{order.client_order_id}: {order.symbol} no longer trading (last bar {last})"
+            )
         if order.qty != np.floor(order.qty):
             raise OrderRejected(f"{order.client_order_id}: whole shares only, got {order.qty}")
         open_now = self.open_orders()
@@ -325,22 +345,20 @@ class SimBroker:
     def advance(self) -> list[BrokerFill]:
         """Move the clock one phase; fill the open orders when a session's open phase ends.
 
-        Returns the fills made. Raises ``RuntimeError`` at the end of the stored bars.
+        Returns the fills made. Raises ``InputError`` at the end of the stored bars.
         """
         session, phase, cash = self._need_state()
         if phase == "closed":
             k = self._index[session]
             if k + 1 >= len(self.sessions):
-                raise RuntimeError(f"no session after {session} in the stored bars")
+                raise InputError(f"no session after {session} in the stored bars")
+            nxt = self.sessions[k + 1]
             with self.store.transaction() as con:
+                self._apply_actions(con, nxt, cash)
                 con.execute(
                     "UPDATE sim_broker_state SET session = ?, phase = 'open', updated_at = ? "
                     "WHERE account = ?",
-                    [
-                        self.sessions[k + 1],
-                        self._moment(self.sessions[k + 1], "open"),
-                        self.account_id,
-                    ],
+                    [nxt, self._moment(nxt, "open"), self.account_id],
                 )
             return []
         at = self._moment(session, "closed")
@@ -381,6 +399,42 @@ class SimBroker:
                 [cash, at, self.account_id],
             )
         return fills
+
+    def _apply_actions(self, con: duckdb.DuckDBPyConnection, session: date, cash: float) -> None:
+        """Splits and cash dividends with ex-date ``session``: positions, cash, open orders.
+
+        Holders of record at the previous close get ``qty x dividend``; a split
+        multiplies shares (and divides average prices), and an open order's
+        remaining shares (rounded down) and limit follow it. Inside the caller's
+        transaction, so a kill never applies an action twice.
+        """
+        today = self._actions.filter(pl.col("ts") == session)
+        for symbol, ratio, dividend in today.select(
+            "symbol", "split_ratio", "dividend"
+        ).iter_rows():
+            held = con.execute(
+                "SELECT qty FROM sim_broker_positions WHERE account = ? AND symbol = ?",
+                [self.account_id, symbol],
+            ).fetchall()
+            qty = held[0][0] if held else 0.0
+            cash += qty * dividend
+            if ratio != 1.0:
+                con.execute(
+                    "UPDATE sim_broker_positions SET qty = qty * ?, avg_price = avg_price / ? "
+                    "WHERE account = ? AND symbol = ?",
+                    [ratio, ratio, self.account_id, symbol],
+                )
+                con.execute(
+                    "UPDATE sim_broker_orders SET "
+                    "qty = filled_qty + floor((qty - filled_qty) * ?), "
+                    "limit_price = limit_price / ? WHERE account = ? AND symbol = ? "
+                    "AND status IN ('new', 'accepted', 'partially_filled')",
+                    [ratio, ratio, self.account_id, symbol],
+                )
+        if today.height:
+            con.execute(
+                "UPDATE sim_broker_state SET cash = ? WHERE account = ?", [cash, self.account_id]
+            )
 
     def _execute(
         self, session: date, cash: float
