@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special, stats
 
 BAND_SIGMAS = 3.29
 """Standard deviations a p05..p95 band spans under normality (2 x 1.645)."""
@@ -120,6 +119,7 @@ def crps_normal_each(y: ArrayLike, mu: ArrayLike, sigma: ArrayLike) -> np.ndarra
     Closed form of Gneiting & Raftery (2007, eq. 21):
     ``sigma * (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))`` with ``z = (y - mu) / sigma``.
     """
+    from scipy import stats  # scipy on first use: the CLI and the chain need only the rest
     yv, m, s = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (y, mu, sigma)))
     if np.any(s <= 0):
         raise ValueError("sigma must be positive")
@@ -144,6 +144,7 @@ def crps_student_t_each(y: ArrayLike, mu: ArrayLike, scale: ArrayLike, nu: Array
     with ``z = (y - mu) / scale`` and ``F``, ``f`` the standard t cdf and pdf.
     ``scale`` is not the standard deviation: that is ``scale * sqrt(nu / (nu - 2))``.
     """
+    from scipy import special, stats  # scipy on first use: the CLI and the chain need only the rest
     arrays = (np.asarray(a, dtype=np.float64) for a in (y, mu, scale, nu))
     yv, m, s, n = np.broadcast_arrays(*arrays)
     if np.any(s <= 0):

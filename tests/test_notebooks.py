@@ -51,7 +51,7 @@ RUNS = [
     ),
     (
         "20_walkforward",
-        {"spec": "backtests/sp500_ewma_weekly.yaml", "overrides": ["dates.start=2021-01-04"]},
+        {"spec": "backtests/sp500_ewma_weekly.yaml", "overrides": ["dates.start=2022-01-03"]},
         {"sharpe", "total_return", "max_drawdown", "benchmark_sharpe"},
     ),
     ("50_compare_runs", {"max_runs": 5}, {"runs_compared", "equity_curves"}),

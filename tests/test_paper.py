@@ -370,10 +370,10 @@ def test_kill_9_and_restart_keep_one_book(bundled: Store, tmp_path: Path):
            "--model", "ewma", "--start", str(START), "--cash", "100000", "--no-mlflow"]  # fmt: skip
     rng = random.Random(7)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         proc = subprocess.Popen([*cmd, "--cycles", "40"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)  # fmt: skip
-        time.sleep(rng.uniform(4.0, 8.0))
+        time.sleep(rng.uniform(4.0, 7.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

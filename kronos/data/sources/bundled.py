@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import polars as pl
 
 from kronos.data.schema import TABLES
+
+if TYPE_CHECKING:  # pandas loads with the datasets, not with the CLI
+    import pandas as pd
 
 EPOCH = datetime(1970, 1, 1)
 
