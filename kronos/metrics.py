@@ -120,6 +120,7 @@ def crps_normal_each(y: ArrayLike, mu: ArrayLike, sigma: ArrayLike) -> np.ndarra
     ``sigma * (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))`` with ``z = (y - mu) / sigma``.
     """
     from scipy import stats  # scipy on first use: the CLI and the chain need only the rest
+
     yv, m, s = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (y, mu, sigma)))
     if np.any(s <= 0):
         raise ValueError("sigma must be positive")
@@ -145,6 +146,7 @@ def crps_student_t_each(y: ArrayLike, mu: ArrayLike, scale: ArrayLike, nu: Array
     ``scale`` is not the standard deviation: that is ``scale * sqrt(nu / (nu - 2))``.
     """
     from scipy import special, stats  # scipy on first use: the CLI and the chain need only the rest
+
     arrays = (np.asarray(a, dtype=np.float64) for a in (y, mu, scale, nu))
     yv, m, s, n = np.broadcast_arrays(*arrays)
     if np.any(s <= 0):
