@@ -189,15 +189,15 @@ def close_ended(*, run: _Run, market: Market, i: int) -> set[str]:
     before it); a held one is sold to cash at its last close, no costs, and the
     run records it (no delisting return is in the data).
     """
-    ended = {market.symbols[j] for j in np.flatnonzero(market.last_bar < i).tolist()}
+    gone = {market.symbols[j]: j for j in np.flatnonzero(market.last_bar < i).tolist()}
     day, book = market.sessions[i], run.book
-    for s in sorted(ended & set(book.positions)):
-        j = market.symbols.index(s)
+    for s in sorted(gone.keys() & book.positions.keys()):
+        j = gone[s]
         qty, price = book.positions.pop(s), float(market.mark[i, j])
         book.cash += qty * price
         last = market.sessions[int(market.last_bar[j])]
         run.events.append((day, s, "delisted", qty, 0.0, qty * price, f"last bar {last}"))
-    return ended
+    return set(gone)
 
 
 def execute(

@@ -69,13 +69,13 @@ def price_basis(
     store: Store, symbols: Sequence[str], end: date, settings: DataSettings
 ) -> PriceBasis:
     """Raw when every bar of ``symbols`` up to ``end`` has a raw close, else adjusted."""
+    if not symbols:
+        return PriceBasis("adjusted", "no symbols")
     rows = store.con.execute(
         "SELECT symbol FROM bars WHERE symbol IN (SELECT unnest(?::VARCHAR[])) AND ts <= ? "
         "GROUP BY symbol HAVING count(close) < count(*) ORDER BY symbol",
         [list(symbols), end],
     ).fetchall()
-    if not symbols:
-        return PriceBasis("adjusted", "no symbols")
     if rows:
         lacking = [r[0] for r in rows]
         shown = ", ".join(lacking[:5]) + (

@@ -191,6 +191,7 @@ class PaperLoop:
         self._clock: Clock | None = None
         self.failures: list[CycleFailure] = []  # the last run()'s failed cycles
         self._model: Loaded | None = None
+        self._split_day: tuple[tuple[date, date | None], pl.DataFrame | None] | None = None
         if config.symbols is None:
             rows = store.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
             self.symbols = [r[0] for r in rows]
@@ -198,11 +199,18 @@ class PaperLoop:
             self.symbols = list(config.symbols)
 
     def _splits(self, now: datetime) -> pl.DataFrame | None:
-        """Splits known at ``now`` on the raw price basis (the broker applies them itself)."""
+        """Splits known at ``now`` on the raw price basis (the broker applies them itself).
+
+        Read again only when the day or the newest stored bar changes (the two
+        cycles of a session share one read).
+        """
         end = now.astimezone(ZoneInfo(self.data.market_tz)).date()
-        if not price_basis(self.store, self.symbols, end, self.data).raw:
-            return None
-        return corporate_actions(self.store, end, self.symbols, self.data)
+        newest = self.store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
+        if self._split_day is None or self._split_day[0] != (end, newest):
+            raw = price_basis(self.store, self.symbols, end, self.data).raw
+            splits = corporate_actions(self.store, end, self.symbols, self.data) if raw else None
+            self._split_day = ((end, newest), splits)
+        return self._split_day[1]
 
     # -- journal -----------------------------------------------------------
     def _begin(self, started: datetime) -> int:
