@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps torch-geometric-temporal==0.56.2
 	touch $(STAMP)
 
+# Two pytest workers (the machines have 2 cores; most tests use one); a test
+# file stays on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The whole pipeline on the bundled data, each step a notebook run by papermill
 # through `kronos run` and tracked in MLflow (experiments/runs/ holds the

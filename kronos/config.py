@@ -21,18 +21,25 @@ their variables only) and :func:`settings_hash`.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from kronos.errors import ConfigError
+from kronos.errors import ConfigError, did_you_mean
+from kronos.plugins import (
+    BUILTIN_FACTORS,
+    BUILTIN_REVIEWERS,
+    BUILTIN_WEIGHTINGS,
+    FACTOR_NAME,
+    RESERVED_FACTOR_NAMES,
+    check_part_name,
+)
 
 # where an unknown name is refused: any KRONOS_* variable of the environment, and in
 # .env any key with one of these prefixes (MLFLOW_*, APCA_* and the like also belong
@@ -222,6 +229,24 @@ class RiskSettings(ConfigModel):
     enable_panic_exit: bool = Field(False, description="flatten the book on a global trip")
 
 
+class FactorSpec(ConfigModel):
+    """One factor of the strategist's blend (``STRAT_FACTORS``, ``decision.strategy.factors``).
+
+    A built-in factor (:data:`BUILTIN_FACTORS`) takes only ``weight`` (0 removes
+    it); any other factor needs ``fn``: an import path ``package.module:function``
+    or an entry-point name of group ``kronos.factors``, called as
+    ``fn(store, asof, symbols) -> frame[symbol, value]``.
+    """
+
+    fn: str | None = Field(None, description="import path or entry point of kronos.factors")
+    weight: float = Field(allow_inf_nan=False, description="blend weight of its z-score")
+
+    @field_validator("fn")
+    @classmethod
+    def _known_fn(cls, value: str | None) -> str | None:
+        return None if value is None else check_part_name(value, (), "kronos.factors")
+
+
 class StrategySettings(ConfigModel):
     """Strategist and regime tuner (whitepaper section 6)."""
 
@@ -245,6 +270,57 @@ class StrategySettings(ConfigModel):
         gt=0,
         description="risk-off when the regime encoder's p_turbulent is at or above (> 1: never)",
     )
+    factors: dict[str, FactorSpec] = Field(
+        default_factory=dict,
+        validation_alias="STRAT_FACTORS",
+        description="blend changes, JSON: {name: {fn, weight}}; empty: the whitepaper blend",
+    )
+
+    def __hash__(self) -> int:
+        # frozen sections hash by value; ``factors`` is a dict, so hash its JSON
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
+
+    def custom_factors(self) -> dict[str, FactorSpec]:
+        """The factors of ``factors`` that are not built in and weigh something, in order."""
+        return {k: v for k, v in self.factors.items() if k not in BUILTIN_FACTORS and v.weight != 0}
+
+    @field_validator("factors", mode="before")
+    @classmethod
+    def _factors_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # STRAT_FACTORS as JSON
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc}); expected {{name: {{fn, weight}}}}") from None
+        return value
+
+    @field_validator("factors")
+    @classmethod
+    def _factor_names(cls, value: dict[str, FactorSpec]) -> dict[str, FactorSpec]:
+        for name, spec in value.items():
+            if name in BUILTIN_FACTORS:
+                if spec.fn is not None:
+                    raise ValueError(
+                        f"factor {name!r} is built in: give only its weight "
+                        f"(or name your factor otherwise)"
+                    )
+                continue
+            if not FACTOR_NAME.match(name) or name.startswith(("z_", "c_")):
+                raise ValueError(
+                    f"factor name {name!r}: lower-case letters, digits and '_', "
+                    "starting with a letter, at most 40 characters, not z_/c_..."
+                )
+            if name in RESERVED_FACTOR_NAMES:
+                raise ValueError(
+                    f"factor name {name!r} is taken by a strategist column "
+                    f"({name}, z_{name} or c_{name}); choose another name"
+                )
+            if spec.fn is None:
+                raise ValueError(
+                    f"factor {name!r} needs fn (an import path or a kronos.factors entry "
+                    f"point); built-in factors{did_you_mean(name, BUILTIN_FACTORS)}"
+                )
+        return value
 
 
 class PortfolioSettings(ConfigModel):
@@ -260,6 +336,27 @@ class PortfolioSettings(ConfigModel):
     pt_block_if_llm_deny: bool = Field(True)
     pt_min_order_notional: float = Field(100, ge=0, description="dust filter, USD")
     pt_no_trade_band_pct: float = Field(0.005, ge=0, description="skip |target - current| below")
+    pt_weighting: str = Field(
+        "softmax",
+        description="weights of the names in the book: a built-in name, an import path or "
+        "a kronos.weightings entry point, called as fn(scores, symbols, settings)",
+    )
+    pt_reviewer: str = Field(
+        "allow_all",
+        description="allow/deny review of the ideas: a built-in name, an import path or a "
+        "kronos.reviewers entry point (a class built with no arguments, or a callable "
+        "returning a reviewer)",
+    )
+
+    @field_validator("pt_weighting")
+    @classmethod
+    def _known_weighting(cls, value: str) -> str:
+        return check_part_name(value, BUILTIN_WEIGHTINGS, "kronos.weightings")
+
+    @field_validator("pt_reviewer")
+    @classmethod
+    def _known_reviewer(cls, value: str) -> str:
+        return check_part_name(value, BUILTIN_REVIEWERS, "kronos.reviewers")
 
 
 class PolicySettings(ConfigModel):
@@ -326,15 +423,6 @@ def chdir_project(start: Path | None = None) -> Path:
             os.chdir(candidate)
             return candidate
     return here
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A hint for an unknown name: the closest choice, else the list of choices."""
-    names = sorted(choices)
-    close = difflib.get_close_matches(word, names, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (one of: {', '.join(names)})" if names else ""
 
 
 # ------------------------------------------------------------------ Alpaca
@@ -544,6 +632,8 @@ def settings_record(settings: Settings) -> dict[str, Any]:
             value = getattr(part, field)
             if isinstance(value, SecretStr):
                 out[f"{section}.{field}"] = f"${names[field]}"
+            elif isinstance(dumped[field], dict):  # one JSON text, as its variable holds it
+                out[f"{section}.{field}"] = json.dumps(dumped[field], sort_keys=True)
             else:
                 out[f"{section}.{field}"] = dumped[field]
     return out

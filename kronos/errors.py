@@ -21,6 +21,8 @@ crosses processes (``tests/test_errors.py`` checks all of this).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -106,3 +108,12 @@ class StoreBusy(KronosError):
 
 class LookAhead(KronosError):
     """A read, model or forecast would use data after its point-in-time cutoff (asof)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A hint for an unknown name: the closest choice, else the list of choices."""
+    names = sorted(choices)
+    close = difflib.get_close_matches(word, names, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (one of: {', '.join(names)})" if names else ""

@@ -23,14 +23,17 @@ from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.models.artifacts import Loaded, load_promoted
 from kronos.models.base import Forecaster, retarget
+from kronos.models.registry import ForecasterRef
 
 
-def fallback(name: str, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
+def fallback(name: ForecasterRef, panel: pl.DataFrame) -> Callable[[], Forecaster] | None:
     """What to fit when no artifact is promoted (TFT and the graph models: nothing).
 
-    The lightweight N-BEATS (whitepaper section 3), or a baseline on ``panel``.
-    TFT and the graph models need sectors, validation rows and minutes of
-    training: train them with ``kronos train``.
+    The lightweight N-BEATS (whitepaper section 3), or a baseline on ``panel``;
+    a model not built in (an import path, entry point or class) is built with
+    its defaults and fitted on ``panel`` like the baselines. TFT and the graph
+    models need sectors, validation rows and minutes of training: train them
+    with ``kronos train``.
     """
     from kronos.models.registry import build
     from kronos.models.split import train_valid_split
@@ -104,11 +107,16 @@ def forecast_and_store(
     data: DataSettings,
     write: bool = True,
 ) -> Produced:
-    """Forecast steps 1-5 from the panel's last session; calibrate; store (idempotent)."""
+    """Forecast steps 1-5 from the panel's last session; calibrate; store (idempotent).
+
+    ``model``: a name, import path or entry point; rows and calibration state
+    are labelled with the class's ``name``.
+    """
     loaded = load_promoted(model_dir, model, fallback(model, panel))
-    made = forecast_with(store, loaded, model, panel, symbols=symbols, settings=settings, data=data)
+    label = loaded.forecaster.name
+    made = forecast_with(store, loaded, label, panel, symbols=symbols, settings=settings, data=data)
     if write:
-        store_forecasts(store, model, made)
+        store_forecasts(store, label, made)
     return made
 
 

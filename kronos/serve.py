@@ -273,7 +273,7 @@ class Service:
                     made = forecast_with(
                         store,
                         self.loaded,
-                        self.config.model,
+                        self.loaded.forecaster.name,  # the label its forecasts are stored under
                         panel,
                         symbols=names,
                         settings=self.calibration,
@@ -287,7 +287,7 @@ class Service:
         return ForecastResponse(
             asof=asof,
             origin=made.origin,
-            model=self.config.model,
+            model=self.loaded.forecaster.name,
             version=self.loaded.forecaster.version,
             source=made.source,
             calibrated=not raw and made.calibrated is not None,
@@ -306,10 +306,10 @@ class Service:
             ).fetchall()[0]
             night = None
             if self.calibration.calibration_enabled:
-                night = last_state_date(store, self.config.model)
+                night = last_state_date(store, self.loaded.forecaster.name)
         return HealthResponse(
             status="ok",
-            model=self.config.model,
+            model=self.loaded.forecaster.name,
             version=self.loaded.forecaster.version,
             source=self.loaded.source,
             message=self.loaded.message,
@@ -388,8 +388,14 @@ def check_request(
 
 
 def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date | None]:
-    """The promoted artifact, else the fallback fitted on the store's bars (and up to when)."""
-    if latest_artifact(config.model_dir, config.model) is not None:
+    """The promoted artifact, else the fallback fitted on the store's bars (and up to when).
+
+    ``config.model``: a built-in name, import path or entry point (artifacts
+    under ``kronos-<class name>``).
+    """
+    from kronos.models.registry import model_name
+
+    if latest_artifact(config.model_dir, model_name(config.model)) is not None:
         return load_promoted(config.model_dir, config.model), None
     with Store.open(config.db, read_only=True, lock_wait_s=data.lock_wait_s) as store:
         last = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]

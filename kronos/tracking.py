@@ -80,6 +80,10 @@ class MlflowRecorder:
         """Copy a directory's files into the run's artifacts."""
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy one file into the run's artifacts."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
     def log_dict(self, data: dict, name: str) -> None:
         """Store a JSON document as a run artifact."""
         self.client.log_dict(self.run_id, data, name)

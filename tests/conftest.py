@@ -114,3 +114,43 @@ def raw_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             con.execute(f"INSERT INTO bars SELECT {', '.join(bars.columns)} FROM _raw")
         s.con.unregister("_raw")
     return path
+
+
+EXAMPLE_PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "kronos_example"
+
+
+@pytest.fixture(scope="session")
+def example_plugin(tmp_path_factory: pytest.TempPathFactory):
+    """``examples/kronos_example`` installed as a package outside ``kronos/``.
+
+    A copy lies in a temporary folder on ``sys.path`` with a ``.dist-info``
+    holding the entry points of its ``pyproject.toml``, so
+    :mod:`importlib.metadata` finds them as it finds any installed package's.
+    Yields the folder (put it on ``PYTHONPATH`` for a ``kronos`` subprocess).
+    """
+    import configparser
+    import importlib
+    import shutil
+    import sys
+    import tomllib
+
+    root = tmp_path_factory.mktemp("site")
+    shutil.copytree(EXAMPLE_PACKAGE / "kronos_example", root / "kronos_example")
+    project = tomllib.loads((EXAMPLE_PACKAGE / "pyproject.toml").read_text())["project"]
+    info = root / f"kronos_example-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
+    points = configparser.ConfigParser()
+    points.optionxform = str  # keep names as written
+    for group, entries in project["entry-points"].items():
+        points[group] = entries
+    with (info / "entry_points.txt").open("w") as f:
+        points.write(f)
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    yield root
+    sys.path.remove(str(root))
+    for name in [m for m in sys.modules if m.split(".")[0] == "kronos_example"]:
+        del sys.modules[name]

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kronos"
 # lowest first; each entry is a module or a package prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kronos",),
-    ("kronos.errors", "kronos.interrupts", "kronos.config", "kronos.calendar"),
+    ("kronos.errors", "kronos.interrupts", "kronos.config", "kronos.calendar", "kronos.plugins"),
     ("kronos.data",),
     ("kronos.features",),
     ("kronos.metrics",),

@@ -28,6 +28,7 @@ WORKFLOW = (
     "30_paper_trading",
     "40_calibrate",
     "50_compare_runs",
+    "60_custom_model",
 )
 
 # execution order (each reads what the ones before it wrote), small parameters, and
@@ -55,6 +56,7 @@ RUNS = [
         {"sharpe", "total_return", "max_drawdown", "benchmark_sharpe"},
     ),
     ("50_compare_runs", {"max_runs": 5}, {"runs_compared", "equity_curves"}),
+    ("60_custom_model", {}, {"runs_compared", "custom_crps_ratio_garch"}),
 ]
 
 
@@ -125,8 +127,10 @@ def executed(tmp_path_factory, mlflow_settings):
         if "OMP_WAIT_POLICY" not in os.environ:
             mp.setenv("OMP_WAIT_POLICY", "PASSIVE")  # torch threads spin on 2 cores otherwise
         for stem, params, _ in RUNS:
-            if stem == "20_walkforward":
+            if stem in ("20_walkforward", "60_custom_model"):
                 params = {**params, "out_dir": str(work / "backtests")}
+            if stem == "60_custom_model":
+                params = {**params, "workdir": str(work / "research")}
             outcome = run_notebook(
                 Path("notebooks") / f"{stem}.ipynb",
                 params,
@@ -246,3 +250,29 @@ def test_the_notebook_kernel_is_this_environment():
     assert Path(cmd[0]).resolve() == Path(sys.executable).resolve()
     for path in NOTEBOOKS:
         assert nbformat.read(path, as_version=4).metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.slow
+def test_custom_model_notebook_ranks_and_backtests_the_researchers_parts(executed, mlflow_settings):
+    client = MlflowClient(mlflow_settings.tracking_uri())
+    outcome = _outcome(executed, "60_custom_model")
+    assert outcome.experiment == "kronos-research"
+    run = client.get_run(outcome.run_id)
+    assert run.data.metrics["runs_compared"] == 3
+    text = _text(outcome)
+    assert "VolBlend passed the contract check" in text
+    assert "vol_blend" in text and "garch" in text  # the leaderboard rows
+    backtests = {k[4:]: v for k, v in run.data.tags.items() if k.startswith("run_")}
+    assert set(backtests) == {"chain", "chain_low_vol", "equal_weight"}
+    runs = {k: client.get_run(v) for k, v in backtests.items()}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert runs["equal_weight"].data.tags["strategy"] == "weights"
+    assert runs["equal_weight"].data.tags["forecaster"] == "none"
+    factor = runs["chain_low_vol"].data.params["decision.strategy.factors.low_vol.fn"]
+    assert factor == "my_research:low_vol"
+    # the factor changed the decisions: the chain's orders differ with it
+    hashes = {k: r.data.tags["order_hash"] for k, r in runs.items()}
+    assert len(set(hashes.values())) == 3
+    assert [a.path for a in client.list_artifacts(outcome.run_id, "research")] == [
+        "research/my_research.py"
+    ]

@@ -48,11 +48,12 @@ from kronos.config import DecisionSettings
 from kronos.data.store import Store
 from kronos.decision.allocator import Account
 from kronos.decision.step import Decision, decide_from, run_id_for
-from kronos.decision.strategist import CONTRIBUTIONS
 from kronos.execution.fills import Book, FillRules, fill_orders, limit_fills, within_cash
 from kronos.risk import Breaker, session_close
 
 Progress = Callable[[str], None]
+# the step-5 callable: decide_on's keywords (run, market, i, nav, settings, label) -> orders
+Planner = Callable[..., pl.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,15 @@ def _factor_rows(decision: Decision) -> pl.DataFrame:
 
     ``sum(target_weight x c_<factor>)`` over the scored targets.
     """
+    columns = decision.contributions  # the whitepaper's, and the run's own factors
     targets = decision.allocation.targets.select("symbol", "target_weight")
-    rows = targets.join(decision.scored.select("symbol", *CONTRIBUTIONS), on="symbol").select(
-        (pl.col("target_weight") * pl.col(c)).sum().alias(c) for c in CONTRIBUTIONS
+    rows = targets.join(decision.scored.select("symbol", *columns), on="symbol").select(
+        (pl.col("target_weight") * pl.col(c)).sum().alias(c) for c in columns
     )
     return pl.DataFrame(
         {
-            "ts": [decision.asof] * len(CONTRIBUTIONS),
-            "factor": [c.removeprefix("c_") for c in CONTRIBUTIONS],
+            "ts": [decision.asof] * len(columns),
+            "factor": [c.removeprefix("c_") for c in columns],
             "contribution": rows.row(0),
         },
         schema={"ts": pl.Date, "factor": pl.String, "contribution": pl.Float64},
@@ -304,6 +306,7 @@ def trade(
     initial_cash: float,
     label: str,
     progress: Progress | None = None,
+    plan: Planner | None = None,
 ) -> Trading:
     """Run sessions ``first..last`` of ``market``: per session, the numbered steps.
 
@@ -312,7 +315,12 @@ def trade(
     4. the book is marked at the close; 5. on a rebalance session, the decision
     (:func:`decide_on`), filled at this close (``rules.at == "close"``) or
     pending for the next session.
+
+    ``plan`` replaces :func:`decide_on` in step 5 (a plain strategy,
+    :mod:`kronos.backtest.plain`): same keywords, same orders frame; it counts
+    its decisions in ``run.decisions``. Everything else is the engine's own.
     """
+    decide = plan or decide_on
     say = progress or (lambda _m: None)
     n_days, symbols = last - first + 1, market.symbols
     source = ReplaySource(store, market, forecasts, breakers, settings)
@@ -341,8 +349,8 @@ def trade(
         if day not in rebalance or (k == n_days - 1 and rules.at != "close"):
             continue
         t0 = time.perf_counter()
-        planned = decide_on(run=run, market=market, i=i, nav=nav[k], settings=settings,
-                            label=label)  # fmt: skip
+        planned = decide(run=run, market=market, i=i, nav=nav[k], settings=settings,
+                         label=label)  # fmt: skip
         decide_s += time.perf_counter() - t0
         if rules.at == "close":
             t0 = time.perf_counter()

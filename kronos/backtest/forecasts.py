@@ -22,7 +22,7 @@ import polars as pl
 from kronos.backtest.splits import Fold
 from kronos.errors import InputError, LookAhead
 from kronos.models.base import Forecaster
-from kronos.models.registry import build, forecaster_class
+from kronos.models.registry import ForecasterRef, build
 from kronos.models.split import train_valid_split
 
 NEURAL = ("nbeats", "nbeats_default", "tft")
@@ -46,8 +46,11 @@ class FoldForecasts:
     predict_seconds: float
 
 
-def build_forecaster(name: str, params: Mapping[str, Any], seed: int) -> Forecaster:
-    """Forecaster ``name`` from the spec's ``params`` (``TrainingConfig`` fields go to training)."""
+def build_forecaster(name: ForecasterRef, params: Mapping[str, Any], seed: int) -> Forecaster:
+    """Forecaster ``name`` from the spec's ``params`` (``TrainingConfig`` fields go to training).
+
+    ``name``: a built-in name, import path, entry point or class.
+    """
     return build(name, **{"seed": seed, **params})  # a seed in params wins
 
 
@@ -70,7 +73,7 @@ def artifact_cutoff(directory: Path) -> date:
     return date.fromisoformat(last)
 
 
-def load_for_fold(name: str, directory: Path, fold: Fold) -> Forecaster:
+def load_for_fold(name: ForecasterRef, directory: Path, fold: Fold) -> Forecaster:
     """A saved model for ``fold``, refused when it saw data after the fold's training cutoff."""
     seen = artifact_cutoff(directory)
     if seen > fold.train_end:
@@ -79,11 +82,15 @@ def load_for_fold(name: str, directory: Path, fold: Fold) -> Forecaster:
             f"{fold.index}'s training cutoff {fold.train_end} (test from {fold.test_start}); "
             "start the backtest later or refit per fold"
         )
-    return forecaster_class(name).load(Path(directory))
+    from kronos.models.artifacts import load_artifact
+    from kronos.models.registry import forecaster_class
+
+    # a custom model's artifact names its class itself (SOURCE.json)
+    return load_artifact(Path(directory), forecaster_class(name))[0]
 
 
 def fold_forecasts(
-    name: str,
+    name: ForecasterRef,
     params: Mapping[str, Any],
     seed: int,
     panel: pl.DataFrame,

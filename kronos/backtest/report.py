@@ -368,6 +368,12 @@ def _fold_section(fm: pl.DataFrame) -> str:
     return out + _table(headers, rows)
 
 
+def _plain_section(result: BacktestResult) -> str:
+    """A plain strategy's run has no forecasts: a sentence instead of the fold tables."""
+    said = [n for n in result.notes if n.startswith("plain ")]  # kronos.backtest.plain's note
+    return f"<h2>Forecasts</h2>{_note(said[0])}" if said else ""
+
+
 def _breakers_section(br: pl.DataFrame) -> str:
     out = f"<h2>Breaker trips ({br.height})</h2>"
     if br.is_empty():
@@ -478,7 +484,7 @@ def write_report(
         _header(result, datetime.now(UTC)),
         _stats_section(result),
         *plots_html,
-        _fold_section(result.fold_metrics),
+        _plain_section(result) or _fold_section(result.fold_metrics),
         _breakers_section(result.breakers),
         _orders_section(result.orders),
         _fills_section(result.fills),

@@ -17,7 +17,16 @@ from kronos.backtest.executor import Executor, map_calls
 from kronos.backtest.forecasts import STEP1_SCHEMA, FoldForecasts, fold_forecasts
 from kronos.backtest.market import Market, load_market, resolve_universe, wide
 from kronos.backtest.monitor import Quantiles, calibrate, failsafe
-from kronos.backtest.result import BREAKERS_SCHEMA, EQUITY_SCHEMA, POSITIONS_SCHEMA, BacktestResult
+from kronos.backtest.plain import plain_strategy
+from kronos.backtest.result import (
+    BREAKERS_SCHEMA,
+    COVERAGE_SCHEMA,
+    EQUITY_SCHEMA,
+    FOLD_METRICS_SCHEMA,
+    POSITIONS_SCHEMA,
+    BacktestResult,
+    empty,
+)
 from kronos.backtest.spec import BacktestSpec, spec_hash
 from kronos.data.store import DEFAULT_LOCK_WAIT_S, Store
 from kronos.errors import ConfigError, InputError
@@ -152,37 +161,16 @@ def run_backtest(
         f"{market.sessions[first]}..{market.sessions[last]}"
     )
 
-    t0 = time.perf_counter()
-    folds = forecasts_by_fold(spec, market, first, last, executor, ray_address)
-    timings["forecasts"] = time.perf_counter() - t0
-    say(f"{len(folds)} folds fitted and forecast with {spec.forecaster.name}")
-    frame = pl.concat([f.forecasts for f in folds]) if folds else pl.DataFrame(schema=STEP1_SCHEMA)
-    by_origin = frame.rename({"asof": "ts"})
-    raw = Quantiles(
-        *(wide(by_origin, c, market.sessions, market.symbols) for c in ("p05", "p50", "p95"))
-    )
-
-    t0 = time.perf_counter()
-    if spec.forecaster.calibrate:
-        calibrated, _, _ = calibrate(
-            raw, market.y, symbols, market.sectors, spec.calibration_settings()
-        )
+    plain = None
+    if spec.strategy.plain:  # no forecaster, calibrator or fail-safe
+        plain = plain_strategy(spec, market, first, last)
+        folds, trips = [], []
+        raw = calibrated = Quantiles(*(np.full(market.y.shape, np.nan) for _ in range(3)))
+        say(f"plain {spec.strategy.kind} strategy: {plain.label}")
     else:
-        calibrated = raw
-    trips = failsafe(
-        store,
-        market.sessions,
-        symbols,
-        market.sectors,
-        calibrated,
-        market.y,
-        first,
-        settings.risk,
-        settings.data,
-        with_news="news" not in market.absent,
-    )
-    timings["risk"] = time.perf_counter() - t0
-    say(f"calibrator and fail-safe replayed: {len(trips)} breaker trips")
+        folds, raw, calibrated, trips = _forecasts_and_risk(
+            spec, store, market, first, last, executor, ray_address, timings, say
+        )
 
     t0 = time.perf_counter()
     rules = fill_rules(spec, market)
@@ -193,7 +181,9 @@ def run_backtest(
         last=last,
         forecasts=calibrated,
         breakers=trips,
-        rebalance=rebalance_days(
+        rebalance=plain.rebalance
+        if plain
+        else rebalance_days(
             market.sessions[first : last + 1], spec.rebalance.every, spec.rebalance.weekday
         ),
         rules=rules,
@@ -201,6 +191,7 @@ def run_backtest(
         initial_cash=spec.capital.initial_cash,
         label=spec.name,
         progress=say,
+        plan=plain,
     )
     timings["trading"] = time.perf_counter() - t0
     timings.update({f"trading_{k}": v for k, v in trading.seconds.items()})
@@ -259,20 +250,73 @@ def run_backtest(
         fills=trading.fills,
         orders=trading.orders,
         stats=stats,
-        fold_metrics=fold_metrics(fold_list, market.sessions, raw, calibrated, market.y),
-        coverage=rolling_coverage(market.sessions, raw, calibrated, market.y, first),
+        fold_metrics=empty(FOLD_METRICS_SCHEMA)
+        if plain
+        else fold_metrics(fold_list, market.sessions, raw, calibrated, market.y),
+        coverage=empty(COVERAGE_SCHEMA)
+        if plain
+        else rolling_coverage(market.sessions, raw, calibrated, market.y, first),
         factor_contrib=trading.factors,
         breakers=_breakers(trips),
         parity=parity,
         timings=timings,
         events=trading.events,
         notes=trading.notes
+        + (plain.notes() if plain else ())
         + (
             ("vectorbt parity not checked: corporate actions or delistings reached the book",)
             if acted
             else ()
         ),
     )
+
+
+def _forecasts_and_risk(
+    spec: BacktestSpec,
+    store: Store,
+    market: Market,
+    first: int,
+    last: int,
+    executor: Executor,
+    ray_address: str | None,
+    timings: dict[str, float],
+    say: Progress,
+) -> tuple[list[FoldForecasts], Quantiles, Quantiles, list[Breaker]]:
+    """The decision chain's inputs: fold forecasts, calibrated, and the fail-safe's trips."""
+    t0 = time.perf_counter()
+    folds = forecasts_by_fold(spec, market, first, last, executor, ray_address)
+    timings["forecasts"] = time.perf_counter() - t0
+    say(f"{len(folds)} folds fitted and forecast with {spec.forecaster.name}")
+    frame = pl.concat([f.forecasts for f in folds]) if folds else pl.DataFrame(schema=STEP1_SCHEMA)
+    by_origin = frame.rename({"asof": "ts"})
+    raw = Quantiles(
+        *(wide(by_origin, c, market.sessions, market.symbols) for c in ("p05", "p50", "p95"))
+    )
+
+    t0 = time.perf_counter()
+    symbols = market.symbols
+    if spec.forecaster.calibrate:
+        calibrated, _, _ = calibrate(
+            raw, market.y, symbols, market.sectors, spec.calibration_settings()
+        )
+    else:
+        calibrated = raw
+    settings = spec.decision_settings()
+    trips = failsafe(
+        store,
+        market.sessions,
+        symbols,
+        market.sectors,
+        calibrated,
+        market.y,
+        first,
+        settings.risk,
+        settings.data,
+        with_news="news" not in market.absent,
+    )
+    timings["risk"] = time.perf_counter() - t0
+    say(f"calibrator and fail-safe replayed: {len(trips)} breaker trips")
+    return folds, raw, calibrated, trips
 
 
 def run_on_db(

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -42,8 +43,8 @@ from kronos.config import (
     config_hash,
     did_you_mean,
 )
-from kronos.errors import ConfigError
-from kronos.models.registry import FORECASTERS, override_keys
+from kronos.errors import ConfigError, KronosError
+from kronos.models.registry import FORECASTERS, forecaster_class, override_keys
 
 # a base name, then one ``__key=value`` suffix per sweep assignment
 NAME_PATTERN = r"^[a-z0-9_-]+(__[a-z0-9_.-]+=[a-z0-9_.-]+)*$"
@@ -112,8 +113,12 @@ class ForecasterSpec(_Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
+        # a built-in name, an import path or an entry point; a custom class is checked here
         if value not in FORECASTERS:
-            raise ValueError(f"unknown forecaster {value!r}{did_you_mean(value, FORECASTERS)}")
+            try:
+                forecaster_class(value)
+            except KronosError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
@@ -192,6 +197,101 @@ class DecisionSpec(_Section):
         return {k: getattr(built, k) for k in value}
 
 
+class StrategySpec(_Section):
+    """What turns the data into orders: the decision chain, or a plain strategy.
+
+    ::
+
+        strategy:
+          kind: decision | signals | weights   # default decision (the Kronos chain)
+          fn: "pkg.mod:func"     # or an entry-point name of group kronos.strategies
+          file: path/to.parquet  # instead of fn: columns ts (date), symbol and `column`
+          column: signal         # default signal (signals) or weight (weights)
+          size: 0.05             # signals only: fraction of NAV an entry buys (default 1/N)
+
+    ``signals``: +1 enters (when flat), -1 exits (when held), 0 or null does
+    nothing; ``weights``: the target weight of each name (names absent: 0).
+    ``fn(store, asof, symbols) -> frame[symbol, value]`` is called at the close
+    of ``asof`` (weights: on the rebalance sessions; signals: every session); a
+    file's rows dated ``ts`` are known at the close of ``ts`` (see
+    :mod:`kronos.backtest.plain`). A relative ``file`` is looked up in the spec
+    file's folder, then in the working directory. ``strategy: weights`` is short
+    for ``strategy: {kind: weights}``. The default (the decision chain) leaves
+    the spec hash as it was before this section existed.
+    """
+
+    kind: Literal["decision", "signals", "weights"] = "decision"
+    fn: str | None = Field(None, description="'pkg.mod:func' or a kronos.strategies entry point")
+    file: str | None = Field(None, description="a parquet file: ts, symbol and `column`")
+    column: str | None = Field(None, description="the file's value column (signal | weight)")
+    size: float | None = Field(
+        None, gt=0, le=1, description="signals: NAV fraction per entry; None: 1/N universe"
+    )
+    _path: Path | None = PrivateAttr(None)  # ``file`` resolved when the spec was read
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> StrategySpec:
+        if self.kind == "decision":
+            extra = [k for k in ("fn", "file", "column", "size") if getattr(self, k) is not None]
+            if extra:
+                verb = "applies" if len(extra) == 1 else "apply"
+                raise ValueError(
+                    f"{', '.join(extra)} {verb} to kind signals or weights, not decision"
+                )
+            return self
+        if self.fn is not None and self.file is not None:
+            raise ValueError(f"kind {self.kind} takes fn or file, not both")
+        if self.fn is None and self.file is None:
+            raise ValueError(f"kind {self.kind} needs fn ('pkg.mod:func') or file (a parquet file)")
+        if self.size is not None and self.kind != "signals":
+            raise ValueError("size applies to kind signals only (weights size themselves)")
+        if self.column is not None and self.file is None:
+            raise ValueError("column applies to a file only (fn returns symbol, value)")
+        if self.file is not None:
+            spec_dir = (info.context or {}).get("spec_dir")
+            self._path = _find_file(self.file, spec_dir)
+        return self
+
+    @property
+    def plain(self) -> bool:
+        """Whether this is a plain strategy (signals or weights), not the decision chain."""
+        return self.kind != "decision"
+
+    @property
+    def value_column(self) -> str:
+        """The file's value column: ``column``, else ``signal`` or ``weight`` by kind."""
+        return self.column or ("signal" if self.kind == "signals" else "weight")
+
+    @property
+    def path(self) -> Path | None:
+        """``file`` resolved (absolute) when the spec was read; None for ``fn``."""
+        if self.file is not None and self._path is None:
+            return _find_file(self.file, None)
+        return self._path
+
+
+def _find_file(file: str, spec_dir: Path | None) -> Path:
+    """``file`` as is when absolute, else in ``spec_dir``, else in the working directory."""
+    path = Path(file).expanduser()
+    if path.is_absolute():
+        if not path.is_file():
+            raise ValueError(f"file {file!r}: no such file")
+        return path
+    places = ([(Path(spec_dir), "the spec file's folder")] if spec_dir else []) + [
+        (Path.cwd(), "the working directory")
+    ]
+    for folder, _ in places:
+        if (folder / path).is_file():
+            return (folder / path).resolve()
+    looked = " or ".join(f"{folder} ({what})" for folder, what in places)
+    raise ValueError(f"file {file!r}: no such file in {looked}")
+
+
 class BacktestSpec(_Section):
     """One backtest, as written in ``backtests/<name>.yaml``."""
 
@@ -207,6 +307,7 @@ class BacktestSpec(_Section):
     fills: FillsSpec = Field(default_factory=FillsSpec)
     capital: CapitalSpec = Field(default_factory=CapitalSpec)
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
 
     def splitter(self) -> WalkForward:
         """The walk-forward splitter of section ``splits``."""
@@ -275,15 +376,24 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 
 
 def parse_spec(
-    raw: Mapping[str, Any], source: str = "<spec>", overrides: Sequence[str] = ()
+    raw: Mapping[str, Any],
+    source: str = "<spec>",
+    overrides: Sequence[str] = (),
+    spec_dir: Path | None = None,
 ) -> BacktestSpec:
-    """Validate a raw mapping, after applying ``dotted.key=value`` overrides."""
+    """Validate a raw mapping, after applying ``dotted.key=value`` overrides.
+
+    ``spec_dir`` (default: the folder of ``source`` when it is a file) is where
+    a relative ``strategy.file`` is looked up first.
+    """
     raw = _copy(raw)
     for item in overrides:
         key, value = _split_assignment(item, source, "--set")
         _assign(raw, key, yaml.safe_load(value), source)
+    if spec_dir is None and Path(source).is_file():
+        spec_dir = Path(source).resolve().parent
     try:
-        return BacktestSpec.model_validate(raw)
+        return BacktestSpec.model_validate(raw, context={"spec_dir": spec_dir})
     except ValidationError as exc:
         raise SpecError(source, [p for e in exc.errors() for p in _problem(e)]) from None
 
@@ -332,18 +442,30 @@ def expand_sweep(
             suffix += f"__{_sanitize(label)}={_sanitize(assignment[key])}"
         variant["name"] = f"{raw.get('name', '')}{suffix}"
         where = f"{source} [{', '.join(f'{k}={v}' for k, v in assignment.items())}]"
-        variants.append((assignment, parse_spec(variant, where)))
+        spec_dir = Path(source).resolve().parent if Path(source).is_file() else None
+        variants.append((assignment, parse_spec(variant, where, spec_dir=spec_dir)))
     return variants
 
 
 def spec_hash(spec: BacktestSpec) -> str:
-    """sha256 (16 hex digits) of the canonical JSON of the validated spec."""
-    return config_hash(spec.model_dump(mode="json"))
+    """sha256 (16 hex digits) of the canonical JSON of the validated spec.
+
+    A default ``strategy`` section (the decision chain) is left out, so specs
+    written before it existed keep their hash.
+    """
+    return config_hash(_dump(spec))
 
 
 def to_yaml(spec: BacktestSpec) -> str:
     """The resolved spec as YAML (defaults filled in), for run records."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(_dump(spec), sort_keys=False, allow_unicode=True)
+
+
+def _dump(spec: BacktestSpec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json")
+    if data["strategy"] == StrategySpec().model_dump(mode="json"):
+        del data["strategy"]
+    return data
 
 
 # ------------------------------------------------------------------ key paths

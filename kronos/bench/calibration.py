@@ -29,6 +29,7 @@ from kronos.config import CalibrationSettings
 from kronos.features.regime import market_features
 from kronos.models.evaluation import score, with_realized
 from kronos.models.regime import RegimeEncoder
+from kronos.models.registry import ForecasterRef
 from kronos.models.split import train_valid_split
 
 MODELS = ("historical", "ewma", "garch", "nbeats", "tft", *GRAPH)
@@ -60,7 +61,7 @@ def distortions(ewma: pl.DataFrame) -> dict[str, pl.DataFrame]:
 def run_calibration_bench(
     panel: pl.DataFrame,
     sectors: Mapping[str, str | None],
-    models: Sequence[str] = MODELS,
+    models: Sequence[ForecasterRef] = MODELS,
     holdout_days: int = 365,
     warmup_days: int = 365,
     nbeats_max_steps: int | None = 1000,
@@ -85,13 +86,13 @@ def run_calibration_bench(
     origins = sorted(panel.filter(pl.col("ts") >= history["ts"].max())["ts"].unique().to_list())
     candidates: dict[str, pl.DataFrame] = {}
     for name in models:
-        step(f"fit and forecast {name}")
         model = build(name, nbeats_max_steps, sectors=sectors, graph_max_steps=graph_max_steps)
+        step(f"fit and forecast {model.name}")
         if name in NEURAL:
             model.fit(train, valid)
         else:
             model.fit(history)
-        candidates[name] = model.predict_origins(panel, origins, symbols)
+        candidates[model.name] = model.predict_origins(panel, origins, symbols)
     if "ewma" in candidates:
         candidates.update(distortions(candidates["ewma"]))
     regime, regime_info = None, None

@@ -36,13 +36,17 @@ NEURAL = ("nbeats", "nbeats_default", "tft", *GRAPH)
 
 
 def build(
-    name: str,
+    name: registry.ForecasterRef,
     nbeats_max_steps: int | None = None,
     *,
     sectors: Mapping[str, str | None] | None = None,
     graph_max_steps: int | None = None,
 ) -> Forecaster:
-    """The leaderboard's configuration of model ``name``."""
+    """The leaderboard's configuration of model ``name``.
+
+    A model not built in (import path, entry point, class) takes its defaults;
+    an instance is used as it is.
+    """
     if name == "nbeats":
         return registry.build(name, max_steps=nbeats_max_steps)
     if name in GRAPH:
@@ -75,7 +79,7 @@ def exact_crps(model: Forecaster, panel: pl.DataFrame, scored: pl.DataFrame) -> 
 
 def run_forecast_bench(
     panel: pl.DataFrame,
-    models: Sequence[str] = MODELS,
+    models: Sequence[registry.ForecasterRef] = MODELS,
     holdout_days: int = 365,
     nbeats_max_steps: int | None = None,
     on_step: Callable[[str], None] | None = None,
@@ -83,7 +87,11 @@ def run_forecast_bench(
     sectors: Mapping[str, str | None] | None = None,
     graph_max_steps: int | None = None,
 ) -> dict:
-    """Fit, forecast and score every model on the same holdout; a JSON-ready dict."""
+    """Fit, forecast and score every model on the same holdout; a JSON-ready dict.
+
+    ``models``: names, import paths, entry points, classes or instances; rows
+    are labelled with each class's ``name``.
+    """
     step = on_step or (lambda _s: None)
     end: date = panel["ts"].max()
     start = end - timedelta(days=holdout_days)
@@ -93,15 +101,15 @@ def run_forecast_bench(
     origins = sorted(panel.filter(pl.col("ts") >= history["ts"].max())["ts"].unique().to_list())
     rows = []
     for name in models:
-        step(f"fit {name}")
         model = build(name, nbeats_max_steps, sectors=sectors, graph_max_steps=graph_max_steps)
+        step(f"fit {model.name}")
         t0 = time.perf_counter()
         if name in NEURAL:
             model.fit(train, valid)
         else:
             model.fit(history)
         fit_s = time.perf_counter() - t0
-        step(f"forecast {name} from {len(origins)} origins")
+        step(f"forecast {model.name} from {len(origins)} origins")
         t0 = time.perf_counter()
         forecasts = model.predict_origins(panel, origins, symbols)
         predict_s = time.perf_counter() - t0
@@ -109,7 +117,7 @@ def run_forecast_bench(
         metrics = score(scored)
         rows.append(
             {
-                "model": name,
+                "model": model.name,
                 **metrics,
                 "crps_exact": exact_crps(model, panel, scored),
                 "fit_seconds": fit_s,

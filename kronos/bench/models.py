@@ -45,7 +45,7 @@ def _windows_seen(model: Forecaster) -> int | None:
     return None
 
 
-def build(name: str, steps: int, n_symbols: int) -> Forecaster:
+def build(name: registry.ForecasterRef, steps: int, n_symbols: int) -> Forecaster:
     """The benchmark's configuration: whitepaper architectures, a fixed step budget."""
     if name == "nbeats":
         return registry.build(name, max_steps=steps)
@@ -55,7 +55,7 @@ def build(name: str, steps: int, n_symbols: int) -> Forecaster:
 
 
 def run_models_bench(
-    models: tuple[str, ...] = ("nbeats", "tft", "ewma", "historical", "garch"),
+    models: tuple[registry.ForecasterRef, ...] = ("nbeats", "tft", "ewma", "historical", "garch"),
     n_symbols: int = 500,
     years: float = 3.0,
     steps: int = 100,
@@ -72,13 +72,13 @@ def run_models_bench(
     symbols = sorted(panel["symbol"].unique().to_list())
     rows = []
     for name in models:
-        step(f"fit {name}")
         model = build(name, steps, n_symbols)
+        step(f"fit {model.name}")
         t0 = time.perf_counter()
         model.fit(train, valid)
         fit_s = time.perf_counter() - t0
         windows = _windows_seen(model)
-        step(f"predict {name}")
+        step(f"predict {model.name}")
         model.predict(panel, asof, symbols)  # warm-up
         times = []
         for _ in range(repeats):
@@ -89,7 +89,7 @@ def run_models_bench(
         latency = statistics.median(times)
         rows.append(
             {
-                "model": name,
+                "model": model.name,
                 "fit_seconds": fit_s,
                 "train_windows": windows,
                 "train_windows_per_s": windows / fit_s if windows else None,

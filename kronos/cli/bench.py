@@ -36,6 +36,28 @@ def _panel_and_sectors(
     return panel, sectors
 
 
+MODELS_HELP = "Comma-separated forecasters: names, package.module:Class, entry points."
+
+
+def _forecasters(models: str) -> list[str]:
+    """``--models``: comma-separated built-in names, import paths or entry points, resolved.
+
+    A reference that does not resolve (or a model failing the contract) exits 2
+    naming it, before any data is read.
+    """
+    from kronos.errors import KronosError
+    from kronos.models.registry import FORECASTERS, forecaster_class
+
+    names = [n.strip() for n in models.split(",") if n.strip()]
+    try:
+        for name in names:
+            if name not in FORECASTERS:  # built-ins are imported when fitted
+                forecaster_class(name)
+    except KronosError as exc:
+        fail(str(exc))
+    return names
+
+
 @app.command("ingest")
 def bench_ingest(
     rows: Annotated[int, typer.Option(help="Synthetic bar rows to ingest.")] = 10_000_000,
@@ -73,7 +95,7 @@ def bench_forecast(
     db: DbOption = None,
     source: Annotated[str, typer.Option(help="Evaluate on this bars source.")] = "skfolio.sp500",
     models: Annotated[
-        str, typer.Option(help="Comma-separated forecasters.")
+        str, typer.Option(help=MODELS_HELP)
     ] = "historical,ewma,garch,nbeats,nbeats_default,tft,stemgnn,mtgnn,mtgnn_prior",
     holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
     nbeats_max_steps: Annotated[
@@ -87,9 +109,9 @@ def bench_forecast(
     from kronos.bench.forecast import run_forecast_bench
     from kronos.tracking import mlflow_run
 
+    names = _forecasters(models)
     settings = load_settings()
     panel, sectors = _panel_and_sectors(db, source, settings)
-    names = models.split(",")
     with (
         mlflow_run(experiment, "bench-forecast", {"source": source}, settings=settings) as recorder,
         progress("steps") as bar,
@@ -161,9 +183,7 @@ def bench_forecast(
 
 @app.command("models")
 def bench_models(
-    models: Annotated[str, typer.Option(help="Comma-separated forecasters.")] = (
-        "nbeats,tft,ewma,historical,garch"
-    ),
+    models: Annotated[str, typer.Option(help=MODELS_HELP)] = "nbeats,tft,ewma,historical,garch",
     n_symbols: Annotated[int, typer.Option(help="Synthetic universe size.")] = 500,
     years: Annotated[float, typer.Option(help="Synthetic history in years.")] = 3.0,
     steps: Annotated[int, typer.Option(help="Training steps for the neural models.")] = 100,
@@ -172,7 +192,7 @@ def bench_models(
     """Training throughput and predict latency for 500 symbols x 5 steps."""
     from kronos.bench.models import run_models_bench
 
-    names = tuple(models.split(","))
+    names = tuple(_forecasters(models))
     with progress("steps") as bar:
         task = bar.add_task("bench models", total=2 * len(names) + 1)
         result = run_models_bench(
@@ -211,7 +231,7 @@ def bench_calibration(
     db: DbOption = None,
     source: Annotated[str, typer.Option(help="Evaluate on this bars source.")] = "skfolio.sp500",
     models: Annotated[
-        str, typer.Option(help="Comma-separated forecasters.")
+        str, typer.Option(help=MODELS_HELP)
     ] = "historical,ewma,garch,nbeats,tft,stemgnn,mtgnn,mtgnn_prior",
     holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
     warmup_days: Annotated[int, typer.Option(help="Calibrator warm-up before it.")] = 365,
@@ -229,9 +249,9 @@ def bench_calibration(
     from kronos.bench.calibration import DYNAMIC_VARIANTS, run_calibration_bench
     from kronos.tracking import mlflow_run
 
+    names = _forecasters(models)
     settings = load_settings()
     panel, sectors = _panel_and_sectors(db, source, settings)
-    names = models.split(",")
     with (
         mlflow_run(
             experiment, "bench-calibration", {"source": source}, settings=settings

@@ -16,9 +16,10 @@ from kronos.errors import KronosError
 
 def calibrate(
     asof: Annotated[str, typer.Option(help="Bring the state up to this night (YYYY-MM-DD).")],
-    model: Annotated[str, typer.Option(help="Forecaster whose forecasts are calibrated.")] = (
-        "nbeats"
-    ),
+    model: Annotated[
+        str,
+        typer.Option(help="Forecaster whose forecasts are calibrated (name, pkg.mod:Class, ...)."),
+    ] = "nbeats",
     since: Annotated[
         str | None, typer.Option(help="First night when no state exists yet [default: --asof].")
     ] = None,
@@ -40,13 +41,16 @@ def calibrate(
     from kronos.features.returns import returns_panel
     from kronos.forecasting import fallback
     from kronos.models.artifacts import load_promoted
+    from kronos.models.registry import model_name
     from kronos.nightly import import_json, nightly_calibrate, refresh_regime
     from kronos.tracking import mlflow_run
 
     loaded = load_settings()
     settings = loaded.calibration
     run_id = None
+    reference = model
     try:
+        model = model_name(reference)  # forecasts and state are labelled with the class's name
         night_date = parse_day(asof, "--asof")
         with contextlib.ExitStack() as stack:
             store = stack.enter_context(open_store(db, settings=loaded.data))
@@ -74,7 +78,7 @@ def calibrate(
                 )
 
             def forecaster():
-                found = load_promoted(root, model, fallback(model, panel))
+                found = load_promoted(root, reference, fallback(reference, panel))
                 err.print(found.message, highlight=False)
                 return found.forecaster
 

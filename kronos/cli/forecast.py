@@ -16,7 +16,10 @@ from kronos.errors import KronosError
 
 
 def forecast(
-    model: Annotated[str, typer.Argument(help="Forecaster name (nbeats, tft, ewma, garch, ...).")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Forecaster: nbeats, ewma, garch, ..., pkg.mod:Class, entry point."),
+    ],
     asof: Annotated[str | None, typer.Option(help="Origin YYYY-MM-DD [default: last bar].")] = None,
     db: DbOption = None,
     source: Annotated[str, typer.Option(help="Symbols of this bars source.")] = "skfolio.sp500",

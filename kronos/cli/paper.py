@@ -74,7 +74,10 @@ def paper_run(
         str | None, typer.Option(help="Stop once the broker's clock passes this ISO time (UTC).")
     ] = None,
     account: Annotated[str, typer.Option(help="Account label: runs, orders, state.")] = "paper",
-    model: Annotated[str, typer.Option(help="Forecaster feeding the decision.")] = "nbeats",
+    model: Annotated[
+        str,
+        typer.Option(help="Forecaster feeding the decision (name, pkg.mod:Class, entry point)."),
+    ] = "nbeats",
     source: Annotated[
         str | None, typer.Option(help="Universe: bars of this source [default: bundled equities].")
     ] = None,

@@ -16,9 +16,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     db: DbOption = None,
-    model: Annotated[str, typer.Option(help="Forecaster to serve (nbeats, tft, ewma, ...).")] = (
-        "nbeats"
-    ),
+    model: Annotated[
+        str,
+        typer.Option(help="Forecaster to serve: nbeats, ewma, ..., pkg.mod:Class, entry point."),
+    ] = "nbeats",
     model_dir: Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")] = None,
     source: Annotated[
         str, typer.Option(help="Bars source the fallback is fitted on when no artifact exists.")

@@ -186,6 +186,56 @@ def train_tft(
     _train("tft", locals(), max_symbols=max_symbols, max_tail=max_tail)
 
 
+@app.command("forecaster")
+def train_forecaster(
+    model: Annotated[
+        str, typer.Argument(help="A forecaster: built-in name, package.module:Class, entry point.")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A constructor argument: key=value (YAML value; repeatable)."),
+    ] = None,
+    db: DbOption = None,
+    source: SourceOpt = "skfolio.sp500",
+    symbols: SymbolsOpt = None,
+    asof: AsofOpt = None,
+    model_dir: ModelDirOpt = None,
+    experiment: ExperimentOpt = "kronos-retrain",
+    as_json: JsonOption = False,
+) -> None:
+    """Any forecaster, your own included: split, fit, gate against the baseline, save, promote.
+
+    The artifact lies under MODEL_DIR/kronos-<its class's name>/; a model not
+    built in also records its import path and version (SOURCE.json).
+    """
+    import yaml
+
+    from kronos.models.registry import build, override_keys
+
+    overrides: dict[str, Any] = {}
+    for item in set_ or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--set {item!r}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        if "progress" in override_keys(model):  # the neural models' progress bar
+            overrides.setdefault("progress", err.is_terminal)
+        forecaster = build(model, **overrides)
+    except KronosError as exc:
+        fail(str(exc))
+    _run(
+        forecaster,
+        db=db,
+        source=source,
+        symbols=symbols,
+        asof=asof,
+        model_dir=model_dir,
+        experiment=experiment,
+        as_json=as_json,
+    )
+
+
 def _sectors(db: Path | None, asof: str | None) -> dict[str, str]:
     """Each symbol's sector known at the data cutoff (profiles without one are left out)."""
     from kronos.data import readers

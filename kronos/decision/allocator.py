@@ -8,15 +8,19 @@ Weights are fractions of NAV; the book is long only.
    when it is eligible, its score is positive and, with
    ``PT_BLOCK_IF_LLM_DENY=true``, the reviewer allows it. The reviewer is asked
    once, about the eligible names with a positive score (sorted); a name it does
-   not answer for counts as denied (fail closed). Without a reviewer,
-   :class:`AllowAll` is used and ``Allocation.reviewer_note`` says so. Every other
+   not answer for counts as denied (fail closed). Without a reviewer passed in,
+   the settings' ``PT_REVIEWER`` is used (default ``allow_all``: :class:`AllowAll`,
+   and ``Allocation.reviewer_note`` says so); see :func:`reviewer_of`. Every other
    name *glides to zero* (target 0) with a reason: ``"not scored"``,
    ``"not eligible: ..."`` (the optional ``ineligible_reason`` column),
    ``"score <= 0"``, ``"breaker: ..."``, ``"denied by reviewer"``.
 2. **Softmax.** ``w_i = B * exp(k * s_i) / sum_j exp(k * s_j)`` over the names in
    the book, ``s`` the score, ``k = PT_SCORE_EXP`` read as the *inverse*
    temperature (``k -> 0``: equal weights; larger ``k``: more concentrated), and
-   the budget ``B = PT_GROSS_MAX_PCT - PT_CASH_FLOOR_PCT``.
+   the budget ``B = PT_GROSS_MAX_PCT - PT_CASH_FLOOR_PCT``. This is the default
+   weighting, ``PT_WEIGHTING=softmax``; another one (:func:`weighting_of`) gives
+   non-negative weights of the names in the book, spread over ``B`` in
+   proportion, and every later step applies to them unchanged.
 3. **Caps.** No softmax target exceeds ``PT_MAX_POS_PCT`` per name or
    ``PT_SECTOR_MAX_PCT`` per sector (sector from ``sectors``, else the scores'
    ``sector``, else ``"(none)"``, itself capped). Water-filling: names and
@@ -55,14 +59,17 @@ of the book and held names without a score: symbol, reason).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 
 from kronos.config import PortfolioSettings
+from kronos.errors import ConfigError, InputError
+from kronos.plugins import resolve
 
 NO_SECTOR = "(none)"
 _TOL = 1e-12
@@ -231,6 +238,78 @@ def softmax(score: np.ndarray, k: float) -> np.ndarray:
     return e / e.sum()
 
 
+# a weighting: (scores of the names in the book, their symbols, settings) -> weights >= 0
+Weighting = Callable[[np.ndarray, list[str], PortfolioSettings], np.ndarray]
+
+
+def softmax_weights(
+    scores: np.ndarray, symbols: list[str], settings: PortfolioSettings
+) -> np.ndarray:
+    """The built-in weighting: :func:`softmax` of the scores at ``PT_SCORE_EXP``."""
+    return softmax(scores, settings.pt_score_exp)
+
+
+# built-in names of PT_WEIGHTING and PT_REVIEWER (kronos.config lists the same names)
+WEIGHTINGS: Mapping[str, str] = MappingProxyType(
+    {"softmax": "kronos.decision.allocator:softmax_weights"}
+)
+REVIEWERS: Mapping[str, str] = MappingProxyType({"allow_all": "kronos.decision.allocator:AllowAll"})
+
+
+def weighting_of(settings: PortfolioSettings) -> tuple[Weighting, str]:
+    """The weighting ``PT_WEIGHTING`` names (built-in, import path or entry point) and its path."""
+    fn, path = resolve(settings.pt_weighting, WEIGHTINGS, "kronos.weightings")
+    if not callable(fn):
+        raise ConfigError(f"weighting {path!r} is a {type(fn).__name__}, not a function")
+    return fn, path
+
+
+def reviewer_of(settings: PortfolioSettings) -> Reviewer:
+    """The reviewer ``PT_REVIEWER`` names: a class built bare, or a factory's result."""
+    made, path = resolve(settings.pt_reviewer, REVIEWERS, "kronos.reviewers")
+    if not callable(made):
+        raise ConfigError(f"reviewer {path!r} is a {type(made).__name__}, not a class or function")
+    try:
+        reviewer = made()
+    except Exception as exc:
+        raise ConfigError(
+            f"reviewer {path!r}: building it with no arguments failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(getattr(reviewer, "review", None)):
+        raise ConfigError(
+            f"reviewer {path!r} gave a {type(reviewer).__name__} without a review(symbols) method"
+        )
+    return reviewer
+
+
+def weigh(
+    weighting: Weighting,
+    path: str,
+    scores: np.ndarray,
+    symbols: list[str],
+    settings: PortfolioSettings,
+) -> np.ndarray:
+    """``weighting``'s weights of ``symbols``, checked: one finite value >= 0 per name."""
+    out: Any = weighting(scores, symbols, settings)
+    try:
+        w = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"weighting {path!r} returned {type(out).__name__}: {exc}") from None
+    if w.shape != (len(symbols),):
+        raise InputError(
+            f"weighting {path!r} returned shape {w.shape} for {len(symbols)} names; "
+            "expected one weight per name"
+        )
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InputError(
+            f"weighting {path!r} gave {symbols[k]} the weight {float(w[k])!r}; "
+            "weights must be finite and >= 0"
+        )
+    return w
+
+
 def rows_of(keys: Sequence[str], symbols: Sequence[str]) -> np.ndarray:
     """The row of each of ``keys`` in ``symbols`` (unique), -1 where absent."""
     at = {x: k for k, x in enumerate(symbols)}
@@ -354,10 +433,12 @@ def allocate(
 
     ``scores``: symbol, sector, score, eligible, optional utility and
     ineligible_reason; ``positions``: symbol, qty, price; ``sectors``: symbol,
-    sector; ``blocked``: symbol -> breaker reason.
+    sector; ``blocked``: symbol -> breaker reason. ``reviewer``: by default the
+    one ``settings.pt_reviewer`` names. The weighting is ``settings.pt_weighting``.
     """
     s = settings
-    reviewer = reviewer if reviewer is not None else AllowAll()
+    reviewer = reviewer if reviewer is not None else reviewer_of(s)
+    weighting, weighting_path = weighting_of(s)
     note = getattr(reviewer, "note", None) or f"reviewer {type(reviewer).__name__}"
     budget = max(0.0, s.pt_gross_max_pct - s.pt_cash_floor_pct)
     u = _universe(scores, positions, sectors)
@@ -375,7 +456,7 @@ def allocate(
 
     p = np.zeros(n)
     if in_book.any():
-        p[in_book] = softmax(score[in_book], s.pt_score_exp)
+        p[in_book] = weigh(weighting, weighting_path, score[in_book], sym[in_book].tolist(), s)
     name_cap = np.where(is_blocked, np.minimum(s.pt_max_pos_pct, cur), s.pt_max_pos_pct)
     sector = pl.Series("sector", u.sector, dtype=pl.String())
     raw, bind = waterfill(p, name_cap, codes(sector), s.pt_sector_max_pct, budget)
@@ -393,7 +474,9 @@ def allocate(
         blocked[x] if b else None for x, b in zip(sym.tolist(), is_blocked.tolist(), strict=True)
     ]
     flags = (scored, eligible, positive, is_blocked, denied, in_book, bind == 1, bind == 2, cut > 0)
-    out_reason, reason = _reasons(flags, u.why, brk, u.sector, s.pt_block_if_llm_deny)
+    out_reason, reason = _reasons(
+        flags, u.why, brk, u.sector, s.pt_block_if_llm_deny, s.pt_weighting
+    )
     kept = np.flatnonzero(~out_book | (cur > 0))
     targets = pl.DataFrame(
         {
@@ -430,12 +513,17 @@ _SCORED, _ELIGIBLE, _POSITIVE, _BLOCKED, _DENIED, _IN_BOOK, _NAME_CAP, _SECTOR_C
 
 
 def _explain(
-    bits: int, why: str | None, brk: str | None, sector: str | None, block_if_deny: bool
+    bits: int,
+    why: str | None,
+    brk: str | None,
+    sector: str | None,
+    block_if_deny: bool,
+    weighting: str = "softmax",
 ) -> tuple[str, str | None]:
     """(why a name is kept out of the book, the reason of its target row).
 
     Out of the book: every rule that applies, ``"; "``-joined. A target row: its
-    cap or breaker in the book, else the first.
+    cap or breaker in the book, else the weighting (``PT_WEIGHTING``).
     """
     scored = bool(bits & _SCORED)
     parts = []
@@ -459,7 +547,7 @@ def _explain(
     elif bits & _SECTOR_CAP:
         plain = None if sector is None else f"sector cap: {sector}"
     else:
-        plain = "softmax"
+        plain = weighting
     if bits & _IN_BOOK and bits & _DENIED and not block_if_deny and plain is not None:
         plain += " (denied by reviewer; PT_BLOCK_IF_LLM_DENY=false)"
     if bits & _CUT and plain is not None:
@@ -473,6 +561,7 @@ def _reasons(
     brk: Sequence[str | None],
     sector: Sequence[str | None],
     block_if_deny: bool,
+    weighting: str = "softmax",
 ) -> tuple[list[str], list[str | None]]:
     """:func:`_explain` per row (each distinct row explained once)."""
     bits = np.zeros(len(why), dtype=np.int64)
@@ -483,7 +572,7 @@ def _reasons(
     for key in zip(bits.tolist(), why, brk, sector, strict=True):
         hit = seen.get(key)
         if hit is None:
-            hit = seen[key] = _explain(*key, block_if_deny)
+            hit = seen[key] = _explain(*key, block_if_deny, weighting)
         out.append(hit[0])
         reason.append(hit[1])
     return out, reason

@@ -42,7 +42,14 @@ from kronos.decision.planner import (
 )
 from kronos.decision.regime import RegimeKnobs, knob_rows, regime, write_knobs
 from kronos.decision.snapshot import PRICE_STALE_DAYS, Snapshot, SnapshotSource
-from kronos.decision.strategist import recommendations, score, standardize, write_recos
+from kronos.decision.strategist import (
+    CONTRIBUTIONS,
+    contributions,
+    recommendations,
+    score,
+    standardize,
+    write_recos,
+)
 from kronos.risk import blocked_symbols, panic_exit_orders, session_close
 
 
@@ -61,6 +68,7 @@ class Decision:
     plan: Plan
     excluded: pl.DataFrame  # symbol, stage, reason
     notes: tuple[str, ...] = ()  # steps the data switched (filters off, panic exit)
+    contributions: tuple[str, ...] = CONTRIBUTIONS  # the c_* columns of ``scored`` in ``score``
 
     @property
     def orders(self) -> pl.DataFrame:
@@ -122,9 +130,8 @@ def decide_from(
     for name, why in stale(snapshot).items():
         blocked[name] = f"{blocked[name]}; {why}" if name in blocked else why
     knobs = regime(snapshot.inputs, settings.strategy, snapshot.regime)
-    scored = score(
-        standardize(snapshot.inputs), knobs, settings.strategy, snapshot.forecasts, blocked=blocked
-    )
+    features = standardize(snapshot.inputs, settings.strategy)
+    scored = score(features, knobs, settings.strategy, snapshot.forecasts, blocked=blocked)
     recos = recommendations(
         scored, snapshot.asof, settings.strategy, run_id, data_settings=settings.data
     )
@@ -196,7 +203,7 @@ def decide_from(
         notes = (*notes, f"{reason}: selling {panic.height} holding(s)")
     return Decision(
         snapshot.asof, run_id, snapshot, blocked, knobs, scored, recos, allocation, plan,
-        excluded, notes,
+        excluded, notes, contributions(settings.strategy),
     )  # fmt: skip
 
 

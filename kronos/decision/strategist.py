@@ -15,6 +15,14 @@ Rules
 - **Blend** (:data:`BLEND`, exactly as published; the weights sum to 1.05):
   ``0.5 mom_s + 0.2 mom_m + 0.15 quality + 0.10 sentiment + 0.06 revisions +
   0.04 ratings``. Each term is a ``c_*`` column; ``score`` is their sum.
+- **Your factors** (``StrategySettings.factors``, ``STRAT_FACTORS``): a built-in
+  factor given only a ``weight`` takes that weight instead (0 removes it: its
+  ``c_`` column is 0, it is neither a contribution nor listed in ``missing``).
+  A custom factor (its raw column, named as the factor, comes from
+  :func:`kronos.features.strategist.strategist_inputs`) is standardized like
+  the built-ins into ``z_<name>`` and adds ``c_<name> = weight x z_<name>``,
+  after ``c_tilt`` (:func:`contributions`). With no factors set, the blend,
+  the columns and the scores are exactly the whitepaper's.
 - **Tilts**: the whitepaper "adjusts score for Utilities/REITs in risk-on and
   Tech/Industrials in risk-off". We read it as a defensive/cyclical rotation:
   in risk-on the defensives (Utilities, Real Estate) lose ``STRAT_TILT``; in
@@ -97,6 +105,36 @@ TILTED_DOWN: Mapping[str, frozenset[str]] = MappingProxyType(
 
 
 CONTRIBUTIONS = (*(f"c_{k}" for k in BLEND), "c_forecast", "c_tilt")
+"""The contribution columns of the whitepaper blend (no factors set)."""
+
+
+def blend(settings: StrategySettings | None) -> dict[str, float]:
+    """The weight of each factor: :data:`BLEND` with the settings' changes, then custom ones.
+
+    A built-in factor set to 0 stays here with weight 0 (its ``c_`` column is 0).
+    """
+    weights = dict(BLEND)
+    if settings is None:
+        return weights
+    for name, spec in settings.factors.items():
+        if name in BLEND:
+            weights[name] = spec.weight
+    return weights | {k: v.weight for k, v in settings.custom_factors().items()}
+
+
+def contributions(settings: StrategySettings | None) -> tuple[str, ...]:
+    """The ``c_*`` columns that make up ``score`` (and ``recommendations``' JSON).
+
+    :data:`CONTRIBUTIONS` without the built-in factors weighted 0, then one
+    ``c_<name>`` per custom factor; :data:`CONTRIBUTIONS` itself by default.
+    """
+    weights = blend(settings)
+    return (
+        *(f"c_{k}" for k in BLEND if weights[k] != 0),
+        "c_forecast",
+        "c_tilt",
+        *(f"c_{k}" for k in weights if k not in BLEND),
+    )
 
 
 RECO_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType(
@@ -139,23 +177,38 @@ def _flags(unset: np.ndarray, names: Sequence[str]) -> pl.Series:
     return pl.Series([text[k] for k in row_pattern.tolist()], dtype=pl.String())
 
 
-def standardize(inputs: pl.DataFrame) -> pl.DataFrame:
-    """``inputs`` plus ``quality_raw``, ``z_<factor>`` per factor of :data:`BLEND`, ``missing``.
+def standardize(inputs: pl.DataFrame, settings: StrategySettings | None = None) -> pl.DataFrame:
+    """``inputs`` plus ``quality_raw``, ``z_<factor>`` per factor of :func:`blend`, ``missing``.
 
-    ``missing`` lists (comma-separated, in :data:`BLEND` order) the factors whose
-    raw input was null or non-finite; their ``z_`` is 0.
+    ``missing`` lists (comma-separated, in :func:`blend` order) the factors whose
+    raw input was null or non-finite; their ``z_`` is 0. A built-in factor
+    weighted 0 is never listed. Custom factors (of ``settings``) need their raw
+    column in ``inputs`` (:func:`kronos.features.strategist.strategist_inputs`
+    with the same settings adds it).
     """
-    raw = [*(c for c in _RAW.values() if c != "quality_raw"), *QUALITY_SIGNS]
+    weights = blend(settings)
+    custom = [k for k in weights if k not in BLEND]
+    lacking = [k for k in custom if k not in inputs.columns]
+    if lacking:
+        raise ValueError(
+            f"inputs lack the column of custom factor(s) {', '.join(lacking)}: read them "
+            "with strategist_inputs(settings=...) of the same settings"
+        )
+    raw_of = {**_RAW, **{k: k for k in custom}}
+    raw = [*(c for c in raw_of.values() if c != "quality_raw"), *QUALITY_SIGNS]
     finite = {c: _finite(pl.col(c).cast(pl.Float64)) for c in raw}
     frame = inputs.with_columns(
         *(x.alias(c) for c, x in finite.items()),
         quality_raw=pl.mean_horizontal(sign * finite[c] for c, sign in QUALITY_SIGNS.items()),
     )
+    listed = [k for k in weights if k in custom or weights[k] != 0]
     # every raw input is null or finite now: NaN in its array marks a null
-    unset = np.column_stack([np.isnan(frame[_RAW[k]].to_numpy()) for k in BLEND])
+    unset = np.column_stack(
+        [np.isnan(frame[raw_of[k]].to_numpy()) for k in listed] or [np.zeros((frame.height, 0))]
+    )
     return frame.with_columns(
-        *(pl.Series(f"z_{k}", _zscore(frame[_RAW[k]])) for k in BLEND),
-        missing=_flags(unset, list(BLEND)),
+        *(pl.Series(f"z_{k}", _zscore(frame[raw_of[k]])) for k in weights),
+        missing=_flags(unset, listed),
     )
 
 
@@ -224,11 +277,12 @@ def score(
 ) -> pl.DataFrame:
     """Blend, tilt and filter standardized ``features`` (see the module rules).
 
-    Adds ``forecast_z``, the ``c_*`` contributions of :data:`CONTRIBUTIONS`,
-    ``score`` (their sum), ``eligible`` and ``excluded_reason``; sorted by score
-    (descending), then symbol. ``forecasts``: symbol, p05, p50, p95 (step 1; a
-    ``step`` column is filtered to 1). ``blocked``: symbol -> breaker reason (as
-    from :func:`kronos.risk.blocked_symbols`), excluded.
+    Adds ``forecast_z``, the ``c_*`` contributions of :func:`contributions`
+    (``c_`` of a built-in weighted 0 is 0), ``score`` (their sum), ``eligible``
+    and ``excluded_reason``; sorted by score (descending), then symbol.
+    ``forecasts``: symbol, p05, p50, p95 (step 1; a ``step`` column is filtered
+    to 1). ``blocked``: symbol -> breaker reason (as from
+    :func:`kronos.risk.blocked_symbols`), excluded.
     """
     symbols = features["symbol"]
     if symbols.n_unique() != features.height:
@@ -238,9 +292,16 @@ def score(
     fz = pl.lit(forecast_z).clip(-Z_CLIP, Z_CLIP).fill_null(0.0)
     in_tilt = pl.Series([x in tilted for x in features["sector"].to_list()], dtype=pl.Boolean())
     use_forecast = settings.strat_forecast_in_score
+    weights = blend(settings)
+    lacking = [f"z_{k}" for k in weights if f"z_{k}" not in features.columns]
+    if lacking:
+        raise ValueError(f"features lack {', '.join(lacking)}: standardize(inputs, settings) first")
     frame = features.with_columns(
         forecast_z,
-        *((pl.lit(w, pl.Float64) * pl.col(f"z_{k}")).alias(f"c_{k}") for k, w in BLEND.items()),
+        *(
+            (pl.lit(w, pl.Float64) * pl.col(f"z_{k}") if w != 0 else pl.lit(0.0)).alias(f"c_{k}")
+            for k, w in weights.items()
+        ),
         c_forecast=(settings.strat_forecast_weight * fz) if use_forecast else pl.lit(0.0),
         c_tilt=pl.when(pl.lit(in_tilt)).then(pl.lit(-settings.strat_tilt)).otherwise(pl.lit(0.0)),
     )
@@ -264,7 +325,7 @@ def score(
     else:
         reason = pl.lit(None, pl.String)
     return frame.with_columns(
-        score=pl.sum_horizontal(CONTRIBUTIONS),
+        score=pl.sum_horizontal(contributions(settings)),
         excluded_reason=reason,
         eligible=reason.is_null(),
     ).sort(["score", "symbol"], descending=[True, False], nulls_last=True)
@@ -280,7 +341,8 @@ def recommendations(
 ) -> pl.DataFrame:
     """The top ``strat_reco_topk`` eligible names as ``strategist_recos`` rows.
 
-    ``contributions`` is a JSON object of the ``c_*`` columns.
+    ``contributions`` is a JSON object of the ``c_*`` columns of
+    :func:`contributions` (custom factors included).
     """
     top = (
         scored.filter(pl.col("eligible"))
@@ -298,7 +360,7 @@ def recommendations(
         .then(pl.lit("sell"))
         .otherwise(pl.lit("hold")),
         score=s,
-        contributions=pl.struct(CONTRIBUTIONS).struct.json_encode(),
+        contributions=pl.struct(contributions(settings)).struct.json_encode(),
         run_id=pl.lit(run_id, dtype=pl.String),
     ).cast(dict(RECO_SCHEMA))
 

@@ -101,7 +101,10 @@ class PaperConfig:
     """What the loop trades and how."""
 
     account: str = "paper"
+    # a built-in name, import path or entry point as given; after init, the class's
+    # name (the label of its stored forecasts) and ``model_ref`` the reference
     model: str = "nbeats"
+    model_ref: str | None = None
     model_dir: Path = Path("data/models")
     symbols: tuple[str, ...] | None = None  # None: every symbol with bars
     settings: DecisionSettings
@@ -110,6 +113,13 @@ class PaperConfig:
     failsafe: bool = True  # evaluate the fail-safe controller on each new session
     fill_model: FillRules = field(default_factory=FillRules)  # the backtest's rule fills meet
     settings_hash: str | None = None  # of the resolved settings (kronos.config.settings_hash)
+
+    def __post_init__(self) -> None:
+        from kronos.models.registry import model_name
+
+        reference = self.model_ref or self.model
+        object.__setattr__(self, "model_ref", reference)
+        object.__setattr__(self, "model", model_name(reference))
 
 
 @dataclass(frozen=True)
@@ -288,8 +298,9 @@ class PaperLoop:
             if not stored:
                 panel = returns_panel(self.store, session, self.symbols, settings=self.data)
                 if self._model is None:  # loaded (or fitted) once per loop
-                    fit = fallback(cfg.model, panel)
-                    self._model = load_promoted(cfg.model_dir, cfg.model, fit)
+                    reference = cfg.model_ref or cfg.model
+                    fit = fallback(reference, panel)
+                    self._model = load_promoted(cfg.model_dir, reference, fit)
                     self.say(f"{session}: {self._model.message}")
                 made = forecast_with(
                     self.store,

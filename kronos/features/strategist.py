@@ -17,6 +17,12 @@ Rules
   ending after ``asof`` over 30 days, z-scored over the cross-section, clipped to
   +/-3). ``rating = (ratingScore - 3) / 2`` in [-1, 1]; ``sentiment`` is the mean
   ``senti_mean`` of the last ``STRAT_SENTIMENT_DAYS`` calendar days.
+- **Custom factors** (``STRAT_FACTORS``, ``decision.strategy.factors``): one
+  column per factor with a ``fn`` and a non-zero weight, named as the factor,
+  holding the ``value`` its function returned for the symbol (null where it
+  returned none). The function is called as ``fn(store, asof, symbols)`` with the
+  asof of the decision; it must read only what was known then (the store's
+  readers take ``asof``): a look-ahead inside it is not detected here.
 
 The scoring of these inputs is :mod:`kronos.decision.strategist`.
 """
@@ -31,10 +37,12 @@ from types import MappingProxyType
 import numpy as np
 import polars as pl
 
-from kronos.config import DataSettings, StrategySettings
+from kronos.config import DataSettings, FactorSpec, StrategySettings
 from kronos.data import readers
 from kronos.data.readers import PointInTime
 from kronos.data.store import Store
+from kronos.errors import ConfigError, InputError
+from kronos.plugins import resolve
 
 Z_CLIP = 3.0
 QUALITY_SIGNS: Mapping[str, float] = MappingProxyType(
@@ -369,4 +377,68 @@ def strategist_inputs(
             .agg(sentiment=pl.col("senti_mean").mean())
         )
     out = _attach(out, [revisions, rat, soc])
-    return out.select(pl.col(c).cast(t) for c, t in INPUT_SCHEMA.items()).sort("symbol")
+    out = out.select(pl.col(c).cast(t) for c, t in INPUT_SCHEMA.items())
+    custom = [
+        custom_factor(store, asof, names, name, spec)
+        for name, spec in settings.custom_factors().items()
+    ]
+    return _attach(out, custom).sort("symbol")
+
+
+def custom_factor(
+    store: Store, asof: readers.Asof, symbols: Sequence[str], name: str, spec: FactorSpec
+) -> pl.DataFrame:
+    """``symbol, <name>``: the factor ``spec.fn`` computed at ``asof`` for ``symbols``, checked.
+
+    The function (an import path or a ``kronos.factors`` entry point) is called
+    as ``fn(store, asof, symbols)`` and must return a polars frame with columns
+    ``symbol`` (string) and ``value`` (castable to float), at most one row per
+    symbol and no symbol it was not asked for; nulls and NaN are allowed (the
+    factor is then missing for that name). Anything else is an
+    :class:`~kronos.errors.InputError` naming the factor, its import path and ``asof``.
+    """
+    if spec.fn is None:
+        raise ConfigError(f"factor {name!r} has no fn")
+    fn, path = resolve(spec.fn, {}, "kronos.factors")
+    where = f"factor {name!r} ({path}) at asof {asof}"
+    if not callable(fn):
+        raise ConfigError(f"{where}: {path} is a {type(fn).__name__}, not a function")
+    try:
+        frame = fn(store, asof, list(symbols))
+    except Exception as exc:  # the researcher's code: name it, keep the cause
+        raise InputError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(frame, pl.DataFrame):
+        raise InputError(
+            f"{where} returned a {type(frame).__name__}; expected a polars DataFrame "
+            "with columns symbol, value"
+        )
+    absent = [c for c in ("symbol", "value") if c not in frame.columns]
+    if absent:
+        raise InputError(
+            f"{where}: no column {', '.join(map(repr, absent))} in its frame "
+            f"(columns {frame.columns}); expected symbol, value"
+        )
+    try:
+        frame = frame.select(
+            pl.col("symbol").cast(pl.String, strict=True),
+            pl.col("value").cast(pl.Float64, strict=True).alias(name),
+        )
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+        dtypes = dict(zip(frame.columns, map(str, frame.dtypes), strict=True))
+        raise InputError(
+            f"{where}: symbol must be a string and value a number, got "
+            f"symbol {dtypes['symbol']}, value {dtypes['value']} ({type(exc).__name__})"
+        ) from None
+    sym = frame["symbol"]
+    if sym.null_count():
+        raise InputError(f"{where}: {sym.null_count()} row(s) without a symbol")
+    if sym.n_unique() != frame.height:
+        dup = sorted(set(sym.filter(sym.is_duplicated()).to_list()))
+        raise InputError(f"{where}: more than one row for {', '.join(dup[:5])}")
+    asked = set(symbols)
+    extra = sorted(x for x in sym.to_list() if x not in asked)
+    if extra:
+        raise InputError(
+            f"{where}: {len(extra)} symbol(s) it was not asked for: {', '.join(extra[:5])}"
+        )
+    return frame

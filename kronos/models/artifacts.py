@@ -7,22 +7,42 @@ only a run passing the gate moves. A run directory is written under a
 ``.partial`` name and renamed when complete, and ``latest`` is replaced with an
 atomic rename, so an interrupted run never leaves ``latest`` pointing at a
 half-written artifact.
+
+A forecaster that is not built in also gets ``SOURCE.json``: its import path
+(``import_path``), the distribution that provides it and that distribution's
+version (``distribution``, ``version``; from :mod:`importlib.metadata`, else
+the top-level module's ``__version__``, else null). Loading such an artifact
+imports the class through the recorded path (checked against the contract) and
+says when the installed version differs from the recorded one. Its own
+``save`` decides its files: ``VERSION``, ``METRICS.json`` and ``SOURCE.json``
+are what ``promote`` requires of it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kronos.errors import ConfigError
 from kronos.models.base import Forecaster, ForecastError
-from kronos.models.registry import forecaster_class
+from kronos.models.registry import (
+    ForecasterRef,
+    forecaster_class,
+    is_builtin,
+    model_name,
+)
+from kronos.plugins import reference_of
 
 REQUIRED_FILES = ("state.pt", "config.json", "scaler.pkl", "VERSION", "METRICS.json")
+SOURCE_FILE = "SOURCE.json"
+CUSTOM_REQUIRED_FILES = ("VERSION", "METRICS.json", SOURCE_FILE)
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,28 @@ def model_root(model_dir: Path, name: str) -> Path:
     return Path(model_dir) / f"kronos-{name}"
 
 
+def source_of(cls: type) -> dict[str, str | None]:
+    """Where a class comes from: its import path, distribution and that distribution's version."""
+    top = cls.__module__.partition(".")[0]
+    # a package's distribution, else one named like it (metadata without a RECORD)
+    dists = importlib.metadata.packages_distributions().get(top, [top])
+    distribution: str | None = dists[0]
+    version = None
+    try:
+        version = importlib.metadata.version(dists[0])
+    except importlib.metadata.PackageNotFoundError:
+        distribution = None
+    if version is None:
+        module = sys.modules.get(top)
+        found = getattr(module, "__version__", None)
+        version = str(found) if found is not None else None
+    try:
+        path: str | None = reference_of(cls)
+    except ConfigError:  # a class defined inside a function: recorded, but not loadable
+        path = None
+    return {"import_path": path, "distribution": distribution, "version": version}
+
+
 def write_artifact(
     forecaster: Forecaster, model_dir: Path, metrics: dict, *, now: datetime | None = None
 ) -> Path:
@@ -67,6 +109,9 @@ def write_artifact(
     partial.mkdir(parents=True)
     try:
         forecaster.save(partial)
+        if isinstance(forecaster, Forecaster) and not is_builtin(type(forecaster)):
+            source = json.dumps(source_of(type(forecaster)), indent=2)
+            (partial / SOURCE_FILE).write_text(source + "\n")
         (partial / "VERSION").write_text(forecaster.version + "\n")
         (partial / "METRICS.json").write_text(json.dumps(metrics, indent=2, default=str))
         os.replace(partial, final)
@@ -79,7 +124,8 @@ def write_artifact(
 def promote(run_dir: Path) -> None:
     """Point ``latest`` at ``run_dir`` with one atomic rename."""
     run_dir = Path(run_dir)
-    missing = [f for f in REQUIRED_FILES if not (run_dir / f).exists()]
+    required = CUSTOM_REQUIRED_FILES if (run_dir / SOURCE_FILE).exists() else REQUIRED_FILES
+    missing = [f for f in required if not (run_dir / f).exists()]
     if missing:
         raise ForecastError(f"{run_dir} is not a complete artifact: missing {missing}")
     link = run_dir.parent / "latest"
@@ -113,17 +159,57 @@ class Loaded:
     message: str
 
 
+def load_artifact(directory: Path, expected: type | None = None) -> tuple[Forecaster, str]:
+    """The forecaster saved in ``directory`` and a note on where its class came from.
+
+    A model not built in is imported through ``SOURCE.json``'s import path, and
+    the note says when the installed version differs; without that file the
+    class is ``expected``, else the built-in one the ``kronos-<name>`` parent
+    directory names.
+    """
+    directory = Path(directory)
+    source_path = directory / SOURCE_FILE
+    if not source_path.exists():
+        if expected is not None:
+            return expected.load(directory), ""
+        name = directory.parent.name.removeprefix("kronos-")
+        return forecaster_class(name).load(directory), ""
+    try:
+        recorded = json.loads(source_path.read_text())
+        path = recorded["import_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ForecastError(f"{source_path}: cannot read the import path ({exc})") from exc
+    if not isinstance(path, str):
+        raise ForecastError(
+            f"{source_path}: no import path recorded (the class was defined inside a function)"
+        )
+    cls = forecaster_class(path)
+    note = ""
+    installed = source_of(cls)["version"]
+    if installed != recorded.get("version"):
+        note = (
+            f"; {path} was saved with version {recorded.get('version')}, {installed} is installed"
+        )
+    return cls.load(directory), note
+
+
 def load_promoted(
-    model_dir: Path, name: str, fallback: Callable[[], Forecaster] | None = None
+    model_dir: Path, name: ForecasterRef, fallback: Callable[[], Forecaster] | None = None
 ) -> Loaded:
-    """Load the newest promoted artifact of ``name``; else fit ``fallback`` and say so."""
-    directory = latest_artifact(model_dir, name)
+    """Load the newest promoted artifact of ``name``; else fit ``fallback`` and say so.
+
+    ``name``: a built-in name, import path, entry point or class; its artifacts
+    lie under ``kronos-<class name>``.
+    """
+    label = model_name(name)
+    directory = latest_artifact(model_dir, label)
     if directory is not None:
-        forecaster = forecaster_class(name).load(directory)
-        return Loaded(forecaster, "artifact", directory, f"loaded {name} from {directory}")
+        expected = forecaster_class(name)
+        forecaster, note = load_artifact(directory, expected)
+        return Loaded(forecaster, "artifact", directory, f"loaded {label} from {directory}{note}")
     if fallback is None:
         raise ForecastError(
-            f"no promoted {name} artifact under {model_root(model_dir, name)}; "
+            f"no promoted {label} artifact under {model_root(model_dir, label)}; "
             "train one with 'kronos train'"
         )
     forecaster = fallback()
@@ -131,5 +217,5 @@ def load_promoted(
         forecaster,
         "fallback",
         None,
-        f"no promoted {name} artifact under {model_root(model_dir, name)}: fitted one on the fly",
+        f"no promoted {label} artifact under {model_root(model_dir, label)}: fitted one on the fly",
     )

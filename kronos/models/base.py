@@ -283,14 +283,24 @@ class Forecaster(ABC):
         """Constructor arguments, JSON-ready; ``cls(**...)`` rebuilds the estimator."""
         raise NotImplementedError(f"{type(self).__name__} defines get_config itself")
 
-    @abstractmethod
     def save(self, directory: Path) -> None:
-        """Write ``state.pt``, ``config.json`` and ``scaler.pkl`` into ``directory``."""
+        """Write ``state.pt``, ``config.json`` and ``scaler.pkl`` into ``directory``.
+
+        Needed only to write an artifact (``kronos train``): a model that does
+        not override it is refused then, and works everywhere else.
+        """
+        raise ForecastError(
+            f"forecaster {type(self).__module__}:{type(self).__qualname__} does not implement "
+            "save(): it cannot write an artifact (it is fitted on the fly instead)"
+        )
 
     @classmethod
-    @abstractmethod
     def load(cls, directory: Path) -> Self:
         """Rebuild a fitted forecaster saved by :meth:`save`; refuse incompatible files."""
+        raise ForecastError(
+            f"forecaster {cls.__module__}:{cls.__qualname__} does not implement load(): "
+            f"cannot read the artifact {directory}"
+        )
 
     @property
     def version(self) -> str:

@@ -36,7 +36,10 @@ def log_backtest(
             "order_hash": result.order_hash,
             "data_start": str(result.start),
             "data_end": str(result.end),
-            "forecaster": spec.forecaster.name,
+            # a plain strategy uses no forecaster
+            "forecaster": "none" if spec.strategy.plain else spec.forecaster.name,
+            "strategy": spec.strategy.kind,
+            "strategy_source": spec.strategy.fn or spec.strategy.file or "",
             "price_basis": result.notes[0] if result.notes else "",
             "notes": " | ".join(result.notes)[:5000],
             **(tags or {}),

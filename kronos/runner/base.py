@@ -15,6 +15,7 @@ WORKFLOWS: dict[str, str] = {
     "30_paper_trading": "kronos-paper",
     "40_calibrate": "kronos-calibration",
     "50_compare_runs": "kronos-compare",
+    "60_custom_model": "kronos-research",
 }
 DEFAULT_EXPERIMENT = "kronos-notebooks"  # notebooks outside the workflow table
 RUN_ID_PARAMETER = "mlflow_run_id"
