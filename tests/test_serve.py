@@ -411,15 +411,17 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(db: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``kronos serve`` (ewma) on a free port; yields its base URL once /health answers."""
+def _server(
+    db: Path, tmp_path: Path, model: str = "ewma", env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``kronos serve`` on a free port; yields its base URL once /health answers."""
     port = _free_port()
-    args = ["serve", "--port", str(port), "--db", str(db), "--model", "ewma"]
+    args = ["serve", "--port", str(port), "--db", str(db), "--model", model]
     args += ["--model-dir", str(tmp_path / "models")]
     server = subprocess.Popen(
         [sys.executable, "-m", "kronos", *args],
         cwd=tmp_path,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -496,3 +498,24 @@ def test_kronos_serve_answers_over_http_and_an_ingest_succeeds_during_a_burst(
     assert after["read_at"] > before["read_at"]
     assert server.returncode == 0, output
     assert f"serving ewma on {base}" in output
+
+
+def test_kronos_serve_takes_a_model_by_import_path(
+    bundled_db: Path, tmp_path: Path, example_plugin
+):
+    # the researcher's package is importable (PYTHONPATH), not part of kronos
+    path = "kronos_example.forecasters:RollingQuantiles"
+    env = {"PYTHONPATH": str(example_plugin)}
+    db = tmp_path / "k.duckdb"
+    shutil.copy(bundled_db, db)
+    with _server(db, tmp_path, model=path, env=env) as (base, server):
+        health = httpx.get(f"{base}/health", timeout=5).json()
+        assert health["model"] == "rolling_quantiles" and health["source"] == "fallback"
+        r = httpx.get(f"{base}/forecast", params={"symbols": "KO", "asof": "2021-06-30"})
+        assert r.status_code == 200, r.text
+        rows = r.json()["forecasts"]
+        assert [x["step"] for x in rows] == [1, 2, 3, 4, 5]
+        assert all(x["p05"] < x["p50"] < x["p95"] for x in rows)
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=30)[0]
+    assert server.returncode == 0, output
