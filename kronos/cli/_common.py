@@ -24,7 +24,11 @@ err = Console(stderr=True, soft_wrap=True)
 
 DbOption = Annotated[
     Path | None,
-    typer.Option("--db", help="DuckDB file [env KRONOS_DB; default data/kronos.duckdb]"),
+    typer.Option(
+        "--db",
+        help="DuckDB file, or a dataset folder from 'kronos data export' (read-only "
+        "commands) [env KRONOS_DB; default data/kronos.duckdb]",
+    ),
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object instead of tables.")

@@ -58,7 +58,10 @@ def _results_table(results: dict[str, UpsertResult]) -> Table:
 @app.command("ingest")
 def data_ingest(
     source: Annotated[Source, typer.Option("--source", "-s", help="Which source to read.")],
-    paths: Annotated[list[Path] | None, typer.Argument(help="Files (csv, parquet, fmp).")] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files (csv, parquet, fmp), or a dataset folder (parquet)."),
+    ] = None,
     db: DbOption = None,
     symbol: Annotated[str | None, typer.Option(help="Symbol of single-symbol files.")] = None,
     map_: Annotated[
@@ -147,6 +150,12 @@ def data_ingest(
             checks = {"rules": rules, "on_note": on_note}
             if source is Source.bundled:
                 results = loaders.load_bundled(store, on_batch, **checks)
+            elif source is Source.parquet and any(f.is_dir() for f in files):
+                from kronos.data.sources.parquet import load_dataset
+
+                if len(files) != 1:
+                    fail("--source parquet takes one dataset folder (kronos data export DIR)")
+                results = load_dataset(store, files[0], on_batch, **checks)
             elif source in (Source.csv, Source.parquet):
                 from kronos.data.sources.files import parse_mapping
 
@@ -197,6 +206,45 @@ def data_ingest(
         print(json.dumps({t: vars(r) | {"unchanged": r.unchanged} for t, r in results.items()}))
     else:
         out.print(_results_table(results))
+
+
+@app.command("export")
+def data_export(
+    target: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
+    db: DbOption = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace an existing dataset at TARGET.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write every table as a Hive-partitioned Parquet dataset with manifest.json.
+
+    Bars (and other tables that grow with history) get one folder per year, the
+    rest one file each. Read-only commands take the folder as --db; 'kronos data
+    ingest --source parquet TARGET' reads it back into a DuckDB file.
+    """
+    from kronos.data.dataset import export_dataset
+
+    try:
+        with open_store(db, read_only=True, settings=load_settings().data) as store:
+            manifest = export_dataset(store, target, replace=replace)
+    except KronosError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(manifest))
+        return
+    rows = Table(title=f"dataset {target}")
+    for col in ("table", "rows", "files", "partitioned by"):
+        rows.add_column(col, justify="left" if col in ("table", "partitioned by") else "right")
+    for name, entry in manifest["tables"].items():
+        rows.add_row(
+            name, f"{entry['rows']:,}", str(len(entry["files"])), entry["partition_by"] or ""
+        )
+    out.print(rows)
+    out.print(
+        f"schema version {manifest['schema_version']}, content hash {manifest['content_hash']}",
+        highlight=False,
+    )
 
 
 @app.command("info")

@@ -8,6 +8,9 @@ DuckDB lets one process write a file, or any number of processes read it, never
 both. An open that meets another process's lock retries with backoff for
 ``lock_wait_s`` (``KRONOS_LOCK_WAIT_S``, read at the edges), then raises
 :class:`~kronos.errors.StoreBusy` naming the holder's PID and command line.
+
+A folder with a ``manifest.json`` (``kronos data export``) opens read only as a
+store served by views over its Parquet files (:mod:`kronos.data.dataset`).
 """
 
 from __future__ import annotations
@@ -136,9 +139,12 @@ class Store:
     DuckDB lets one process hold a database file for writing.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, path: Path, *, dataset: dict | None = None
+    ) -> None:
         self.con = con
         self.path = path
+        self.dataset = dataset  # the manifest when this is a Parquet dataset (read only)
 
     @classmethod
     def open(
@@ -158,6 +164,8 @@ class Store:
         path = Path(path)
         if read_only and not path.exists():
             raise StoreNotFound(f"no kronos database at {path}; run 'kronos data ingest' first")
+        if path.is_dir():
+            return cls._open_dataset(path, read_only=read_only)
         if path.parent != Path():
             path.parent.mkdir(parents=True, exist_ok=True)
         con = wait_for_lock(
@@ -173,6 +181,24 @@ class Store:
         return store
 
     @classmethod
+    def _open_dataset(cls, path: Path, *, read_only: bool) -> Store:
+        """A Parquet dataset folder (``kronos data export``) as a read-only store."""
+        from kronos.data.dataset import MANIFEST, DatasetError, open_dataset
+
+        if not (path / MANIFEST).is_file():
+            raise StoreNotFound(
+                f"{path} is a folder without {MANIFEST}: not a kronos dataset "
+                "(make one with 'kronos data export DIR')"
+            )
+        if not read_only:
+            raise DatasetError(
+                f"{path} is a Parquet dataset, read only: this command writes, so give it a "
+                f"DuckDB file (make one with 'kronos data ingest --source parquet {path}')"
+            )
+        con, manifest = open_dataset(path)
+        return cls(con, path, dataset=manifest)
+
+    @classmethod
     def snapshot(cls, path: Path | str, *, lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> Store:
         """An in-memory copy of the store at ``path``, holding the file only while copying.
 
@@ -183,6 +209,8 @@ class Store:
         path = Path(path)
         if not path.exists():
             raise StoreNotFound(f"no kronos database at {path}; run 'kronos data ingest' first")
+        if path.is_dir():  # a dataset's files never change: its views are the snapshot
+            return cls._open_dataset(path, read_only=True)
         con = duckdb.connect(":memory:")
         try:
             wait_for_lock(
@@ -256,7 +284,9 @@ class Store:
         self.con.execute("COMMIT")
 
     def tables(self) -> list[str]:
-        """Base tables of the kronos schema, sorted."""
+        """Base tables of the kronos schema (a dataset's tables), sorted."""
+        if self.dataset is not None:
+            return sorted(self.dataset["tables"])
         rows = self.con.execute(
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_type = 'BASE TABLE' AND table_schema = 'main' ORDER BY 1"
