@@ -56,8 +56,13 @@ class ServiceConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     db: Path = Field(description="DuckDB store, copied into memory and re-read when it changes")
-    model: str = Field("nbeats", description="forecaster name")
+    model: str = Field(
+        "nbeats", description="forecaster name, or a models:/ URI of MLflow's model registry"
+    )
     model_dir: Path = Field(Path("data/models"), description="artifact root (MODEL_DIR)")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking server a models:/ model is downloaded from"
+    )
     fit_source: str | None = Field(
         "skfolio.sp500", description="bars source the fallback is fitted on (None: all bars)"
     )
@@ -391,10 +396,19 @@ def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date 
     """The promoted artifact, else the fallback fitted on the store's bars (and up to when).
 
     ``config.model``: a built-in name, import path or entry point (artifacts
-    under ``kronos-<class name>``).
+    under ``kronos-<class name>``), or a ``models:/`` URI: that registry
+    version, downloaded from ``config.tracking_uri`` (no fallback).
     """
+    from kronos.mlflow_registry import is_model_uri, load_registered
     from kronos.models.registry import model_name
 
+    if is_model_uri(config.model):
+        if not config.tracking_uri:
+            raise InputError(f"{config.model}: no MLflow tracking URI to download it from")
+        found = load_registered(
+            config.model, tracking_uri=config.tracking_uri, model_dir=config.model_dir
+        )
+        return found, None
     if latest_artifact(config.model_dir, model_name(config.model)) is not None:
         return load_promoted(config.model_dir, config.model), None
     with Store.open(config.db, read_only=True, lock_wait_s=data.lock_wait_s) as store:

@@ -3,10 +3,18 @@
 :class:`MlflowRecorder` satisfies :class:`kronos.models.base.Recorder`, so
 training can log to it without importing mlflow. Values are sent in batches:
 one ``log_batch`` per call, not one request per value.
+
+The same code logs to the embedded SQLite store under ``mlruns/`` or to a
+tracking server (``MLFLOW_TRACKING_URI=http://...``): :func:`tracking_client`
+creates ``mlruns/`` only for the embedded store, and its run ends send
+MLflow's "View run ..." links to stderr so ``--json`` output stays one JSON
+document. Runs are tagged with the commit of the checkout the ``kronos``
+package runs from, whatever the working directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -21,6 +29,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+import kronos
 from kronos.config import Settings, TrackingSettings, settings_hash, settings_record
 from kronos.interrupts import signal_name
 
@@ -36,20 +45,52 @@ def metric_name(name: str) -> str:
 
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:
-    """The commit the code runs at, and whether the work tree had changes."""
+    """The commit the code runs at, and whether the work tree had changes.
+
+    ``cwd``: a directory of the checkout to ask; by default the checkout the
+    ``kronos`` package is imported from, so a command run from elsewhere is
+    tagged right. An installed (not editable) package has no checkout of its
+    own: ``unknown``, even when its environment lies inside some repository.
+    """
+    package = Path(kronos.__file__).resolve().parent
+    where = cwd if cwd is not None else package
 
     def git(*args: str) -> str:
         try:
             return subprocess.run(
-                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+                ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {
-        "git_commit": git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
-    }
+    top, _, commit = git("rev-parse", "--show-toplevel", "HEAD").partition("\n")
+    if cwd is None and (not top or Path(top).resolve() != package.parent):
+        commit = ""  # site-packages inside a repository's venv: not that repository's code
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else ""
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+
+
+class TrackingClient(MlflowClient):
+    """An :class:`MlflowClient` whose run ends print MLflow's run links to stderr.
+
+    With a tracking server, MLflow writes "View run ... at: URL" to stdout when
+    a run ends (``TrackingServiceClient._log_url`` in ``set_terminated``);
+    on stdout it would break the ``--json`` output of the commands.
+    """
+
+    def set_terminated(
+        self, run_id: str, status: str | None = None, end_time: int | None = None
+    ) -> None:
+        """End run ``run_id`` (FINISHED by default); MLflow's link goes to stderr."""
+        with contextlib.redirect_stdout(sys.stderr):
+            super().set_terminated(run_id, status, end_time)
+
+
+def tracking_client(settings: TrackingSettings) -> TrackingClient:
+    """A client of the store ``settings`` name; ``mlruns/`` is created for the embedded one only."""
+    if not settings.mlflow_tracking_uri:
+        settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    return TrackingClient(tracking_uri=settings.tracking_uri())
 
 
 class MlflowRecorder:
@@ -137,8 +178,7 @@ def mlflow_run(
     ``settings.*`` parameters (:func:`record_settings`).
     """
     tracking = settings.tracking
-    tracking.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    client = tracking_client(tracking)
     run = client.create_run(
         experiment_id(client, experiment, tracking),
         run_name=run_name,
@@ -168,7 +208,7 @@ def attach_run(run_id: str, settings: TrackingSettings) -> MlflowRecorder:
 
     The run stays open: whoever created it (the runner) ends it.
     """
-    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    client = TrackingClient(tracking_uri=settings.tracking_uri())
     client.get_run(run_id)  # fails clearly on an unknown id
     return MlflowRecorder(client, run_id)
 
@@ -255,6 +295,7 @@ def close_orphaned_runs(
             except Exception as exc:  # the run is closed regardless
                 client.set_tag(run.info.run_id, "orphan_note", f"{type(exc).__name__}: {exc}")
         client.set_tag(run.info.run_id, "error", ORPHANED)
-        client.set_terminated(run.info.run_id, status="FAILED")
+        with contextlib.redirect_stdout(sys.stderr):  # a plain client prints the run's link
+            client.set_terminated(run.info.run_id, status="FAILED")
         closed.append(run)
     return closed

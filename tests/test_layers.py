@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kronos.decision",),
     ("kronos.execution",),
     ("kronos.backtest",),
-    ("kronos.tracking",),
+    ("kronos.tracking", "kronos.mlflow_registry"),
     ("kronos.runner",),
     ("kronos.testing",),
     ("kronos.bench", "kronos.cli", "kronos.serve", "kronos.__main__"),

@@ -36,7 +36,10 @@ ENVIRONMENT_READERS = {
     "kronos/config.py": "load_settings: the one reader of os.environ and .env",
     "kronos/runner/params.py": "the values of secret variables a notebook's kernel inherits, "
     "to redact them from its outputs",
-    "kronos/backtest/executor.py": "the variables Ray workers need to import this checkout",
+    "kronos/backtest/executor.py": "the variables Ray workers need to import this checkout, "
+    "and Ray's own token variables (RAY_AUTH_MODE, RAY_AUTH_TOKEN[_PATH])",
+    "kronos/models/lightning.py": "the rank a ddp launcher gives a re-run process "
+    "(RANK, LOCAL_RANK, NODE_RANK): the launch protocol, not a setting",
     "kronos/testing/chaos.py": "the environment of the paper-loop processes it kills",
 }
 

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from kronos.backtest.splits import Fold
-from kronos.errors import InputError, LookAhead
+from kronos.errors import ConfigError, InputError, LookAhead
 from kronos.models.base import Forecaster
 from kronos.models.registry import ForecasterRef, build
 from kronos.models.split import train_valid_split
@@ -100,6 +100,12 @@ def fold_forecasts(
 ) -> FoldForecasts:
     """Fit on ``[train_start, train_end]`` (or load ``artifact``); forecast from ``origins``."""
     t0 = time.perf_counter()
+    if artifact is not None and artifact.startswith("models:/"):
+        # the driver downloads a registry version once; a fold (maybe on a Ray node) never asks
+        raise ConfigError(
+            f"forecaster.artifact {artifact} was not resolved before the folds: resolve it "
+            "with kronos.mlflow_registry.resolve_spec_artifact (kronos backtest does)"
+        )
     if artifact is not None:
         model = load_for_fold(name, Path(artifact), fold)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from datetime import date
@@ -14,7 +15,7 @@ from kronos.backtest import vbt
 from kronos.backtest.analysis import fold_metrics, rolling_coverage
 from kronos.backtest.engine import Trading, order_hash, rebalance_days, trade
 from kronos.backtest.executor import Executor, map_calls
-from kronos.backtest.forecasts import STEP1_SCHEMA, FoldForecasts, fold_forecasts
+from kronos.backtest.forecasts import STEP1_SCHEMA, FoldForecasts
 from kronos.backtest.market import Market, load_market, resolve_universe, wide
 from kronos.backtest.monitor import Quantiles, calibrate, failsafe
 from kronos.backtest.plain import plain_strategy
@@ -28,6 +29,7 @@ from kronos.backtest.result import (
     empty,
 )
 from kronos.backtest.spec import BacktestSpec, spec_hash
+from kronos.backtest.tasks import fold_task
 from kronos.data.store import DEFAULT_LOCK_WAIT_S, Store
 from kronos.errors import ConfigError, InputError
 from kronos.execution.fills import FillRules
@@ -66,6 +68,40 @@ def _window(market: Market, start: date, end: date) -> tuple[int, int]:
     return first, last
 
 
+def fold_calls(
+    spec: BacktestSpec, market: Market, first: int, last: int
+) -> list[tuple[object, ...]]:
+    """The arguments of each fold's task (less the panel), paths resolved here on the driver."""
+    sessions = market.sessions
+    folds = spec.splitter().folds(sessions, sessions[first], sessions[last])
+    artifact = spec.forecaster.artifact
+    if artifact is not None and ":/" not in artifact:  # a path, not a models:/ or s3:// URI
+        artifact = str(Path(artifact).resolve())
+    return [
+        (
+            spec.forecaster.name,
+            spec.forecaster.params,
+            spec.seed,
+            f,
+            [d for d in sessions[first : last + 1] if f.test_start <= d <= f.test_end],
+            artifact,
+        )
+        for f in folds
+    ]
+
+
+def fold_plan(spec: BacktestSpec, store: Store) -> tuple[Market, list[tuple[object, ...]]]:
+    """The market a spec trades and its fold tasks' arguments (none for a plain strategy)."""
+    u = spec.universe
+    data = spec.decision_settings().data
+    symbols = resolve_universe(store, spec.dates.end, u.source, u.symbols, u.exclude, data)
+    market = load_market(store, symbols, spec.dates.end, data)
+    if spec.strategy.plain:
+        return market, []
+    first, last = _window(market, spec.dates.start, spec.dates.end)
+    return market, fold_calls(spec, market, first, last)
+
+
 def forecasts_by_fold(
     spec: BacktestSpec,
     market: Market,
@@ -73,26 +109,13 @@ def forecasts_by_fold(
     last: int,
     executor: Executor,
     ray_address: str | None,
+    done: list[FoldForecasts] | None = None,
 ) -> list[FoldForecasts]:
-    """Fit and forecast every fold (independent tasks)."""
-    sessions = market.sessions
-    folds = spec.splitter().folds(sessions, sessions[first], sessions[last])
-    calls = [
-        (
-            spec.forecaster.name,
-            spec.forecaster.params,
-            spec.seed,
-            f,
-            [d for d in sessions[first : last + 1] if f.test_start <= d <= f.test_end],
-            spec.forecaster.artifact,
-        )
-        for f in folds
-    ]
-    return map_calls(_fold_task, calls, executor, ray_address, shared={"panel": market.panel})
-
-
-def _fold_task(name, params, seed, fold, origins, artifact, panel):
-    return fold_forecasts(name, params, seed, panel, fold, origins, artifact)
+    """Fit and forecast every fold (independent tasks), unless ``done`` already holds them."""
+    if done is not None:  # a sweep's fold tasks ran before its trading loop
+        return done
+    calls = fold_calls(spec, market, first, last)
+    return map_calls(fold_task, calls, executor, ray_address, shared={"panel": market.panel})
 
 
 def _equity(market: Market, first: int, trading: Trading, benchmark: np.ndarray) -> pl.DataFrame:
@@ -145,6 +168,7 @@ def run_backtest(
     executor: Executor = "local",
     ray_address: str | None = None,
     progress: Progress | None = None,
+    folds: list[FoldForecasts] | None = None,
 ) -> BacktestResult:
     """Run ``spec`` on ``store`` (read only: the backtest writes nothing there)."""
     say = progress or (lambda _m: None)
@@ -169,7 +193,7 @@ def run_backtest(
         say(f"plain {spec.strategy.kind} strategy: {plain.label}")
     else:
         folds, raw, calibrated, trips = _forecasts_and_risk(
-            spec, store, market, first, last, executor, ray_address, timings, say
+            spec, store, market, first, last, executor, ray_address, timings, say, folds
         )
 
     t0 = time.perf_counter()
@@ -281,10 +305,11 @@ def _forecasts_and_risk(
     ray_address: str | None,
     timings: dict[str, float],
     say: Progress,
+    done: list[FoldForecasts] | None = None,
 ) -> tuple[list[FoldForecasts], Quantiles, Quantiles, list[Breaker]]:
     """The decision chain's inputs: fold forecasts, calibrated, and the fail-safe's trips."""
     t0 = time.perf_counter()
-    folds = forecasts_by_fold(spec, market, first, last, executor, ray_address)
+    folds = forecasts_by_fold(spec, market, first, last, executor, ray_address, done)
     timings["forecasts"] = time.perf_counter() - t0
     say(f"{len(folds)} folds fitted and forecast with {spec.forecaster.name}")
     frame = pl.concat([f.forecasts for f in folds]) if folds else pl.DataFrame(schema=STEP1_SCHEMA)
@@ -325,7 +350,19 @@ def run_on_db(
     executor: Executor = "local",
     ray_address: str | None = None,
     lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+    *folds: FoldForecasts,
 ) -> BacktestResult:
-    """Open the store at ``db`` read only and run ``spec`` (a sweep variant's Ray task)."""
+    """Open the store at ``db`` read only and run ``spec`` (a sweep variant's Ray task).
+
+    ``folds``, when given, are the spec's fold forecasts computed before (as
+    separate Ray tasks: Ray hands them in once they are all done).
+    """
+    if not Path(db).exists():  # on a Ray worker: the store must be at the same path here
+        raise InputError(
+            f"no kronos database at {db} on host {socket.gethostname()} "
+            "(a Ray worker reads the store at the driver's absolute path: share it there)"
+        )
     with Store.open(db, read_only=True, lock_wait_s=lock_wait_s) as store:
-        return run_backtest(spec, store, executor=executor, ray_address=ray_address)
+        return run_backtest(
+            spec, store, executor=executor, ray_address=ray_address, folds=list(folds) or None
+        )

@@ -106,9 +106,22 @@ class ForecasterSpec(_Section):
     calibrate: bool = True
     artifact: str | None = Field(
         None,
-        description="a saved model directory to load for every fold instead of refitting "
-        "(refused when it saw data after the first fold's training cutoff)",
+        description="a saved model directory, or a version of MLflow's model registry "
+        "(models:/kronos-ewma@champion, models:/kronos-ewma/3; downloaded on the driver before "
+        "the folds), to load for every fold instead of refitting (refused when it saw data "
+        "after the first fold's training cutoff)",
     )
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact_uri(cls, value: str | None) -> str | None:
+        # a malformed registry URI fails when the spec is read, not after the data loads
+        uri = r"models:/[^/@]+(@[^/@]+|/\d+)"
+        if value is not None and value.startswith("models:/") and not re.fullmatch(uri, value):
+            raise ValueError(
+                f"{value!r}: expected models:/<name>@<alias> or models:/<name>/<version>"
+            )
+        return value
 
     @field_validator("name")
     @classmethod
@@ -130,6 +143,15 @@ class ForecasterSpec(_Section):
                 raise ValueError(
                     f"unknown parameter {key!r} of {self.name}{did_you_mean(key, valid)}"
                 )
+        # ddp starts its workers by re-running the command: a backtest fits once per
+        # fold, so each worker would run the whole backtest again
+        p = self.params
+        many = p.get("devices", 1) != 1 or p.get("num_nodes", 1) != 1
+        if many and p.get("strategy", "auto") not in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
+            raise ValueError(
+                "several devices in a backtest need strategy: ddp_spawn (or ddp_fork); "
+                "ddp re-runs the whole command in every process"
+            )
         return self
 
 

@@ -13,6 +13,7 @@ from kronos.cli.calibrate import calibrate
 from kronos.cli.forecast import forecast
 from kronos.cli.run import run, runs_app, schedule
 from kronos.cli.serve import serve
+from kronos.cli.tune import tune
 from kronos.config import setting_errors
 from kronos.errors import KronosError
 from kronos.interrupts import Caught, stop_on_signals
@@ -32,6 +33,7 @@ app.command("run")(run)
 app.add_typer(runs_app, name="runs")
 app.command("schedule")(schedule)
 app.command("serve")(serve)
+app.command("tune")(tune)
 
 
 def main() -> None:

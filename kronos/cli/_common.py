@@ -15,6 +15,8 @@ from kronos.config import DataSettings, resolve_db_path
 from kronos.errors import InputError
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from kronos.data.store import Store
 
 out = Console()
@@ -80,6 +82,29 @@ def open_store(db: Path | None, *, settings: DataSettings, read_only: bool = Fal
 
     path = resolve_db_path(db, settings)
     return Store.open(path, read_only=read_only, lock_wait_s=settings.lock_wait_s)
+
+
+def training_panel(
+    db: Path | None, symbols: str | None, source: str, cutoff: date, settings: DataSettings
+) -> pl.DataFrame:
+    """The returns panel ``kronos train`` and ``kronos tune`` fit on; exits 2 on a store error.
+
+    ``symbols`` (comma-separated) overrides ``source``; rows up to ``cutoff``.
+    """
+    from kronos.errors import KronosError
+    from kronos.features.returns import returns_panel
+
+    try:
+        with open_store(db, read_only=True, settings=settings) as store:
+            return returns_panel(
+                store,
+                cutoff,
+                symbols.split(",") if symbols else None,
+                source=None if symbols else source,
+                settings=settings,
+            )
+    except KronosError as exc:
+        fail(str(exc))
 
 
 def table(title: str, columns: list[str], rows: list[list[str]], left: int = 1) -> Table:

@@ -1,4 +1,9 @@
-"""``kronos forecast``: quantile forecasts from the promoted model, into the store."""
+"""``kronos forecast``: quantile forecasts from the promoted model, into the store.
+
+The model is the promoted artifact under MODEL_DIR (``latest``), or a version
+of MLflow's model registry (``models:/kronos-nbeats@champion``,
+``models:/kronos-nbeats/3``) downloaded from the tracking server.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ from kronos.errors import KronosError
 def forecast(
     model: Annotated[
         str,
-        typer.Argument(help="Forecaster: nbeats, ewma, garch, ..., pkg.mod:Class, entry point."),
+        typer.Argument(
+            help="Forecaster: nbeats, ewma, garch, ..., pkg.mod:Class, entry point, or a "
+            "registered version: models:/kronos-nbeats@champion, models:/kronos-nbeats/3."
+        ),
     ],
     asof: Annotated[str | None, typer.Option(help="Origin YYYY-MM-DD [default: last bar].")] = None,
     db: DbOption = None,
@@ -30,27 +38,43 @@ def forecast(
 ) -> None:
     """Predict p05/p50/p95 for steps 1-5 with the promoted artifact (or the fallback fit)."""
     from kronos.features.returns import returns_panel
-    from kronos.forecasting import forecast_and_store
+    from kronos.forecasting import forecast_and_store, forecast_with, store_forecasts
+    from kronos.mlflow_registry import is_model_uri, load_registered
 
     names = symbols.split(",") if symbols else None
     loaded = load_settings()
     settings, data = loaded.calibration, loaded.data
     try:
         cutoff = parse_day(asof, "--asof") if asof else date.today()
+        root = model_dir or loaded.models.model_dir
+        # a registry version (no fallback fit), downloaded before the store is held for writing
+        registered = (
+            load_registered(model, tracking_uri=loaded.tracking.tracking_uri(), model_dir=root)
+            if is_model_uri(model)
+            else None
+        )
         with open_store(db, settings=data) as store:
             panel = returns_panel(
                 store, cutoff, names, source=None if names else source, settings=data
             )
-            made = forecast_and_store(
-                store,
-                model,
-                panel,
-                model_dir or loaded.models.model_dir,
-                symbols=names,
-                settings=settings,
-                write=write,
-                data=data,
-            )
+            if registered is not None:
+                stored_as = registered.forecaster.name  # rows and calibration as a local one's
+                made = forecast_with(
+                    store, registered, stored_as, panel, symbols=names, settings=settings, data=data
+                )
+                if write:
+                    store_forecasts(store, stored_as, made)
+            else:
+                made = forecast_and_store(
+                    store,
+                    model,
+                    panel,
+                    root,
+                    symbols=names,
+                    settings=settings,
+                    write=write,
+                    data=data,
+                )
             origin = made.origin
             err.print(made.message, highlight=False)
             if made.calibration_night is not None:

@@ -18,7 +18,10 @@ def serve(
     db: DbOption = None,
     model: Annotated[
         str,
-        typer.Option(help="Forecaster to serve: nbeats, ewma, ..., pkg.mod:Class, entry point."),
+        typer.Option(
+            help="Forecaster to serve: nbeats, ewma, ..., pkg.mod:Class, entry point, or a "
+            "registered version (models:/kronos-nbeats@champion, from MLFLOW_TRACKING_URI)."
+        ),
     ] = "nbeats",
     model_dir: Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")] = None,
     source: Annotated[
@@ -37,6 +40,7 @@ def serve(
         db=resolve_db_path(db, settings),
         model=model,
         model_dir=model_dir or loaded.models.model_dir,
+        tracking_uri=loaded.tracking.tracking_uri(),
         fit_source=source,
         max_symbols=max_symbols,
     )

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, parse_day, table
+from kronos.cli._common import (
+    DbOption,
+    JsonOption,
+    err,
+    fail,
+    open_store,
+    out,
+    parse_day,
+    table,
+    training_panel,
+)
 from kronos.config import config_hash, load_settings, resolve_db_path, settings_hash
 from kronos.errors import KronosError
 from kronos.models.base import Forecaster
@@ -27,6 +37,29 @@ SymbolsOpt = Annotated[str | None, typer.Option(help="Comma-separated symbols (e
 AsofOpt = Annotated[str | None, typer.Option(help="Data cutoff YYYY-MM-DD [default: today].")]
 ModelDirOpt = Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")]
 ExperimentOpt = Annotated[str, typer.Option(help="MLflow experiment.")]
+AcceleratorOpt = Annotated[
+    str | None, typer.Option(help="Lightning accelerator: cpu, gpu or auto (model default).")
+]
+DevicesOpt = Annotated[
+    str | None,
+    typer.Option(help="Devices per node (CPU: processes), or 'auto' [1]."),
+]
+StrategyOpt = Annotated[
+    str | None, typer.Option(help="Lightning strategy: auto, ddp, ddp_spawn, fsdp... (auto).")
+]
+NumNodesOpt = Annotated[int | None, typer.Option(help="Machines taking part [1].", min=1)]
+PLACEMENT = ("accelerator", "devices", "strategy", "num_nodes")
+
+
+def _placement(options: dict[str, Any]) -> dict[str, Any]:
+    """The given ``--accelerator --devices --strategy --num-nodes`` as TrainingConfig fields."""
+    given = {k: options[k] for k in PLACEMENT if options.get(k) is not None}
+    devices = given.get("devices")
+    if devices is not None and devices != "auto":
+        if not str(devices).isdigit() or int(devices) < 1:
+            fail(f"--devices must be a positive integer or 'auto', not {devices!r}")
+        given["devices"] = int(devices)
+    return given
 
 
 def _cutoff(asof: str | None) -> date:
@@ -48,7 +81,9 @@ def _run(
     experiment: str,
     as_json: bool,
 ) -> None:
-    from kronos.features.returns import returns_panel
+    from kronos.mlflow_registry import publish_artifact
+    from kronos.models.lightning import launched_rank
+    from kronos.models.split import train_valid_split
     from kronos.models.training import train_and_gate
     from kronos.tracking import mlflow_run
 
@@ -56,17 +91,10 @@ def _run(
     settings = loaded.models
     root = model_dir or settings.model_dir
     cutoff = _cutoff(asof)
-    try:
-        with open_store(db, read_only=True, settings=loaded.data) as store:
-            panel = returns_panel(
-                store,
-                cutoff,
-                symbols.split(",") if symbols else None,
-                source=None if symbols else source,
-                settings=loaded.data,
-            )
-    except KronosError as exc:
-        fail(str(exc))
+    panel = training_panel(db, symbols, source, cutoff, loaded.data)
+    if launched_rank():  # a worker of a multi-process fit: rank 0 does everything else
+        forecaster.fit(*train_valid_split(panel))
+        return
     tags = {
         "model": forecaster.name,
         "config_hash": config_hash(forecaster.get_config()),
@@ -83,8 +111,13 @@ def _run(
                 recorder=recorder,
                 on_stage=lambda s: err.print(f"[dim]{s}[/dim]"),
             )
-            recorder.log_artifacts(outcome.run_dir, "artifact")
-            recorder.set_tags({"promoted": outcome.decision.promoted, "version": outcome.version})
+            registered = publish_artifact(  # registered as kronos-<model> only when promoted
+                recorder,
+                model=outcome.name,
+                run_dir=outcome.run_dir,
+                version=outcome.version,
+                promoted=outcome.decision.promoted,
+            )
     except KronosError as exc:
         fail(str(exc))
     result = {
@@ -98,6 +131,7 @@ def _run(
         "fit_seconds": outcome.fit_seconds,
         "data_range": outcome.data_range,
         "mlflow_run_id": recorder.run_id,
+        "registered": registered.as_dict() if registered else None,
         "settings_hash": settings_hash(loaded),
     }
     if as_json:
@@ -121,6 +155,8 @@ def _run(
         f"MLflow run {recorder.run_id}, settings {settings_hash(loaded)})",
         highlight=False,
     )
+    if registered is not None:
+        out.print(f"registered {registered.uri} (@{registered.alias})", highlight=False)
 
 
 _COMMON = ("db", "source", "symbols", "asof", "model_dir", "experiment", "as_json")
@@ -137,6 +173,7 @@ def _train(name: str, options: dict[str, Any], **overrides: Any) -> None:
     from kronos.models.registry import build
 
     given = {k: options[k] for k in _TRAINING if options.get(k) is not None}
+    given |= _placement(options)
     try:
         forecaster = build(name, progress=err.is_terminal, **given, **overrides)
     except KronosError as exc:
@@ -156,6 +193,10 @@ def train_nbeats(
     asof: AsofOpt = None,
     model_dir: ModelDirOpt = None,
     experiment: ExperimentOpt = "kronos-retrain",
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """N-BEATS through neuralforecast: 90-day input, 5-day horizon, MQLoss(p05, p50, p95)."""
@@ -180,6 +221,10 @@ def train_tft(
     asof: AsofOpt = None,
     model_dir: ModelDirOpt = None,
     experiment: ExperimentOpt = "kronos-retrain",
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """Temporal Fusion Transformer through pytorch-forecasting, same split and metrics."""
@@ -201,6 +246,10 @@ def train_forecaster(
     asof: AsofOpt = None,
     model_dir: ModelDirOpt = None,
     experiment: ExperimentOpt = "kronos-retrain",
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """Any forecaster, your own included: split, fit, gate against the baseline, save, promote.
@@ -219,8 +268,12 @@ def train_forecaster(
             fail(f"--set {item!r}: expected key=value")
         overrides[key.strip()] = yaml.safe_load(value)
     try:
+        placement = _placement(locals())
         if "progress" in override_keys(model):  # the neural models' progress bar
             overrides.setdefault("progress", err.is_terminal)
+            overrides |= placement
+        elif placement:
+            fail(f"{model} does not train with Lightning: it takes no {sorted(placement)}")
         forecaster = build(model, **overrides)
     except KronosError as exc:
         fail(str(exc))
@@ -261,6 +314,10 @@ def train_stemgnn(
     asof: AsofOpt = None,
     model_dir: ModelDirOpt = None,
     experiment: ExperimentOpt = "kronos-retrain",
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """StemGNN (neuralforecast) over the universe: sector-normalised returns, prior graph."""
@@ -282,6 +339,10 @@ def train_mtgnn(
     asof: AsofOpt = None,
     model_dir: ModelDirOpt = None,
     experiment: ExperimentOpt = "kronos-retrain",
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """MTGNN (torch-geometric-temporal) over the universe; the learned graph is saved and drawn."""
@@ -305,6 +366,10 @@ def train_regime_command(
         bool,
         typer.Option(help="Do not train: write the promoted encoder's features up to --asof."),
     ] = False,
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """S4D regime encoder on market volatility; writes regime_features (whitepaper 4, 10).
@@ -315,6 +380,8 @@ def train_regime_command(
     (run it with --features-only nightly, before ``kronos calibrate``).
     """
     from kronos.features.regime import latest_regime, market_features_at
+    from kronos.mlflow_registry import publish_artifact
+    from kronos.models.lightning import launched_rank
     from kronos.models.regime import RegimeEncoder, train_regime
     from kronos.nightly import refresh_regime
     from kronos.tracking import mlflow_run
@@ -335,9 +402,13 @@ def train_regime_command(
                 "max_epochs": max_epochs,
                 "patience": patience,
                 "scheduler_patience": scheduler_patience,
+                **_placement(locals()),
             }
         )
         encoder = RegimeEncoder(training=training)
+        if launched_rank():  # a worker of a multi-process fit: rank 0 saves and records
+            encoder.fit(features, cutoff)
+            return
         tags = {"model": "regime", "config_hash": config_hash(encoder.get_config())}
         try:
             run_tags = {**tags, "data_cutoff": cutoff}
@@ -345,8 +416,13 @@ def train_regime_command(
                 outcome = train_regime(
                     encoder, features, model_dir=root, cutoff=cutoff, recorder=rec
                 )
-                rec.log_artifacts(outcome.run_dir, "artifact")
-                rec.set_tags({"promoted": outcome.promoted, "version": encoder.version})
+                registered = publish_artifact(
+                    rec,
+                    model="regime",
+                    run_dir=outcome.run_dir,
+                    version=encoder.version,
+                    promoted=outcome.promoted,
+                )
         except KronosError as exc:
             fail(str(exc))
         result |= {
@@ -357,6 +433,7 @@ def train_regime_command(
             "validation": outcome.metrics,
             "fit": encoder.fit_info_,
             "mlflow_run_id": rec.run_id,
+            "registered": registered.as_dict() if registered else None,
         }
     if not path.exists():
         fail(f"no store at {path}: run kronos data ingest first")

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 
 import numpy as np
 import polars as pl
@@ -95,6 +95,13 @@ class TrainingConfig(BaseModel):
     batch_size: int = Field(256, ge=1)
     seed: int = 0
     accelerator: str = Field("auto", description="Lightning picks CPU or GPU")
+    # Placement, not hyper-parameters: left out of model_dump(), so an artifact's
+    # config and version do not depend on where it was trained, and it loads on one device.
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, exclude=True, description="Lightning devices (processes on CPU) per node"
+    )
+    strategy: str = Field("auto", exclude=True, description="Lightning strategy, e.g. ddp")
+    num_nodes: int = Field(1, ge=1, exclude=True, description="machines taking part")
     progress: bool = False
 
 

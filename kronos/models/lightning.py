@@ -3,7 +3,8 @@
 N-BEATS and StemGNN's base come from neuralforecast, which builds its own
 ``pytorch_lightning`` trainer from keyword arguments: they take
 :func:`trainer_options`. The graph models, the TFT and the regime encoder build
-a ``lightning`` trainer with :func:`make_trainer`. Either way: one device, no
+a ``lightning`` trainer with :func:`make_trainer`. Either way: the devices,
+strategy and nodes of ``TrainingConfig`` (one device by default), no
 logger, no sanity validation, and a progress bar and model summary only when
 ``TrainingConfig.progress`` asks for them. Early stopping and the best
 checkpoint monitor the validation loss after each validation run only, so a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,9 +31,11 @@ from kronos.models.base import TrainingConfig
 __all__ = [
     "best_checkpoint",
     "early_stopping",
+    "launched_rank",
     "make_trainer",
     "plateau_schedule",
     "quiet_lightning",
+    "relaunches_command",
     "trainer_options",
 ]
 
@@ -54,6 +58,8 @@ NOISE = (
     r".*defined a `validation_step` but have no `val_dataloader`.*",
     # pytorch-forecasting stores its loss modules as hyper-parameters
     r"Attribute '(loss|logging_metrics)' is an instance of `nn.Module`",
+    # Lightning's metric sync under DDP (torch 2.13 deprecation inside lightning_fabric)
+    r".*all_gather is deprecated.*",
 )
 
 
@@ -78,16 +84,53 @@ def quiet_lightning(enabled: bool = True) -> Iterator[None]:
 
 
 def trainer_options(training: TrainingConfig, accelerator: str | None = None) -> dict[str, Any]:
-    """Trainer keywords every model shares (neuralforecast takes them as its own)."""
+    """Trainer keywords every model shares (neuralforecast takes them as its own).
+
+    Placement (``devices``, ``strategy``, ``num_nodes``) comes from ``training``;
+    the defaults (1, ``"auto"``, 1) are Lightning's single-device run.
+    """
     return {
         "accelerator": accelerator or training.accelerator,
-        "devices": 1,
+        "devices": training.devices,
+        "strategy": training.strategy,
+        "num_nodes": training.num_nodes,
         "logger": False,
         "enable_checkpointing": False,
         "enable_progress_bar": training.progress,
         "enable_model_summary": training.progress,
         "num_sanity_val_steps": 0,
     }
+
+
+def launched_rank() -> int:
+    """The rank the launcher gave this process: 0 unless it is a worker.
+
+    Lightning's ``ddp`` launcher (and torchrun, or a job scheduler on other
+    nodes) starts the same command line again with ``LOCAL_RANK``,
+    ``NODE_RANK`` or ``RANK`` set; such a process only takes part in ``fit``:
+    rank 0 validates, saves, gates and records. Read from the environment
+    because that is the launch protocol, not a setting.
+    """
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name, "0").strip() or "0"
+        if value.isdigit() and int(value) != 0:
+            return int(value)
+    return 0
+
+
+# strategies that start their worker processes inside ``fit`` (not by running the command again)
+SPAWNING = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def relaunches_command(training: TrainingConfig) -> bool:
+    """Whether Lightning would start this training's workers by re-running the command line.
+
+    True for several devices or nodes under ``ddp`` (or ``auto``, which picks it):
+    fine for ``kronos train`` (workers only fit, see :func:`launched_rank`), but a
+    command that fits many times (backtest, tune) must use a :data:`SPAWNING` strategy.
+    """
+    many = training.devices != 1 or training.num_nodes != 1
+    return many and training.strategy not in SPAWNING
 
 
 def plateau_schedule(

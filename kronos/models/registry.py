@@ -163,7 +163,7 @@ def build(ref: ForecasterRef, seed: int | None = None, **overrides: Any) -> Fore
         if seed is not None:
             update.setdefault("seed", seed)
         try:
-            params["training"] = TrainingConfig(**{**start.model_dump(), **update})
+            params["training"] = TrainingConfig(**{**dict(start), **update})
         except ValueError as exc:  # pydantic's ValidationError
             raise ConfigError(f"forecaster {name!r}: bad training option: {exc}") from None
     try:

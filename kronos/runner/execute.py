@@ -25,6 +25,7 @@ from kronos.tracking import (
     git_state,
     process_tags,
     record_settings,
+    tracking_client,
 )
 
 NOTEBOOK_PATH_TAG = "kronos.notebook_path"  # absolute: a later command logs it if orphaned
@@ -49,8 +50,7 @@ class RunOutcome:
 
 def ensure_experiments(settings: TrackingSettings) -> dict[str, str]:
     """Create every workflow experiment now, so parallel runs never race to create one."""
-    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    client = tracking_client(settings)  # mlruns/ only for the embedded store
     return {name: experiment_id(client, name, settings) for name in WORKFLOWS.values()}
 
 
@@ -177,14 +177,14 @@ def run_notebook(
         shown = str(notebook)
 
     ensure_experiments(tracking)  # every workflow's, up front: parallel runs never race
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    client = tracking_client(tracking)  # run ends print MLflow's links to stderr, not stdout
     close_orphaned(client)
     secrets = sorted(secret_values(), key=len, reverse=True)
     run = client.create_run(
         experiment_id(client, experiment, tracking),
         run_name=name,
         tags={
-            **git_state(repo),
+            **git_state(),  # the checkout kronos runs from, whatever the cwd
             **process_tags(),
             "notebook": shown,
             "spec_hash": config_hash({"notebook": shown, "parameters": effective}),
