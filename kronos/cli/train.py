@@ -81,10 +81,8 @@ def _run(
     experiment: str,
     as_json: bool,
 ) -> None:
-    from kronos.mlflow_registry import publish_artifact
     from kronos.models.lightning import launched_rank
     from kronos.models.split import train_valid_split
-    from kronos.models.training import train_and_gate
     from kronos.tracking import mlflow_run
 
     loaded = load_settings()
@@ -102,22 +100,7 @@ def _run(
     }
     try:
         with mlflow_run(experiment, f"train-{forecaster.name}", tags, settings=loaded) as recorder:
-            outcome = train_and_gate(
-                forecaster,
-                panel,
-                model_dir=root,
-                baseline=settings.promotion_baseline,
-                tolerance=settings.promotion_tolerance,
-                recorder=recorder,
-                on_stage=lambda s: err.print(f"[dim]{s}[/dim]"),
-            )
-            registered = publish_artifact(  # registered as kronos-<model> only when promoted
-                recorder,
-                model=outcome.name,
-                run_dir=outcome.run_dir,
-                version=outcome.version,
-                promoted=outcome.decision.promoted,
-            )
+            outcome, registered = gate_and_publish(forecaster, panel, root, settings, recorder)
     except KronosError as exc:
         fail(str(exc))
     result = {
@@ -157,6 +140,37 @@ def _run(
     )
     if registered is not None:
         out.print(f"registered {registered.uri} (@{registered.alias})", highlight=False)
+
+
+def gate_and_publish(
+    forecaster: Any, panel: Any, root: Path, settings: Any, recorder: Any
+) -> tuple[Any, Any]:
+    """Fit, gate against the baseline, save and promote (``train_and_gate``); publish to MLflow.
+
+    The artifact goes into ``recorder``'s run and, only when promoted, into the
+    registry as ``kronos-<model>`` with the alias ``champion``. Returns the
+    training outcome and the registered version (None when not promoted).
+    """
+    from kronos.mlflow_registry import publish_artifact
+    from kronos.models.training import train_and_gate
+
+    outcome = train_and_gate(
+        forecaster,
+        panel,
+        model_dir=root,
+        baseline=settings.promotion_baseline,
+        tolerance=settings.promotion_tolerance,
+        recorder=recorder,
+        on_stage=lambda s: err.print(f"[dim]{s}[/dim]"),
+    )
+    registered = publish_artifact(
+        recorder,
+        model=outcome.name,
+        run_dir=outcome.run_dir,
+        version=outcome.version,
+        promoted=outcome.decision.promoted,
+    )
+    return outcome, registered
 
 
 _COMMON = ("db", "source", "symbols", "asof", "model_dir", "experiment", "as_json")

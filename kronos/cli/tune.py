@@ -19,7 +19,7 @@ from kronos.cli._common import (
     table,
     training_panel,
 )
-from kronos.cli.train import AsofOpt, ModelDirOpt, SourceOpt, SymbolsOpt, _cutoff
+from kronos.cli.train import AsofOpt, ModelDirOpt, SourceOpt, SymbolsOpt, _cutoff, gate_and_publish
 from kronos.config import load_settings, settings_hash
 from kronos.errors import KronosError
 
@@ -55,11 +55,9 @@ def tune(
     """
     import yaml
 
-    from kronos.mlflow_registry import publish_artifact
     from kronos.models.base import TrainingConfig
     from kronos.models.lightning import SPAWNING, relaunches_command
     from kronos.models.registry import build
-    from kronos.models.training import train_and_gate
     from kronos.models.tune import model_options, search
     from kronos.tracking import mlflow_run
 
@@ -114,22 +112,7 @@ def tune(
             err.print(f"[dim]refit trial {best.number}'s parameters and gate[/dim]")
             forecaster = build(model, seed=seed, **{**base, **model_options(model, best.params)})
             settings = loaded.models
-            outcome = train_and_gate(
-                forecaster,
-                panel,
-                model_dir=root,
-                baseline=settings.promotion_baseline,
-                tolerance=settings.promotion_tolerance,
-                recorder=parent,
-                on_stage=lambda s: err.print(f"[dim]{s}[/dim]"),
-            )
-            registered = publish_artifact(
-                parent,
-                model=outcome.name,
-                run_dir=outcome.run_dir,
-                version=outcome.version,
-                promoted=outcome.decision.promoted,
-            )
+            outcome, registered = gate_and_publish(forecaster, panel, root, settings, parent)
     except KronosError as exc:
         fail(str(exc))
     answer = {
