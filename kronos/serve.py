@@ -2,8 +2,12 @@
 
 :func:`create_app` loads the promoted artifact once (or fits the lightweight
 fallback on the store and says so) and serves ``GET /health``, ``GET|POST
-/forecast``, ``GET /version`` and the OpenAPI docs at ``/docs``. Everything the
-app needs is passed in; the app keeps its state on ``app.state.service``.
+/forecast``, ``GET /version`` and the OpenAPI docs at ``/docs`` and ``/redoc``
+(assets packaged by fastapi-offline, no CDN). ``kronos serve`` listens first and
+loads in a thread: until the model is ready, ``/health`` answers 503 with
+``status: loading`` and what is loading, and the other endpoints 503 with
+Retry-After. Everything the app needs is passed in; the app keeps its state on
+``app.state.startup`` (and ``app.state.service`` once loaded).
 
 Requests read an in-memory copy of the store (:class:`StoreCache`), re-read
 when the file changes. DuckDB lets one process write a file or any number read
@@ -21,18 +25,19 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import duckdb
 import polars as pl
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from kronos.calendar import Calendar, get_calendar
@@ -45,6 +50,17 @@ from kronos.forecasting import fallback, forecast_with
 from kronos.models.artifacts import Loaded, latest_artifact, load_promoted
 from kronos.models.base import ForecastError
 from kronos.nightly import last_state_date
+from kronos.serve_models import (
+    CalibrationInfo,
+    ErrorResponse,
+    ForecastRequest,
+    ForecastResponse,
+    HealthResponse,
+    LoadingResponse,
+    QuantileRow,
+    StoreInfo,
+    VersionResponse,
+)
 from kronos.tracking import git_state
 
 log = logging.getLogger(__name__)
@@ -71,95 +87,6 @@ class ServiceConfig(BaseModel):
         2.0, ge=0, description="how long a request waits for a busy store before any copy exists"
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 (seconds)")
-
-
-# ---------------------------------------------------------------- request/response models
-
-
-class ForecastRequest(BaseModel):
-    """Body of ``POST /forecast``."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"symbols": ["AAPL", "KO"], "asof": "2020-03-04"}]},
-    )
-
-    symbols: list[str] = Field(description="symbols to forecast")
-    asof: date | None = Field(None, description="use bars known at this date [default: last bar]")
-    raw: bool = Field(False, description="skip the calibration")
-
-
-class QuantileRow(BaseModel):
-    """One symbol and step: daily log-return quantiles for ``target_ts``."""
-
-    symbol: str
-    step: int
-    target_ts: date
-    p05: float
-    p50: float
-    p95: float
-
-
-class ForecastResponse(BaseModel):
-    """Forecasts of one origin, and how they were made."""
-
-    asof: date = Field(description="as requested (or the last bar)")
-    origin: date = Field(description="the last session at or before asof, forecast from")
-    model: str
-    version: str
-    source: Literal["artifact", "fallback"]
-    calibrated: bool
-    calibration_night: date | None
-    forecasts: list[QuantileRow]
-
-
-class CalibrationInfo(BaseModel):
-    """Whether forecasts are calibrated, with the state of which night."""
-
-    enabled: bool
-    night: date | None = Field(description="newest stored state (what a forecast now uses)")
-
-
-class StoreInfo(BaseModel):
-    """The store and the span of its bars."""
-
-    path: str
-    read_at: datetime = Field(description="when the copy in service was read from the file")
-    first_bar: date | None
-    last_bar: date | None
-    symbols: int
-
-
-class HealthResponse(BaseModel):
-    """``GET /health``."""
-
-    status: Literal["ok"]
-    model: str
-    version: str
-    source: Literal["artifact", "fallback"]
-    message: str
-    fitted_through: date | None = Field(description="last bar the fallback was fitted on")
-    calibration: CalibrationInfo
-    store: StoreInfo
-
-
-class VersionResponse(BaseModel):
-    """``GET /version``."""
-
-    kronos: str
-    model: str
-    model_version: str
-    source: Literal["artifact", "fallback"]
-    artifact: str | None
-    git_commit: str | None
-    git_dirty: bool | None
-
-
-class ErrorResponse(BaseModel):
-    """Every 4xx/5xx the service itself raises."""
-
-    detail: str
-    symbols: list[str] | None = None
 
 
 # ---------------------------------------------------------------- the service
@@ -419,12 +346,29 @@ def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date 
     return load_promoted(config.model_dir, config.model, fallback(config.model, panel)), last
 
 
+def describe_load(config: ServiceConfig) -> str:
+    """What :func:`load_model` will do for ``config``, said before it starts (for logs, /health)."""
+    from kronos.mlflow_registry import is_model_uri
+    from kronos.models.registry import model_name
+
+    if is_model_uri(config.model):
+        return f"downloading {config.model} from the MLflow registry"
+    found = latest_artifact(config.model_dir, model_name(config.model))
+    if found is not None:
+        return f"loading the promoted artifact {found}"
+    return f"fitting the fallback {config.model} on the store's bars (no promoted artifact)"
+
+
+def _kronos_version() -> str:
+    try:
+        return version("kronos")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def version_info(service: Service) -> VersionResponse:
     """Package, model and code versions."""
-    try:
-        kronos_version = version("kronos")
-    except PackageNotFoundError:
-        kronos_version = "unknown"
+    kronos_version = _kronos_version()
     git = git_state(Path(__file__).parent)
     commit = git["git_commit"] if git["git_commit"] != "unknown" else None
     directory = service.loaded.directory
@@ -446,17 +390,43 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "invalid request (symbols, asof, or too little history)"},
     503: {
         "model": ErrorResponse,
-        "description": "store unavailable (a writer holds it and nothing was read yet)",
+        "description": "the model is still loading, or the store is unavailable (a writer "
+        "holds it and nothing was read yet)",
         "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
     },
 }
 
 
-def create_app(
-    config: ServiceConfig, calibration: CalibrationSettings, data: DataSettings
-) -> FastAPI:
-    """The service app with the settings its edge resolved; loads (or fits) the model now, once."""
-    loaded, fitted_through = load_model(config, data)
+class Startup:
+    """The service once its model is loaded, what is loading meanwhile, or why it failed."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.service: Service | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+
+    def ready(self) -> Service:
+        """The service, or a 503 (Retry-After while loading) saying what is loading or failed."""
+        if self.service is not None:
+            return self.service
+        if self.error is not None:
+            raise ServiceError(503, f"the model failed to load: {self.error}")
+        raise ServiceError(503, f"starting: {self.message}", retry_after=self.retry_after_s)
+
+
+Loader = Callable[[ServiceConfig, DataSettings], tuple[Loaded, date | None]]
+
+
+def start_service(
+    config: ServiceConfig,
+    calibration: CalibrationSettings,
+    data: DataSettings,
+    loader: Loader = load_model,
+) -> Service:
+    """Load (or fit) the model with ``loader`` and read the first copy of the store."""
+    loaded, fitted_through = loader(config, data)
     service = Service(
         config,
         loaded,
@@ -471,13 +441,67 @@ def create_app(
         service.stores.current()
     except ServiceError as exc:
         log.warning("no copy of the store yet (%s); requests get 503 until one is read", exc)
-    about = version_info(service)
-    app = FastAPI(
+    return service
+
+
+def _load_in_background(
+    startup: Startup,
+    build: Callable[[], Service],
+    on_done: Callable[[Startup], None] | None,
+) -> None:
+    log.info("model: %s", startup.message)
+    try:
+        startup.service = build()
+        log.info("model ready: %s", startup.service.loaded.message)
+    except Exception as exc:  # any failure is reported on /health and by on_done
+        startup.error = f"{type(exc).__name__}: {exc}"
+        log.error("model failed to load (%s): %s", startup.message, startup.error)
+    finally:
+        startup.done.set()
+        if on_done is not None:
+            on_done(startup)
+
+
+def create_app(
+    config: ServiceConfig,
+    calibration: CalibrationSettings,
+    data: DataSettings,
+    *,
+    background: bool = False,
+    loader: Loader = load_model,
+    on_done: Callable[[Startup], None] | None = None,
+) -> FastAPI:
+    """The service app with the settings its edge resolved; loads (or fits) the model once.
+
+    ``background=False`` loads before returning (errors raise here); ``True`` returns
+    at once and loads in a thread: meanwhile ``/health``, ``/forecast`` and
+    ``/version`` answer 503 with Retry-After and what is loading, and ``on_done``
+    is called with the :class:`Startup` when the load succeeded or failed.
+    """
+    startup = Startup(describe_load(config), config.retry_after_s)
+    app = FastAPIOffline(  # /docs and /redoc from packaged assets: no CDN
         title="Kronos forecast service",
-        version=about.kronos,
+        version=_kronos_version(),
         description="Calibrated p05/p50/p95 daily log-return forecasts, steps 1-5.",
     )
-    app.state.service = service
+    app.state.startup = startup
+
+    def build() -> Service:
+        service = start_service(config, calibration, data, loader)
+        app.state.service = service
+        return service
+
+    if background:
+        threading.Thread(
+            target=_load_in_background,
+            args=(startup, build, on_done),
+            name="kronos-serve-load",
+            daemon=True,
+        ).start()
+    else:
+        startup.service = build()
+        startup.done.set()
+    abouts: list[VersionResponse] = []
 
     @app.exception_handler(ServiceError)
     def _refused(request: Request, exc: ServiceError) -> JSONResponse:
@@ -487,15 +511,31 @@ def create_app(
             body.model_dump(exclude_none=True), status_code=exc.status, headers=headers
         )
 
-    @app.get("/health", responses={503: _ERRORS[503]})
-    def health() -> HealthResponse:
-        """Model, calibration state and store span."""
-        return service.health()
+    loading_503 = {
+        "model": LoadingResponse,
+        "description": "the model is loading (Retry-After) or failed to load; or no store copy",
+    }
 
-    @app.get("/version")
+    @app.get("/health", responses={503: loading_503}, response_model=HealthResponse)
+    def health() -> HealthResponse | JSONResponse:
+        """Model, calibration state and store span; while the model loads, what is loading."""
+        if startup.service is None:
+            failed = startup.error is not None
+            body = LoadingResponse(
+                status="failed" if failed else "loading",
+                message=startup.error if failed else startup.message,
+            )
+            headers = None if failed else {"Retry-After": str(startup.retry_after_s)}
+            return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+        return startup.service.health()
+
+    @app.get("/version", responses={503: _ERRORS[503]})
     def version_() -> VersionResponse:
         """Package version, model version, artifact path, git commit."""
-        return about
+        service = startup.ready()
+        if not abouts:
+            abouts.append(version_info(service))
+        return abouts[0]
 
     @app.get("/forecast", responses=_ERRORS)
     def forecast_get(
@@ -504,11 +544,11 @@ def create_app(
         raw: Annotated[bool, Query(description="skip the calibration")] = False,
     ) -> ForecastResponse:
         """Quantile forecasts of steps 1-5 from the last session at or before asof."""
-        return service.forecast(symbols, asof, raw)
+        return startup.ready().forecast(symbols, asof, raw)
 
     @app.post("/forecast", responses=_ERRORS)
     def forecast_post(request: ForecastRequest) -> ForecastResponse:
         """As ``GET /forecast``, with a JSON body."""
-        return service.forecast(request.symbols, request.asof, request.raw)
+        return startup.ready().forecast(request.symbols, request.asof, request.raw)
 
     return app

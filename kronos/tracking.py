@@ -147,14 +147,60 @@ def record_settings(recorder: MlflowRecorder, settings: Settings) -> str:
     return digest
 
 
+# MLflow 3's UI opens the training-runs view (not the GenAI traces one) for this kind
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_NOTES: dict[str, str] = {
+    "kronos-data": "Data ingestion notebook runs (`kronos run 00_data`).",
+    "kronos-retrain": "Forecaster training and retraining runs (`kronos train`, `kronos run`).",
+    "kronos-backtest": "Walk-forward backtests (`kronos backtest`, sweeps: one run per "
+    "variant): statistics, equity and drawdown curves, report artifacts.",
+    "kronos-paper": "Paper-trading sessions (`kronos paper`).",
+    "kronos-calibration": "Online calibrator fits (`kronos calibrate`).",
+    "kronos-compare": "Run comparison notebooks (`kronos run 50_compare_runs`).",
+    "kronos-research": "Custom model research notebooks (`kronos run 60_custom_model`).",
+}
+
+
+def store_artifact_location(settings: TrackingSettings, name: str) -> str | None:
+    """Where experiment ``name`` keeps artifacts: beside a local (SQLite/file) store.
+
+    ``None`` for a tracking server, which has its own artifact root. Without an
+    explicit location MLflow puts a SQLite store's artifacts under the working
+    directory's ``mlruns/``.
+    """
+    uri = settings.tracking_uri()
+    if not settings.mlflow_tracking_uri:
+        return f"{settings.artifact_root()}/{name}"
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif uri.startswith("file:"):
+        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
+    elif "://" not in uri:
+        folder = Path(uri)  # a plain path is a file store
+    else:
+        return None
+    return (folder.resolve() / "artifacts" / name).as_uri()
+
+
 def experiment_id(client: MlflowClient, name: str, settings: TrackingSettings) -> str:
-    """The id of experiment ``name``, created on first use."""
+    """The id of experiment ``name``, created on first use.
+
+    A new experiment gets a description (``mlflow.note.content``), the kind that
+    opens MLflow 3's training-runs view, and for a local store an artifact
+    location beside the store (:func:`store_artifact_location`).
+    """
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if settings.mlflow_tracking_uri else f"{settings.artifact_root()}/{name}"
+    tags = {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        NOTE_TAG: EXPERIMENT_NOTES.get(name, f"Kronos runs ({name})."),
+    }
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(
+            name, artifact_location=store_artifact_location(settings, name), tags=tags
+        )
     except MlflowException:
         # another process created it between our lookup and create
         found = client.get_experiment_by_name(name)

@@ -30,6 +30,8 @@ ALLOWED_CATCHES = {
     ("serve.py", "OSError"): "a store file that is not there has no stamp",
     ("serve.py", "duckdb.Error"): "an unreadable store is a 503",
     ("serve.py", "PackageNotFoundError"): "no installed version: 'unknown'",
+    ("serve.py", "Exception"): "the model loads in a thread: any failure is shown on /health "
+    "and ends `kronos serve` with exit 2 instead of dying unseen",
 }
 # exception classes that are not errors
 NOT_ERRORS = {"kronos.interrupts.RunInterrupted": "a stop signal, raised as KeyboardInterrupt"}

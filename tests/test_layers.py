@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kronos.tracking", "kronos.mlflow_registry"),
     ("kronos.runner",),
     ("kronos.testing",),
-    ("kronos.bench", "kronos.cli", "kronos.serve", "kronos.__main__"),
+    ("kronos.bench", "kronos.cli", "kronos.serve", "kronos.serve_models", "kronos.__main__"),
 )
 
 

@@ -192,8 +192,11 @@ def start_run(repo: Path, env: dict[str, str], settings) -> tuple[subprocess.Pop
 
 
 def notebook_artifact(client: MlflowClient, run: Run, into: Path) -> Path:
-    [artifact] = client.list_artifacts(run.info.run_id, "notebook")
-    return Path(client.download_artifacts(run.info.run_id, artifact.path, str(into)))
+    """The logged .ipynb (its HTML rendering lies beside it, same stem)."""
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "notebook")]
+    [path] = [p for p in logged if p.endswith(".ipynb")]
+    assert path.removesuffix(".ipynb") + ".html" in logged
+    return Path(client.download_artifacts(run.info.run_id, path, str(into)))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

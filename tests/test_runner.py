@@ -430,7 +430,11 @@ def test_a_run_logs_params_tags_metrics_and_the_notebook_in_one_run(executed, ml
     assert tags["git_commit"] and tags["git_dirty"] in ("true", "false")
     assert tags["data_range"] == "2020-01-02..2020-01-03" and tags["data_symbols"] == "2"
     artifacts = [a.path for a in client.list_artifacts(ok.run_id, "notebook")]
-    assert artifacts == [f"notebook/{ok.output.name}"]
+    # the executed notebook, and the same rendered as HTML for the MLflow UI
+    assert artifacts == [
+        f"notebook/{ok.output.with_suffix('.html').name}",
+        f"notebook/{ok.output.name}",
+    ]
 
 
 def test_a_secret_printed_by_a_cell_is_redacted_in_notebook_and_artifact(
@@ -480,7 +484,8 @@ def test_a_raising_cell_fails_the_run_and_keeps_the_partial_notebook(executed, m
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("ValueError: boom")
     assert [a.path for a in client.list_artifacts(run_id, "notebook")] == [
-        f"notebook/{Path(partial).name}"
+        f"notebook/{Path(partial).with_suffix('.html').name}",
+        f"notebook/{Path(partial).name}",
     ]
 
 

@@ -412,9 +412,16 @@ def _free_port() -> int:
 
 @contextmanager
 def _server(
-    db: Path, tmp_path: Path, model: str = "ewma", env: dict[str, str] | None = None
+    db: Path,
+    tmp_path: Path,
+    model: str = "ewma",
+    env: dict[str, str] | None = None,
+    seen: list[dict] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``kronos serve`` on a free port; yields its base URL once /health answers."""
+    """``kronos serve`` on a free port; yields its base URL once /health says "ok".
+
+    Until then /health answers 503 ``loading``; those bodies are appended to ``seen``.
+    """
     port = _free_port()
     args = ["serve", "--port", str(port), "--db", str(db), "--model", model]
     args += ["--model-dir", str(tmp_path / "models")]
@@ -432,11 +439,18 @@ def _server(
         while True:
             assert server.poll() is None, server.communicate()[0]
             try:
-                httpx.get(f"{base}/health", timeout=5)
-                break
+                health = httpx.get(f"{base}/health", timeout=5)
+                if health.status_code == 200:
+                    break
+                assert health.status_code == 503 and health.json()["status"] == "loading", (
+                    health.text
+                )
+                if seen is not None:
+                    seen.append(health.json())
             except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not start in 60 s"
-                time.sleep(0.2)
+                pass
+            assert time.monotonic() < deadline, "server did not start in 60 s"
+            time.sleep(0.05)
         yield base, server
     finally:
         if server.poll() is None:
@@ -455,7 +469,9 @@ def test_kronos_serve_answers_over_http_and_an_ingest_succeeds_during_a_burst(
 ):
     path = tmp_path / "k.duckdb"
     shutil.copy(bundled_db, path)
-    with _server(path, tmp_path) as (base, server):
+    seen: list[dict] = []  # /health while loading: observed when the fit outlasts the bind
+    with _server(path, tmp_path, seen=seen) as (base, server):
+        assert all("fitting the fallback ewma" in s["message"] for s in seen), seen
         health = httpx.get(f"{base}/health", timeout=5)
         assert health.status_code == 200 and health.json()["model"] == "ewma"
         before = health.json()["store"]
@@ -498,6 +514,9 @@ def test_kronos_serve_answers_over_http_and_an_ingest_succeeds_during_a_burst(
     assert after["read_at"] > before["read_at"]
     assert server.returncode == 0, output
     assert f"serving ewma on {base}" in output
+    # stderr says which model loads and when it is ready, in that order
+    loading = output.index("loading: fitting the fallback ewma")
+    assert loading < output.index("ready: ")
 
 
 def test_kronos_serve_takes_a_model_by_import_path(
@@ -519,3 +538,85 @@ def test_kronos_serve_takes_a_model_by_import_path(
         server.send_signal(signal.SIGINT)
         output = server.communicate(timeout=30)[0]
     assert server.returncode == 0, output
+
+
+# ---------------------------------------------------------------- docs offline, start-up
+
+
+def test_docs_and_redoc_are_served_without_a_cdn(client: TestClient):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"], page
+        urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", r.text)
+        urls += re.findall(r"""url:\s*["']([^"']+)["']""", r.text)  # swagger's openapi url
+        assets = [u for u in urls if not u.startswith(("#", "data:"))]
+        assert assets, f"{page}: no script/link URLs found in {r.text[:500]}"
+        assert not [u for u in assets if "://" in u or u.startswith("//")], (page, assets)
+        for url in assets:
+            assert client.get(url).status_code == 200, (page, url)
+        assert "cdn" not in r.text.lower(), page
+
+
+def test_health_says_loading_and_forecast_is_503_until_the_model_is_ready(cal_db: Path):
+    from kronos.serve import load_model
+
+    release, calls = threading.Event(), []
+
+    def slow_loader(config, data):  # a model whose fit takes until released
+        assert release.wait(30), "never released"
+        return load_model(config, data)
+
+    config = _config(cal_db, cal_db.parent)
+    app = create_app(
+        config, CalibrationSettings(), DataSettings(), background=True, loader=slow_loader,
+        on_done=calls.append,
+    )  # fmt: skip
+    client = TestClient(app)
+    try:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.headers["Retry-After"] == "2"
+        assert health.json()["status"] == "loading"
+        assert "fitting the fallback ewma" in health.json()["message"]
+        r = client.get("/forecast", params={"symbols": "AAPL"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        assert "fitting the fallback ewma" in r.json()["detail"]
+        assert client.get("/version").status_code == 503
+    finally:
+        release.set()
+    assert app.state.startup.done.wait(30)
+    assert calls == [app.state.startup]
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/forecast", params={"symbols": "AAPL"}).status_code == 200
+
+
+def test_a_failed_background_load_is_reported_not_hidden(cal_db: Path, tmp_path: Path):
+    config = ServiceConfig(db=cal_db, model="tft", model_dir=tmp_path)  # no artifact, no fallback
+    calls: list = []
+    app = create_app(
+        config, CalibrationSettings(), DataSettings(), background=True, on_done=calls.append
+    )
+    assert app.state.startup.done.wait(30)
+    client = TestClient(app)
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert "no promoted tft artifact" in health.json()["message"]
+    assert "failed to load" in client.get("/forecast", params={"symbols": "AAPL"}).json()["detail"]
+    assert len(calls) == 1 and calls[0].error
+
+
+def test_kronos_serve_exits_non_zero_when_its_model_cannot_load(bundled_db: Path, tmp_path: Path):
+    port = _free_port()
+    args = ["serve", "--port", str(port), "--db", str(bundled_db), "--model", "tft"]
+    args += ["--model-dir", str(tmp_path / "models")]
+    got = subprocess.run(
+        [sys.executable, "-m", "kronos", *args],
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 2, got.stderr
+    assert "failed to load" in got.stderr and "no promoted tft artifact" in got.stderr

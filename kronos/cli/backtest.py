@@ -80,7 +80,7 @@ def backtest(
     from kronos.backtest.result import STAT_NAMES
     from kronos.backtest.spec import expand_sweep, parse_spec, read_spec_file, to_yaml
     from kronos.backtest.sweep import load_done, record_done, run_sweep
-    from kronos.runner.backtest_record import EXPERIMENT, log_backtest
+    from kronos.runner.backtest_record import EXPERIMENT, log_backtest, variant_run_name
     from kronos.tracking import mlflow_run
 
     if executor not in ("local", "ray"):
@@ -127,7 +127,8 @@ def backtest(
         used = spec.run_settings(base, path)
         if mlflow:
             tags = {f"sweep.{k}": v for k, v in assignment.items()}
-            with mlflow_run(EXPERIMENT, spec.name, tags, settings=used) as recorder:
+            name = variant_run_name(base_spec.name, assignment) if many else spec.name
+            with mlflow_run(EXPERIMENT, name, tags, settings=used) as recorder:
                 log_backtest(recorder, spec, result, target, tags)
                 run_id = recorder.run_id
         rows[i] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,7 @@ def serve(
     """Serve /health, /forecast and /version (FastAPI, docs at /docs) until interrupted."""
     import uvicorn
 
-    from kronos.serve import ServiceConfig, create_app
+    from kronos.serve import ServiceConfig, Startup, create_app
 
     loaded = load_settings()
     settings = loaded.data
@@ -44,11 +45,27 @@ def serve(
         fit_source=source,
         max_symbols=max_symbols,
     )
-    try:
-        app = create_app(config, loaded.calibration, settings)
+    server: uvicorn.Server | None = None
+
+    def loaded_or_failed(startup: Startup) -> None:
+        if startup.error is not None and server is not None:
+            server.should_exit = True  # a service without its model must not keep listening
+        elif startup.service is not None:
+            err.print(f"ready: {startup.service.loaded.message}", highlight=False)
+
+    try:  # the model loads in a thread: /health says "loading" meanwhile
+        app = create_app(
+            config, loaded.calibration, settings, background=True, on_done=loaded_or_failed
+        )
     except KronosError as exc:
         fail(str(exc))
-    service = app.state.service
-    err.print(service.loaded.message, highlight=False)
+    startup = app.state.startup
+    err.print(f"loading: {startup.message}", highlight=False)
     err.print(f"serving {model} on http://{host}:{port} (docs at /docs)", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    if startup.error is not None:  # failed before the server object existed
+        fail(f"the model failed to load ({startup.message}): {startup.error}")
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled
+        server.run()
+    if startup.error is not None:
+        fail(f"the model failed to load ({startup.message}): {startup.error}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, time
 from pathlib import Path
+
+from mlflow.entities import Metric
 
 from kronos.backtest.result import BacktestResult
 from kronos.backtest.spec import BacktestSpec
 from kronos.models.base import flatten_params
-from kronos.tracking import MlflowRecorder
+from kronos.tracking import MAX_BATCH, MlflowRecorder
 
 EXPERIMENT = "kronos-backtest"
 
@@ -19,6 +22,41 @@ def _finite(values: dict[str, float], prefix: str = "") -> dict[str, float]:
         for k, v in values.items()
         if isinstance(v, int | float) and math.isfinite(v)
     }
+
+
+def variant_run_name(name: str, assignment: dict[str, object], width: int = 40) -> str:
+    """A sweep variant's short run name, ``<name> [leaf=value,...]``, about ``width`` characters.
+
+    The spec name is cut first, so the part that tells variants apart stays in view.
+    """
+    varied = ",".join(f"{str(k).rsplit('.', 1)[-1]}={v}" for k, v in assignment.items())
+    room = max(8, width - len(varied) - 3)
+    head = name if len(name) <= room else name[: room - 1] + "…"
+    return f"{head} [{varied}]"
+
+
+def log_curves(recorder: MlflowRecorder, result: BacktestResult) -> int:
+    """Log NAV as ``equity`` and the fall from its running peak as ``drawdown`` step metrics.
+
+    Step = session index, timestamp = the session date (midnight UTC, ms), so
+    MLflow's charts plot the curves. Sent in batches of ``MAX_BATCH``. Returns
+    the number of sessions logged.
+    """
+    equity = result.equity
+    if equity.is_empty():
+        return 0
+    items: list[Metric] = []
+    peak = -math.inf
+    for step, (ts, nav) in enumerate(zip(equity["ts"], equity["nav"], strict=True)):
+        if nav is None or not math.isfinite(nav):
+            continue
+        peak = max(peak, nav)
+        stamp = int(datetime.combine(ts, time(), UTC).timestamp() * 1000)
+        items.append(Metric("equity", float(nav), stamp, step))
+        items.append(Metric("drawdown", nav / peak - 1.0 if peak > 0 else 0.0, stamp, step))
+    for i in range(0, len(items), MAX_BATCH):
+        recorder.client.log_batch(recorder.run_id, metrics=items[i : i + MAX_BATCH])
+    return len(items) // 2
 
 
 def log_backtest(
@@ -60,5 +98,6 @@ def log_backtest(
             _finite({k: row[k] for k in ("mae", "coverage", "crps")}, f"fold_{stage}_"),
             step=row["fold"],
         )
+    log_curves(recorder, result)
     recorder.log_dict(spec.model_dump(mode="json"), "spec.json")
     recorder.log_artifacts(report_dir, "report")

@@ -301,3 +301,27 @@ def _keep_notebook(client: MlflowClient, run_id: str, output: Path) -> None:
     if redact_notebook(output):
         client.set_tag(run_id, "secrets_redacted", "true")
     client.log_artifact(run_id, str(output), "notebook")
+    try:
+        html = notebook_html(output)
+    except Exception as exc:  # a partial notebook nbconvert cannot read: the .ipynb is kept
+        client.set_tag(run_id, "notebook_html_error", f"{type(exc).__name__}: {exc}"[:5000])
+        return
+    client.log_artifact(run_id, str(html), "notebook")
+
+
+def notebook_html(notebook: Path) -> Path:
+    """Render ``notebook`` (already redacted) to a self-contained ``.html`` beside it.
+
+    Images are embedded; the require.js, MathJax and mermaid CDN scripts are
+    left out (a rendered notebook needs none of them to show its outputs), so
+    the page works offline. LaTeX in markdown shows as source text.
+    """
+    from nbconvert import HTMLExporter  # slow import: only when a run ends
+
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter.require_js_url = exporter.mathjax_url = ""
+    exporter.mermaid_js_url = exporter.mermaid_layout_elk_js_url = ""
+    body, _ = exporter.from_filename(str(notebook))
+    html = notebook.with_suffix(".html")
+    html.write_text(body, encoding="utf-8")
+    return html
