@@ -27,10 +27,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
+from kronos.config_alpaca import AlpacaDataSettings, AlpacaTradingSettings
+from kronos.config_base import ConfigModel
 from kronos.errors import ConfigError, did_you_mean
 from kronos.plugins import (
     BUILTIN_FACTORS,
@@ -55,36 +57,6 @@ DOTENV_STRICT_PREFIXES = (
     "HEADLINE_",
     "CALIBRATION_",
 )
-
-
-class ConfigModel(BaseModel):
-    """A settings section: frozen, built from defaults and keywords only, unknown keys refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    env_prefix: ClassVar[str] = ""
-
-    def __init__(self, /, **data: Any) -> None:
-        """Validate ``data``; an unknown keyword raises :class:`ConfigError` naming the nearest."""
-        unknown = [k for k in data if k not in _keywords(type(self))]
-        if unknown:
-            hints = [f"{k!r}{did_you_mean(k, type(self).model_fields)}" for k in unknown]
-            raise ConfigError(f"{type(self).__name__}: unknown setting {', '.join(hints)}")
-        super().__init__(**data)
-
-    @classmethod
-    def env_names(cls) -> dict[str, str]:
-        """Field name -> the environment variable that sets it."""
-        out = {}
-        for name, info in cls.model_fields.items():
-            alias = info.validation_alias
-            out[name] = alias if isinstance(alias, str) else (cls.env_prefix + name).upper()
-        return out
-
-
-def _keywords(cls: type[BaseModel]) -> set[str]:
-    names = set(cls.model_fields)
-    names |= {a for f in cls.model_fields.values() if isinstance(a := f.validation_alias, str)}
-    return names
 
 
 class DataSettings(ConfigModel):
@@ -423,99 +395,6 @@ def chdir_project(start: Path | None = None) -> Path:
             os.chdir(candidate)
             return candidate
     return here
-
-
-# ------------------------------------------------------------------ Alpaca
-
-ALPACA_FEEDS = ("iex", "sip", "delayed_sip", "otc", "boats", "overnight")  # alpaca-py's DataFeed
-
-
-class AlpacaDataSettings(ConfigModel):
-    """Connection settings for the Alpaca market-data API (``APCA_*``).
-
-    Keys are :class:`~pydantic.SecretStr`: they never show in a repr, a log line,
-    an error or a run record. Build one with field names or the variable names,
-    e.g. ``AlpacaDataSettings(APCA_API_KEY_ID=..., APCA_API_SECRET_KEY=...)``;
-    :func:`kronos.data.sources.alpaca.load_alpaca_settings` checks the keys are set.
-    """
-
-    api_key: SecretStr | None = Field(None, validation_alias="APCA_API_KEY_ID")
-    secret_key: SecretStr | None = Field(None, validation_alias="APCA_API_SECRET_KEY")
-    data_url: str | None = Field(
-        None,
-        validation_alias="APCA_DATA_URL",
-        description="Base URL override (tests, proxies); alpaca-py appends /v2/...",
-    )
-    feed: str = Field("iex", validation_alias="APCA_DATA_FEED")
-    timeout_s: float = Field(
-        30.0,
-        gt=0,
-        validation_alias="APCA_DATA_TIMEOUT_S",
-        description="Seconds to wait for each answer before giving up",
-    )
-
-    @field_validator("data_url")
-    @classmethod
-    def _normalise_url(cls, value: str | None) -> str | None:
-        value = (value or "").strip().rstrip("/")
-        return value or None
-
-    @field_validator("feed")
-    @classmethod
-    def _known_feed(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value not in ALPACA_FEEDS:
-            raise ValueError(
-                f"unknown Alpaca data feed {value!r}; expected one of {list(ALPACA_FEEDS)}"
-            )
-        return value
-
-
-class AlpacaTradingSettings(ConfigModel):
-    """Connection settings for the Alpaca trading API.
-
-    Paper keys ``APCA_PAPER_API_KEY_ID`` / ``APCA_PAPER_API_SECRET_KEY``, live keys
-    ``APCA_LIVE_API_KEY_ID`` / ``APCA_LIVE_API_SECRET_KEY``, ``KRONOS_ALPACA_MODE``
-    (``paper`` by default), ``KRONOS_ALPACA_TRADING_URL``, ``KRONOS_ALPACA_TIMEOUT_S``,
-    ``KRONOS_ALLOW_LIVE_TRADING``. Build one with field or variable names, e.g.
-    ``AlpacaTradingSettings(APCA_PAPER_API_KEY_ID=..., APCA_PAPER_API_SECRET_KEY=...)``.
-    Which keys are needed depends on the mode; the broker checks.
-    """
-
-    paper_key_id: SecretStr | None = Field(None, validation_alias="APCA_PAPER_API_KEY_ID")
-    paper_secret_key: SecretStr | None = Field(None, validation_alias="APCA_PAPER_API_SECRET_KEY")
-    live_key_id: SecretStr | None = Field(None, validation_alias="APCA_LIVE_API_KEY_ID")
-    live_secret_key: SecretStr | None = Field(None, validation_alias="APCA_LIVE_API_SECRET_KEY")
-    mode: Literal["paper", "live"] = Field("paper", validation_alias="KRONOS_ALPACA_MODE")
-    allow_live: str | None = Field(
-        None,
-        validation_alias="KRONOS_ALLOW_LIVE_TRADING",
-        description="the text given; only 'true' (any case) unlocks live mode",
-    )
-    trading_url: str | None = Field(
-        None,
-        validation_alias="KRONOS_ALPACA_TRADING_URL",
-        description="Base URL override (tests, the fake); alpaca-py appends /v2/...",
-    )
-    timeout_s: float = Field(10.0, gt=0, validation_alias="KRONOS_ALPACA_TIMEOUT_S")
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _lower_mode(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("allow_live", mode="before")
-    @classmethod
-    def _flag_text(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # a keyword from code, not the environment
-            return "true" if value else "false"
-        return value
-
-    @field_validator("trading_url")
-    @classmethod
-    def _normalise_url(cls, value: str | None) -> str | None:
-        value = (value or "").strip().rstrip("/")
-        return value or None
 
 
 # ------------------------------------------------------------------ the root and its loader

@@ -145,8 +145,8 @@ RESERVED_FACTOR_NAMES = frozenset(
     }
 )  # fmt: skip
 FACTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-BUILTIN_WEIGHTINGS = ("softmax",)  # kronos.decision.allocator.WEIGHTINGS
-BUILTIN_REVIEWERS = ("allow_all",)  # kronos.decision.allocator.REVIEWERS
+BUILTIN_WEIGHTINGS = ("softmax",)  # kronos.decision.weighting.WEIGHTINGS
+BUILTIN_REVIEWERS = ("allow_all",)  # kronos.decision.weighting.REVIEWERS
 
 
 def check_part_name(ref: str, builtins: Iterable[str], group: str) -> str:

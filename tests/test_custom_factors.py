@@ -29,8 +29,9 @@ from kronos.config import (
 )
 from kronos.data.store import Store
 from kronos.decision import strategist as St
-from kronos.decision.allocator import REVIEWERS, WEIGHTINGS, Account, AllowAll, allocate
+from kronos.decision.allocator import Account, allocate
 from kronos.decision.regime import RegimeKnobs
+from kronos.decision.weighting import REVIEWERS, WEIGHTINGS, AllowAll
 from kronos.errors import ConfigError, InputError
 from kronos.features.strategist import INPUT_SCHEMA, custom_factor, strategist_inputs
 from kronos.plugins import (

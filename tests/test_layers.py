@@ -15,7 +15,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kronos"
 # lowest first; each entry is a module or a package prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kronos",),
-    ("kronos.errors", "kronos.interrupts", "kronos.config", "kronos.calendar", "kronos.plugins"),
+    (
+        "kronos.errors",
+        "kronos.interrupts",
+        "kronos.config",
+        "kronos.config_base",
+        "kronos.config_alpaca",
+        "kronos.calendar",
+        "kronos.plugins",
+    ),
     ("kronos.data",),
     ("kronos.features",),
     ("kronos.metrics",),

@@ -20,12 +20,11 @@ from kronos.config import PortfolioSettings
 from kronos.decision.allocator import (
     NO_SECTOR,
     Account,
-    AllowAll,
     _reasons,
     allocate,
-    softmax,
     waterfill,
 )
+from kronos.decision.weighting import AllowAll, softmax
 
 RTOL = 1e-12
 

@@ -74,7 +74,7 @@ def test_sections_are_frozen_and_validated():
 def test_the_alpaca_feeds_are_alpaca_pys():
     from alpaca.data.enums import DataFeed
 
-    from kronos.config import ALPACA_FEEDS
+    from kronos.config_alpaca import ALPACA_FEEDS
 
     assert set(ALPACA_FEEDS) == {f.value for f in DataFeed}
 

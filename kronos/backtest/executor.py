@@ -17,6 +17,7 @@ the host and the last lines of the remote traceback.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -92,7 +93,15 @@ def connect(ray_address: str | None, working_dir: Path | None = None) -> Any:
     from ray.exceptions import AuthenticationError
 
     try:
-        ray.init(address=ray_address, **kwargs)
+        try:
+            ray.init(address=ray_address, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            # the head starts one server per client session; on a loaded node that
+            # start can time out once (Ray: "Starting Ray client server failed")
+            if "Starting Ray client server failed" not in str(exc):
+                raise
+            time.sleep(2.0)
+            ray.init(address=ray_address, **kwargs)
     except AuthenticationError as exc:
         raise ConfigError(f"Ray at {where} refused the token: {AUTH_HELP} ({exc})") from None
     except (OSError, RuntimeError, ValueError) as exc:  # unreachable, refused, malformed

@@ -1,6 +1,6 @@
 """Plain strategies of a backtest spec: target weights or entry/exit signals, turned into orders.
 
-A spec's ``strategy`` section (:class:`~kronos.backtest.spec.StrategySpec`)
+A spec's ``strategy`` section (:class:`~kronos.backtest.strategy_spec.StrategySpec`)
 replaces the decision chain with one of two simple rules; the engine
 (:func:`kronos.backtest.engine.trade`, keyword ``plan``) still fills the
 orders, applies corporate actions and delistings, marks the book and records
@@ -52,7 +52,8 @@ import polars as pl
 
 from kronos.backtest.engine import rebalance_days
 from kronos.backtest.market import Market
-from kronos.backtest.spec import BacktestSpec, StrategySpec
+from kronos.backtest.spec import BacktestSpec
+from kronos.backtest.strategy_spec import StrategySpec
 from kronos.config import DecisionSettings
 from kronos.data.store import Store
 from kronos.decision.orders import client_order_id

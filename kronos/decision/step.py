@@ -32,7 +32,7 @@ import polars as pl
 
 from kronos.config import DataSettings, DecisionSettings
 from kronos.data.store import Store
-from kronos.decision.allocator import Account, Allocation, Reviewer, allocate, check_unique
+from kronos.decision.allocator import Account, Allocation, allocate, check_unique
 from kronos.decision.planner import (
     ORDERS_SCHEMA,
     Plan,
@@ -50,6 +50,7 @@ from kronos.decision.strategist import (
     standardize,
     write_recos,
 )
+from kronos.decision.weighting import Reviewer
 from kronos.risk import blocked_symbols, panic_exit_orders, session_close
 
 
