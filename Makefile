@@ -47,13 +47,25 @@ demo: install
 	@echo "== 5/5 paper-trading loop, 6 cycles on the simulated broker (30_paper_trading)"
 	$(BIN)/kronos run 30_paper_trading -p model=nbeats -p broker=sim --name demo-paper
 	$(BIN)/kronos runs list --max 5
-	@echo "Executed notebooks: experiments/runs/demo-*/   Backtest report: data/backtests/sp500_ewma_weekly/*/report.html"
-	@echo "Compare runs: make mlflow (http://127.0.0.1:5000), kronos runs compare RUN RUN, or notebooks/50_compare_runs.ipynb"
+	@echo
+	@echo "Where to click:"
+	@echo "  JupyterLab     make lab, then http://127.0.0.1:$(LAB_PORT)/lab/tree/notebooks (with the token it prints; reports and runs are one folder up)"
+	@echo "  The report     $(CURDIR)/$$(ls -td data/backtests/sp500_ewma_weekly/*/ | head -1)report.html"
+	@echo "  Notebooks run  $(CURDIR)/experiments/runs/ (each beside its .html)"
+	@echo "  MLflow UI      make mlflow, then http://127.0.0.1:5000 (experiments kronos-*)"
 
-# JupyterLab on 127.0.0.1 with this environment's python3 kernel (root, as in
-# containers, needs --allow-root)
+# JupyterLab on 127.0.0.1 with this environment's python3 kernel, rooted at the
+# project (data/backtests/*/report.html and experiments/runs/ one click away), opening
+# on notebooks/. PORT (8888, never another: the URL printed stays true); TOKEN: the
+# one Jupyter generates and prints, unless given (`make lab TOKEN=` turns it off).
+# Root, as in containers, needs --allow-root.
+LAB_PORT = $(or $(PORT),8888)
+LAB_TOKEN = $(if $(TOKEN),--IdentityProvider.token='$(TOKEN)',$(if $(filter command line,$(origin TOKEN)),--IdentityProvider.token=''))
 lab: install
-	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+	@echo "JupyterLab: http://127.0.0.1:$(LAB_PORT)/lab/tree/notebooks$(if $(TOKEN),?token=$(TOKEN),$(if $(filter command line,$(origin TOKEN)), (no token), (with the token Jupyter prints below)))"
+	$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  $(LAB_TOKEN) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

@@ -32,6 +32,14 @@ Application at inference, for every step: ``p50' = p50 + b``;
 (``p`` clipped to [0, 1]; a night without ``p`` uses ``lambda``), and, with
 ``CALIBRATION_DYNAMIC_GAIN``, the gain ``gamma lambda_t / lambda``: bias and
 interval scale adapt faster in turbulent regimes.
+
+**Starting calibration** (:mod:`kronos.models.start_calibration`): a promoted
+artifact may carry ``CALIBRATION_START.json``, a bias ``b0`` and scale ``s0``
+fitted by split conformal on the gate's validation windows. The calibrator then
+starts every state at ``(b0, s0)`` and clamps relative to it: bias within
+``b0 +/- 0.3%``, scale within ``[0.8 s0, 1.8 s0]`` (the same clamp numbers).
+Without the file (older artifacts, fallback fits) ``b0 = 0`` and ``s0 = 1``:
+exactly the behaviour before starting calibrations existed.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from kronos.data.store import Store
 from kronos.errors import InputError
 from kronos.metrics import sigma_from_band
 from kronos.models.evaluation import realized
+from kronos.models.start_calibration import StartCalibration, read_start
 
 GLOBAL = "*"
 
@@ -72,8 +81,13 @@ class OnlineCalibrator:
         symbols: Sequence[str],
         sectors: Mapping[str, str | None] | None,
         settings: CalibrationSettings,
+        start: StartCalibration | None = None,
     ) -> None:
         self.settings = settings
+        self.start = start
+        # the state starts at, and is clamped relative to, (b0, s0); (0, 1) without a start
+        self.bias0 = start.bias if start is not None else 0.0
+        self.scale0 = start.scale if start is not None else 1.0
         self.symbols = list(symbols)
         sectors = sectors or {}
         self.sector_of = [sectors.get(s) or "Unknown" for s in self.symbols]
@@ -81,8 +95,8 @@ class OnlineCalibrator:
         self._sector_idx = np.array([self.sector_names.index(s) for s in self.sector_of], int)
         n, k = len(self.symbols), len(self.sector_names)
         # rows: symbols, then sectors, then global
-        self.bias_ = np.zeros(n + k + 1)
-        self.scale_ = np.ones(n + k + 1)
+        self.bias_ = np.full(n + k + 1, self.bias0)
+        self.scale_ = np.full(n + k + 1, self.scale0)
         self.n_ = np.zeros(n + k + 1, dtype=np.int64)
         self.resid_var_ = np.full(n + k + 1, np.nan)
 
@@ -108,6 +122,17 @@ class OnlineCalibrator:
         )
         return self.bias_[use], self.scale_[use]
 
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(bias low, bias high, scale low, scale high): the clamp about ``(b0, s0)``."""
+        s = self.settings
+        clamp = s.calibration_bias_clamp
+        return (
+            self.bias0 - clamp,
+            self.bias0 + clamp,
+            self.scale0 * s.calibration_scale_min,
+            self.scale0 * s.calibration_scale_max,
+        )
+
     # ------------------------------------------------------------------ update
 
     def rates(self, p_turbulent: float | None = None) -> tuple[float, float]:
@@ -128,12 +153,10 @@ class OnlineCalibrator:
     ) -> None:
         s = self.settings
         lam, gain = rates or (s.calibration_lambda, s.calibration_scale_gain)
-        clamp = s.calibration_bias_clamp
-        self.bias_[rows] = np.clip((1 - lam) * self.bias_[rows] + lam * resid, -clamp, clamp)
+        lo_b, hi_b, lo_s, hi_s = self.bounds()
+        self.bias_[rows] = np.clip((1 - lam) * self.bias_[rows] + lam * resid, lo_b, hi_b)
         log_scale = np.log(self.scale_[rows]) + gain * (miss - (1 - s.calibration_target_coverage))
-        self.scale_[rows] = np.clip(
-            np.exp(log_scale), s.calibration_scale_min, s.calibration_scale_max
-        )
+        self.scale_[rows] = np.clip(np.exp(log_scale), lo_s, hi_s)
         centred = (resid - self.bias_[rows]) ** 2
         prev = self.resid_var_[rows]
         self.resid_var_[rows] = np.where(np.isnan(prev), centred, (1 - lam) * prev + lam * centred)
@@ -231,12 +254,18 @@ class OnlineCalibrator:
         )
 
     def load_frame(self, frame: pl.DataFrame) -> None:
-        """Restore state rows (unknown keys are ignored, missing ones keep defaults)."""
+        """Restore state rows (unknown keys are ignored, missing ones keep defaults).
+
+        Values are held to the clamp about ``(b0, s0)``: state stored before a
+        model with another starting calibration was promoted is moved into it.
+        """
         index = {k: i for i, k in enumerate(self.keys)}
+        lo_b, hi_b, lo_s, hi_s = self.bounds()
         for r in frame.iter_rows(named=True):
             i = index.get((r["scope"], r["key"]))
             if i is not None:
-                self.bias_[i], self.scale_[i] = r["bias"], r["scale"]
+                self.bias_[i] = min(max(r["bias"], lo_b), hi_b)
+                self.scale_[i] = min(max(r["scale"], lo_s), hi_s)
                 self.n_[i] = r["n_samples"]
                 self.resid_var_[i] = np.nan if r["resid_var"] is None else r["resid_var"]
 
@@ -248,6 +277,7 @@ class OnlineCalibrator:
             "asof": str(asof),
             "settings": self.settings.model_dump(mode="json"),
             "sectors": dict(zip(self.symbols, self.sector_of, strict=True)),
+            "start": None if self.start is None else self.start.as_dict(),
             "states": [
                 {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
                 for r in rows.drop("model", "asof").iter_rows(named=True)
@@ -268,7 +298,10 @@ class OnlineCalibrator:
             asof = document["asof"]
             raise InputError(f"calibration file: asof {asof!r} is not YYYY-MM-DD") from None
         sectors = document["sectors"]
-        calibrator = cls(list(sectors), sectors, settings)
+        start = document.get("start")
+        if start is not None:
+            start = StartCalibration.from_dict(start, "calibration file 'start'")
+        calibrator = cls(list(sectors), sectors, settings, start)
         calibrator.load_frame(pl.DataFrame(document["states"], infer_schema_length=None))
         return calibrator, document["model"], day
 
@@ -370,9 +403,17 @@ def load_calibrator(
     symbols: list[str],
     sectors: dict[str, str | None],
     settings: CalibrationSettings,
+    start: StartCalibration | Path | None = None,
 ) -> tuple[OnlineCalibrator, date | None]:
-    """The calibrator as stored for the newest night at or before ``asof``."""
-    calibrator = OnlineCalibrator(symbols, sectors, settings)
+    """The calibrator as stored for the newest night at or before ``asof``.
+
+    ``start``: the promoted model's starting calibration, or its artifact
+    directory to read it from (``Loaded.directory``); None, or a directory
+    without ``CALIBRATION_START.json``, starts at ``b0 = 0, s0 = 1``.
+    """
+    if start is not None and not isinstance(start, StartCalibration):
+        start = read_start(Path(start))
+    calibrator = OnlineCalibrator(symbols, sectors, settings, start)
     day = store.con.execute(
         'SELECT max("asof") FROM calibration_state WHERE model = ? AND "asof" <= ?',
         [model, asof],

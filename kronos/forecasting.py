@@ -4,11 +4,21 @@ What ``kronos forecast``, the calibration job and the notebooks share: load the
 promoted artifact (or fit the lightweight fallback and say so), predict from
 the origin, apply the newest calibration state, and write raw and calibrated
 rows to ``forecasts``.
+
+Point in time: a model *fitted through* day D has seen the bars up to and
+including D (its training and validation data, METRICS.json ``data_range``).
+A forecast from origin O reads bars up to O; it uses nothing the model could
+not have known iff D <= O. So a model fitted through D answers origins on or
+after D (the boundary day D itself is point in time) and refuses earlier ones
+unless look-ahead is explicitly allowed (:func:`point_in_time`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -21,6 +31,7 @@ from kronos.config import CalibrationSettings, DataSettings
 from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
+from kronos.errors import LookAhead
 from kronos.models.artifacts import Loaded, load_promoted
 from kronos.models.base import Forecaster, retarget
 from kronos.models.registry import ForecasterRef
@@ -77,21 +88,29 @@ def forecast_with(
     symbols: Sequence[str] | None = None,
     settings: CalibrationSettings,
     data: DataSettings,
+    lock: AbstractContextManager | None = None,
 ) -> Produced:
     """Forecast steps 1-5 from the panel's last session with a loaded model; calibrate.
 
     ``target_ts`` counts sessions of ``data.calendar``. Writes nothing; the
-    service calls this with the model it loaded once.
+    service calls this with the model it loaded once, and a ``lock`` held only
+    while the model predicts (Lightning models are not safe to call from two
+    threads; reading the calibration state is).
     """
     origin = panel["ts"].max()
-    raw = retarget(loaded.forecaster.predict(panel, origin, symbols), get_calendar(data.calendar))
+    with lock or nullcontext():
+        predicted = loaded.forecaster.predict(panel, origin, symbols)
+    raw = retarget(predicted, get_calendar(data.calendar))
     calibrated, night = None, None
     if settings.calibration_enabled:
         names = sorted(raw["symbol"].unique().to_list())
         profiles = readers.profiles(store, origin, names, settings=data)
         sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
-        calibrator, night = load_calibrator(store, model, origin, names, sectors, settings)
-        if night is not None:
+        calibrator, night = load_calibrator(
+            store, model, origin, names, sectors, settings, loaded.directory
+        )
+        # a promoted model's starting calibration applies before any nightly state exists
+        if night is not None or calibrator.start is not None:
             calibrated = calibrator.apply(raw)
     return Produced(origin, raw, calibrated, night, loaded.source, loaded.message)
 
@@ -126,3 +145,96 @@ def store_forecasts(store: Store, model: str, made: Produced) -> None:
     if made.calibrated is not None:
         frames.append(made.calibrated.with_columns(calibrated=pl.lit(True)))
     ingest(store, "forecasts", frames, source=model, origin=f"forecast {model} {made.origin}")
+
+
+def point_in_time(
+    fitted_through: date | None, asof: date, origin: date, *, allow_lookahead: bool
+) -> bool:
+    """Whether a forecast from ``origin`` uses only what a model fitted through then saw.
+
+    True iff ``fitted_through <= origin`` (the module's rule). Otherwise raise
+    :class:`LookAhead` naming both days, unless ``allow_lookahead`` (then False).
+    An unknown cutoff (None) is not point in time.
+    """
+    if fitted_through is not None and fitted_through <= origin:
+        return True
+    if allow_lookahead:
+        return False
+    if fitted_through is None:
+        raise LookAhead(
+            f"the model records no training cutoff (no data_range in its METRICS.json); "
+            f"asof {asof} may use the future; pass an artifact trained by then or "
+            "--allow-lookahead"
+        )
+    raise LookAhead(
+        f"model fitted through {fitted_through}; asof {asof} would use the future; "
+        "pass an artifact trained by then or --allow-lookahead"
+    )
+
+
+class ResultCache:
+    """A bounded least-recently-used cache that computes each key once, even when asked at once.
+
+    Concurrent callers of the same missing key wait for the first one's result
+    instead of computing it again; a computation that raises is not cached (the
+    waiters then compute it themselves). ``maxsize`` 0 caches nothing.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0  # computations
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._pending: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def peek(self, key: Hashable) -> object | None:
+        """The cached value of ``key`` (counted as a hit), else None; never computes."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+
+    def get(self, key: Hashable, compute: Callable[[], object]) -> object:
+        """The value of ``key``: cached, awaited from a concurrent computation, or computed."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            waiting = self._pending.get(key)
+            if waiting is None and self.maxsize > 0:
+                self._pending[key] = threading.Event()
+        if waiting is not None:
+            waiting.wait()
+            found = self.peek(key)
+            if found is not None:
+                return found
+            return self._compute(key, compute, owner=False)  # the first one failed
+        return self._compute(key, compute, owner=self.maxsize > 0)
+
+    def _compute(self, key: Hashable, compute: Callable[[], object], owner: bool) -> object:
+        try:
+            value = compute()
+            with self._lock:
+                self.misses += 1
+                if self.maxsize > 0:
+                    self._items[key] = value
+                    self._items.move_to_end(key)
+                    while len(self._items) > self.maxsize:
+                        self._items.popitem(last=False)
+            return value
+        finally:
+            if owner:
+                with self._lock:
+                    self._pending.pop(key).set()
+
+    def clear(self) -> None:
+        """Forget every value (counters stay)."""
+        with self._lock:
+            self._items.clear()

@@ -32,6 +32,7 @@ from kronos.data.store import Store
 from kronos.features.regime import market_features_at, regime_rows, write_regime
 from kronos.models.base import Forecaster
 from kronos.models.regime import RegimeEncoder, load_promoted_regime
+from kronos.models.start_calibration import StartCalibration
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def nightly_calibrate(
     settings: CalibrationSettings,
     data: DataSettings,
     on_night: Callable[[Night], None] | None = None,
+    start: StartCalibration | Path | None = None,
 ) -> list[Night]:
     """Bring ``model``'s calibration state up to ``asof``; return the nights processed.
 
@@ -107,7 +109,8 @@ def nightly_calibrate(
     ``CALIBRATION_DYNAMIC_LAMBDA`` each night reads its ``p_turbulent`` from
     ``regime_features`` as known that night (``kronos train regime`` writes
     them); a night without one uses the fixed lambda. ``data`` places what the
-    store knew at each night.
+    store knew at each night. ``start``: the promoted model's starting
+    calibration or its artifact directory (see :func:`load_calibrator`).
     """
     symbols = sorted(panel["symbol"].unique().to_list())
     profiles = readers.profiles(store, asof, symbols, settings=data)
@@ -115,7 +118,7 @@ def nightly_calibrate(
     last = last_state_date(store, model)
     if last is not None and last >= asof:
         return []
-    calibrator, _ = load_calibrator(store, model, asof, symbols, sectors, settings)
+    calibrator, _ = load_calibrator(store, model, asof, symbols, sectors, settings, start)
     days = sorted(panel.filter(pl.col("ts") <= asof)["ts"].unique().to_list())
     if last is None:
         nights = [d for d in days if d >= (since or asof)]

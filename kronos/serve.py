@@ -17,7 +17,19 @@ notebook) gets it between two copies, and while a writer holds it requests are
 answered from the previous copy. Only before a first copy exists does a busy
 store give 503 with ``Retry-After``. Error bodies name no file system path.
 Forecasts at ``asof`` read only the bars known then; the model's parameters are
-those loaded (or fitted, up to the store's last bar) at start.
+those loaded (or fitted, up to the store's last bar) at start, so the model is
+*fitted through* its artifact's last training/validation day (METRICS.json
+``data_range``) or the store's last bar (the fallback). An ``asof`` whose origin
+lies before that day would use the future: 409, unless the service runs with
+``allow_lookahead`` (``kronos serve --allow-lookahead``); every answer says
+``fitted_through`` and ``point_in_time`` (see :mod:`kronos.forecasting`).
+
+Answers are cached per request (symbols, asof, raw) and copy of the store: a
+repeated request is served from memory without touching the model or the
+store, a request already being computed is awaited rather than computed again,
+and the cache (bounded, least recently used first out) starts empty with each
+new copy of the store, so new bars or a new calibration state are answered
+afresh. The model is fixed for the life of the service and part of each key.
 """
 
 from __future__ import annotations
@@ -25,32 +37,31 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
-import duckdb
 import polars as pl
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
-from fastapi_offline import FastAPIOffline
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kronos.calendar import Calendar, get_calendar
 from kronos.config import CalibrationSettings, DataSettings
-from kronos.data.errors import KronosDataError
 from kronos.data.store import Store
-from kronos.errors import InputError, KronosError, StoreBusy
+from kronos.errors import InputError, LookAhead
 from kronos.features.returns import returns_panel
-from kronos.forecasting import fallback, forecast_with
+from kronos.forecasting import ResultCache, fallback, forecast_with, point_in_time
 from kronos.models.artifacts import Loaded, latest_artifact, load_promoted
 from kronos.models.base import ForecastError
 from kronos.nightly import last_state_date
+from kronos.serve_docs import offline_app
 from kronos.serve_models import (
+    CacheInfo,
     CalibrationInfo,
     ErrorResponse,
     ForecastRequest,
@@ -61,6 +72,7 @@ from kronos.serve_models import (
     StoreInfo,
     VersionResponse,
 )
+from kronos.serve_store import ServiceError, StoreCache, StoreFacts
 from kronos.tracking import git_state
 
 log = logging.getLogger(__name__)
@@ -87,98 +99,15 @@ class ServiceConfig(BaseModel):
         2.0, ge=0, description="how long a request waits for a busy store before any copy exists"
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 (seconds)")
+    allow_lookahead: bool = Field(
+        False, description="answer an asof before the model's training cutoff (not point in time)"
+    )
+    cache_size: int = Field(
+        4096, ge=0, description="forecast answers kept per copy of the store (0: none)"
+    )
 
 
 # ---------------------------------------------------------------- the service
-
-
-class ServiceError(KronosError):
-    """A request the service refuses, with its HTTP status (and Retry-After for a 503)."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        symbols: list[str] | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.symbols = status, detail, symbols
-        self.retry_after = retry_after
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.status, self.detail, self.symbols, self.retry_after)
-
-
-class StoreCache:
-    """The store as requests read it: an in-memory copy, re-read when the file changes.
-
-    Each request stats the file (and its write-ahead log); when they changed, one
-    request re-reads it with :meth:`Store.snapshot`, holding the file only while
-    copying, and the others keep the previous copy meanwhile. A writer holding the
-    file leaves the previous copy in service. Before any copy exists a busy store
-    is 503; so is a store that cannot be read, and neither message names a path.
-    """
-
-    def __init__(self, path: Path, first_read_wait_s: float, retry_after_s: int) -> None:
-        self.path = path
-        self.first_read_wait_s = first_read_wait_s
-        self.retry_after_s = retry_after_s
-        self.read_at: datetime | None = None
-        self._store: Store | None = None
-        self._stamp: tuple | None = None
-        self._reading = threading.Lock()
-
-    def _file_stamp(self) -> tuple:
-        stamp = []
-        for file in (self.path, self.path.with_name(self.path.name + ".wal")):
-            try:
-                st = file.stat()
-            except OSError:
-                stamp.append(None)
-            else:
-                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        return tuple(stamp)
-
-    @contextmanager
-    def reader(self) -> Iterator[Store]:
-        """A store on the current copy for one request (its own DuckDB cursor)."""
-        store = self.current()  # this reference keeps the copy alive until the request ends
-        cursor = store.con.cursor()
-        try:
-            yield Store(cursor, store.path)
-        finally:
-            cursor.close()
-
-    def current(self) -> Store:
-        """The copy of the file as it is now, or the previous one while a writer holds it."""
-        stamp, store = self._file_stamp(), self._store
-        if store is not None and stamp == self._stamp:
-            return store
-        if not self._reading.acquire(blocking=store is None):
-            return store  # another request is re-reading: keep serving the previous copy
-        try:
-            if self._store is not None and self._stamp == stamp:
-                return self._store  # re-read by the request we waited for
-            wait = self.first_read_wait_s if self._store is None else 0.0
-            try:
-                fresh = Store.snapshot(self.path, lock_wait_s=wait)
-            except (StoreBusy, KronosDataError, duckdb.Error) as exc:
-                busy = isinstance(exc, StoreBusy)
-                if busy and self._store is not None:
-                    return self._store
-                log.log(logging.WARNING if busy else logging.ERROR, "store %s: %s",
-                        "busy" if busy else "unavailable", exc)  # fmt: skip
-                why = (
-                    "the store is busy: another process is writing it; retry shortly"
-                    if busy
-                    else "the store is unavailable (the service log says why); retry later"
-                )
-                raise ServiceError(503, why, retry_after=self.retry_after_s) from exc
-            self._store, self._stamp, self.read_at = fresh, stamp, datetime.now(UTC)
-            return fresh
-        finally:
-            self._reading.release()
 
 
 @dataclass
@@ -193,26 +122,78 @@ class Service:
     fitted_through: date | None
     lock: threading.Lock  # Lightning models are not safe to predict from two threads
     stores: StoreCache
+    answers: ResultCache = field(default_factory=lambda: ResultCache(0))
+    _facts: tuple[int, StoreFacts] | None = field(default=None, init=False, repr=False)
+    _answered: int = field(default=0, init=False, repr=False)  # the generation answers are of
+
+    def _key(self, names: list[str], asof: date | None, raw: bool, generation: int) -> tuple:
+        model = (self.loaded.directory, self.loaded.forecaster.version)
+        return (generation, model, tuple(names), asof, raw)
+
+    def cached(self, symbols: list[str], asof: date | None, raw: bool) -> bytes | None:
+        """The JSON answer when this request was answered on the current copy; never computes."""
+        names = clean_symbols(symbols, self.config.max_symbols)
+        generation = self.stores.unchanged()
+        if generation is None:
+            return None
+        found = self.answers.peek(self._key(names, asof, raw, generation))
+        return found if isinstance(found, bytes) else None
+
+    def forecast_json(self, symbols: list[str], asof: date | None, raw: bool) -> bytes:
+        """:meth:`forecast` as JSON, computed once per request and copy of the store."""
+        names = clean_symbols(symbols, self.config.max_symbols)
+        with self.stores.copy() as (store, generation):
+            if generation > self._answered:  # a newer copy: what older ones answered is obsolete
+                self._answered = generation
+                self.answers.clear()
+
+            def compute() -> bytes:
+                return self._answer(store, generation, names, asof, raw).model_dump_json().encode()
+
+            body = self.answers.get(self._key(names, asof, raw, generation), compute)
+        assert isinstance(body, bytes)
+        return body
 
     def forecast(self, symbols: list[str], asof: date | None, raw: bool) -> ForecastResponse:
         """Calibrated (or raw) quantiles of each symbol from the last session at ``asof``."""
         names = clean_symbols(symbols, self.config.max_symbols)
-        with self.stores.reader() as store:
-            asof = check_request(store, names, asof, self.data, self.calendar)
+        with self.stores.copy() as (store, generation):
+            return self._answer(store, generation, names, asof, raw)
+
+    def facts(self, store: Store, generation: int) -> StoreFacts:
+        """What every request checks against, read once per copy of the store."""
+        known = self._facts
+        if known is None or known[0] != generation:
+            known = (generation, StoreFacts.read(store))
+            if self._facts is None or self._facts[0] < generation:
+                self._facts = known
+        return known[1]
+
+    def _answer(
+        self, store: Store, generation: int, names: list[str], asof: date | None, raw: bool
+    ) -> ForecastResponse:
+        facts = self.facts(store, generation)
+        asof, origin = resolve_request(store, names, asof, self.data, self.calendar, facts)
+        allow = self.config.allow_lookahead
+        try:
+            point_in_time(self.fitted_through, asof, origin, allow_lookahead=allow)
             panel = returns_panel(store, asof, names, settings=self.data)
-            try:
-                with self.lock:
-                    made = forecast_with(
-                        store,
-                        self.loaded,
-                        self.loaded.forecaster.name,  # the label its forecasts are stored under
-                        panel,
-                        symbols=names,
-                        settings=self.calibration,
-                        data=self.data,
-                    )
-            except ForecastError as exc:
-                raise ServiceError(422, str(exc)) from exc
+            made = forecast_with(
+                store,
+                self.loaded,
+                self.loaded.forecaster.name,  # the label its forecasts are stored under
+                panel,
+                symbols=names,
+                settings=self.calibration,
+                data=self.data,
+                lock=self.lock,
+            )
+            # the origin forecast from, which a stale symbol may put before the store's
+            honest = point_in_time(self.fitted_through, asof, made.origin, allow_lookahead=allow)
+        except LookAhead as exc:
+            raise ServiceError(409, str(exc)) from exc
+        except ForecastError as exc:
+            raise ServiceError(422, str(exc)) from exc
         frame = made.raw if raw else made.best
         order = {s: i for i, s in enumerate(names)}
         frame = frame.sort(pl.col("symbol").replace_strict(order), "step")
@@ -224,6 +205,8 @@ class Service:
             source=made.source,
             calibrated=not raw and made.calibrated is not None,
             calibration_night=None if raw else made.calibration_night,
+            fitted_through=self.fitted_through,
+            point_in_time=honest,
             forecasts=[
                 QuantileRow.model_validate(r)
                 for r in frame.select(list(QuantileRow.model_fields)).iter_rows(named=True)
@@ -246,7 +229,14 @@ class Service:
             source=self.loaded.source,
             message=self.loaded.message,
             fitted_through=self.fitted_through,
+            lookahead_allowed=self.config.allow_lookahead,
             calibration=CalibrationInfo(enabled=self.calibration.calibration_enabled, night=night),
+            cache=CacheInfo(
+                entries=len(self.answers),
+                max_entries=self.answers.maxsize,
+                hits=self.answers.hits,
+                computed=self.answers.misses,
+            ),
             store=StoreInfo(
                 path=str(self.config.db),
                 read_at=self.stores.read_at,
@@ -280,7 +270,23 @@ def check_request(
     asof or with more than ``qa_max_gap_days`` sessions of ``calendar`` missing
     between its last bar and the origin is 422.
     """
-    known = {r[0] for r in store.con.execute("SELECT DISTINCT symbol FROM bars").fetchall()}
+    return resolve_request(store, names, asof, data, calendar)[0]
+
+
+def resolve_request(
+    store: Store,
+    names: list[str],
+    asof: date | None,
+    data: DataSettings,
+    calendar: Calendar,
+    facts: StoreFacts | None = None,
+) -> tuple[date, date]:
+    """:func:`check_request`'s ``asof`` and the origin: the store's last session at or before it.
+
+    ``facts``: the store's, when already read (they are per copy of the store).
+    """
+    facts = facts or StoreFacts.read(store)
+    known = facts.symbols
     unknown = [s for s in names if s not in known]
     if unknown:
         hints = [
@@ -291,19 +297,15 @@ def check_request(
         ]
         detail = f"unknown symbols, no bars in the store: {', '.join(hints)}"
         raise ServiceError(404, detail, unknown)
-    first, last = store.con.execute("SELECT min(ts), max(ts) FROM bars").fetchall()[0]
+    first, last = facts.first, facts.last
+    if last is None:
+        raise ServiceError(422, "no bars in the store")
     asof = asof or last
     if asof > last:
         raise ServiceError(422, f"asof {asof} is after the last bar in the store ({last})")
     if asof < first:
         raise ServiceError(422, f"asof {asof} is before the first bar in the store ({first})")
-    origin = store.con.execute("SELECT max(ts) FROM bars WHERE ts <= ?", [asof]).fetchall()[0][0]
-    rows = store.con.execute(
-        "SELECT symbol, max(ts) FROM bars "
-        "WHERE ts <= ? AND symbol IN (SELECT unnest(?::VARCHAR[])) GROUP BY symbol",
-        [asof, names],
-    ).fetchall()
-    last_bar = dict(rows)
+    origin, last_bar = facts.bars_at(store, asof)
     missing = [s for s in names if s not in last_bar]
     if missing:
         raise ServiceError(422, f"no bars up to asof {asof} for: {', '.join(missing)}", missing)
@@ -316,15 +318,30 @@ def check_request(
             f"more than {gap} {calendar.name} sessions without bars before {origin}: {detail}",
             stale,
         )
-    return asof
+    return asof, origin
+
+
+def fitted_through(loaded: Loaded) -> date | None:
+    """The last day an artifact's model saw (METRICS.json ``data_range``); None if unrecorded."""
+    from kronos.backtest.forecasts import artifact_cutoff
+
+    if loaded.directory is None:
+        return None
+    try:
+        return artifact_cutoff(loaded.directory)
+    except InputError as exc:
+        log.warning("no training cutoff: %s; every request is look-ahead", exc)
+        return None
 
 
 def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date | None]:
-    """The promoted artifact, else the fallback fitted on the store's bars (and up to when).
+    """The promoted artifact, else the fallback fitted on the store's bars; and fitted through.
 
     ``config.model``: a built-in name, import path or entry point (artifacts
     under ``kronos-<class name>``), or a ``models:/`` URI: that registry
-    version, downloaded from ``config.tracking_uri`` (no fallback).
+    version, downloaded from ``config.tracking_uri`` (no fallback). The second
+    item is the last day the model saw: the artifact's recorded cutoff (None if
+    it records none), or the store's last bar for the fallback.
     """
     from kronos.mlflow_registry import is_model_uri, load_registered
     from kronos.models.registry import model_name
@@ -335,9 +352,10 @@ def load_model(config: ServiceConfig, data: DataSettings) -> tuple[Loaded, date 
         found = load_registered(
             config.model, tracking_uri=config.tracking_uri, model_dir=config.model_dir
         )
-        return found, None
+        return found, fitted_through(found)
     if latest_artifact(config.model_dir, model_name(config.model)) is not None:
-        return load_promoted(config.model_dir, config.model), None
+        loaded = load_promoted(config.model_dir, config.model)
+        return loaded, fitted_through(loaded)
     with Store.open(config.db, read_only=True, lock_wait_s=data.lock_wait_s) as store:
         last = store.con.execute("SELECT max(ts) FROM bars").fetchall()[0][0]
         if last is None:
@@ -387,6 +405,11 @@ def version_info(service: Service) -> VersionResponse:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "unknown symbol(s)"},
+    409: {
+        "model": ErrorResponse,
+        "description": "asof before the model's training cutoff (look-ahead; see "
+        "--allow-lookahead)",
+    },
     422: {"description": "invalid request (symbols, asof, or too little history)"},
     503: {
         "model": ErrorResponse,
@@ -427,6 +450,11 @@ def start_service(
 ) -> Service:
     """Load (or fit) the model with ``loader`` and read the first copy of the store."""
     loaded, fitted_through = loader(config, data)
+    log.info(
+        "fitted through %s: earlier origins %s",
+        fitted_through or "an unrecorded day",
+        "are answered (look-ahead allowed)" if config.allow_lookahead else "get 409",
+    )
     service = Service(
         config,
         loaded,
@@ -436,6 +464,7 @@ def start_service(
         fitted_through,
         threading.Lock(),
         StoreCache(config.db, config.first_read_wait_s, config.retry_after_s),
+        ResultCache(config.cache_size),
     )
     try:  # the first copy now, so the first request does not pay for it
         service.stores.current()
@@ -479,7 +508,7 @@ def create_app(
     is called with the :class:`Startup` when the load succeeded or failed.
     """
     startup = Startup(describe_load(config), config.retry_after_s)
-    app = FastAPIOffline(  # /docs and /redoc from packaged assets: no CDN
+    app = offline_app(  # /docs and /redoc from packaged assets: no CDN
         title="Kronos forecast service",
         version=_kronos_version(),
         description="Calibrated p05/p50/p95 daily log-return forecasts, steps 1-5.",
@@ -537,18 +566,25 @@ def create_app(
             abouts.append(version_info(service))
         return abouts[0]
 
-    @app.get("/forecast", responses=_ERRORS)
-    def forecast_get(
+    async def answer(symbols: list[str], asof: date | None, raw: bool) -> Response:
+        service = startup.ready()
+        body = service.cached(symbols, asof, raw)  # a repeat: from memory, on the event loop
+        if body is None:  # reading the store and predicting block: in the thread pool
+            body = await run_in_threadpool(service.forecast_json, symbols, asof, raw)
+        return Response(body, media_type="application/json")
+
+    @app.get("/forecast", responses=_ERRORS, response_model=ForecastResponse)
+    async def forecast_get(
         symbols: Annotated[list[str], Query(description="comma-separated or repeated")],
         asof: Annotated[date | None, Query(description="YYYY-MM-DD [default: last bar]")] = None,
         raw: Annotated[bool, Query(description="skip the calibration")] = False,
-    ) -> ForecastResponse:
+    ) -> Response:
         """Quantile forecasts of steps 1-5 from the last session at or before asof."""
-        return startup.ready().forecast(symbols, asof, raw)
+        return await answer(symbols, asof, raw)
 
-    @app.post("/forecast", responses=_ERRORS)
-    def forecast_post(request: ForecastRequest) -> ForecastResponse:
+    @app.post("/forecast", responses=_ERRORS, response_model=ForecastResponse)
+    async def forecast_post(request: ForecastRequest) -> Response:
         """As ``GET /forecast``, with a JSON body."""
-        return startup.ready().forecast(request.symbols, request.asof, request.raw)
+        return await answer(request.symbols, request.asof, request.raw)
 
     return app

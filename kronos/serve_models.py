@@ -42,6 +42,12 @@ class ForecastResponse(BaseModel):
     source: Literal["artifact", "fallback"]
     calibrated: bool
     calibration_night: date | None
+    fitted_through: date | None = Field(
+        description="last day the model saw (training and validation data); None: unrecorded"
+    )
+    point_in_time: bool = Field(
+        description="true iff fitted_through <= origin: the model saw nothing after the origin"
+    )
     forecasts: list[QuantileRow]
 
 
@@ -50,6 +56,15 @@ class CalibrationInfo(BaseModel):
 
     enabled: bool
     night: date | None = Field(description="newest stored state (what a forecast now uses)")
+
+
+class CacheInfo(BaseModel):
+    """Forecast answers cached for the copy of the store in service."""
+
+    entries: int
+    max_entries: int
+    hits: int = Field(description="answers served from the cache since start")
+    computed: int = Field(description="answers computed since start (each request once)")
 
 
 class StoreInfo(BaseModel):
@@ -70,8 +85,13 @@ class HealthResponse(BaseModel):
     version: str
     source: Literal["artifact", "fallback"]
     message: str
-    fitted_through: date | None = Field(description="last bar the fallback was fitted on")
+    fitted_through: date | None = Field(
+        description="last day the model saw: the artifact's recorded cutoff, or the last bar the "
+        "fallback was fitted on; earlier origins are look-ahead (409 unless allowed)"
+    )
+    lookahead_allowed: bool = Field(description="whether origins before fitted_through answer")
     calibration: CalibrationInfo
+    cache: CacheInfo
     store: StoreInfo
 
 

@@ -216,10 +216,13 @@ def mlflow_run(
     tags: Mapping[str, object] | None = None,
     *,
     settings: Settings,
+    start_time: float | None = None,
 ) -> Iterator[MlflowRecorder]:
     """Open an MLflow run in ``settings.tracking``'s store, yield its recorder, close it.
 
-    The run ends FINISHED, FAILED or KILLED. Tags always include the git commit,
+    ``start_time`` (epoch seconds) backdates the run to when its work began, for
+    work done before the run is opened (a backtest's run is opened once it is
+    over). The run ends FINISHED, FAILED or KILLED. Tags always include the git commit,
     the command line and ``settings_hash``; the resolved ``settings`` are its
     ``settings.*`` parameters (:func:`record_settings`).
     """
@@ -228,6 +231,7 @@ def mlflow_run(
     run = client.create_run(
         experiment_id(client, experiment, tracking),
         run_name=run_name,
+        start_time=None if start_time is None else int(start_time * 1000),
         tags={
             **git_state(),
             **process_tags(),

@@ -164,6 +164,7 @@ def test_train_nbeats_writes_an_artifact_and_an_mlflow_run(bundled_db: Path, tmp
     result = json.loads(proc.stdout)
     run_dir = Path(result["run_dir"])
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        "CALIBRATION_START.json",
         "METRICS.json",
         "VERSION",
         "config.json",

@@ -27,8 +27,8 @@ ALLOWED_CATCHES = {
     ("cli/run.py", "KeyboardInterrupt"): "the notebook's MLflow run ends KILLED",
     ("cli/paper.py", "KeyboardInterrupt"): "the paper run ends KILLED",
     ("cli/_common.py", "ValueError"): "parse_day/parse_moment turn it into an InputError",
-    ("serve.py", "OSError"): "a store file that is not there has no stamp",
-    ("serve.py", "duckdb.Error"): "an unreadable store is a 503",
+    ("serve_store.py", "OSError"): "a store file that is not there has no stamp",
+    ("serve_store.py", "duckdb.Error"): "an unreadable store is a 503",
     ("serve.py", "PackageNotFoundError"): "no installed version: 'unknown'",
     ("serve.py", "Exception"): "the model loads in a thread: any failure is shown on /health "
     "and ends `kronos serve` with exit 2 instead of dying unseen",
@@ -151,7 +151,7 @@ def test_the_scan_finds_the_known_errors():
         "kronos.errors.LookAhead",
         "kronos.backtest.spec.SpecError",
         "kronos.execution.brokers.base.OrderRejected",
-        "kronos.serve.ServiceError",
+        "kronos.serve_store.ServiceError",
         "kronos.interrupts.RunInterrupted",
     } <= names
 
@@ -181,7 +181,7 @@ def _examples() -> dict[str, BaseException]:
         "kronos.runner.base.RunnerError": RunnerError(["no such notebook"], "nb.ipynb"),
         "kronos.risk.BreakerError": BreakerError("no circuit breaker with id 'x'"),
         "kronos.execution.brokers.base.OrderRejected": OrderRejected("no cash", "buying_power"),
-        "kronos.serve.ServiceError": ServiceError(503, "busy", ["ACME"], 5),
+        "kronos.serve_store.ServiceError": ServiceError(503, "busy", ["ACME"], 5),
         "kronos.data.loaders.PartialIngest": PartialIngest(
             "b.csv", InputError(problems), [("a.csv", done)], ["c.csv"]
         ),

@@ -26,7 +26,9 @@ import nbformat
 import pytest
 from mlflow.tracking import MlflowClient
 
+from kronos.calibration import load_calibrator
 from kronos.config import CalibrationSettings, DataSettings, Settings, TrackingSettings
+from kronos.data import readers
 from kronos.data.store import Store
 from kronos.errors import ConfigError, InputError, LookAhead
 from kronos.features.returns import returns_panel
@@ -187,7 +189,18 @@ def test_forecast_service_and_run_from_the_registry(trained, elsewhere, server, 
             store, date.fromisoformat(ASOF), SYMBOLS.split(","), settings=DataSettings()
         )
     local, _ = load_artifact(Path(trained["run_dir"]))
-    expected = local.predict(panel, panel["ts"].max(), SYMBOLS.split(","))
+    raw = local.predict(panel, panel["ts"].max(), SYMBOLS.split(","))
+    # with no nightly state yet, the artifact's starting calibration is what applies
+    with Store.open(cwd / "k.duckdb", read_only=True) as store:
+        names = sorted(SYMBOLS.split(","))
+        profiles = readers.profiles(store, panel["ts"].max(), names, settings=DataSettings())
+        sectors = dict(zip(profiles["symbol"], profiles["sector"], strict=True))
+        calibrator, _night = load_calibrator(
+            store, "ewma", panel["ts"].max(), names, sectors, CalibrationSettings(),
+            Path(trained["run_dir"]),
+        )  # fmt: skip
+    assert calibrator.start is not None
+    expected = calibrator.apply(raw)
     rows = {(r["symbol"], r["step"]): r for r in got["forecasts"]}
     assert len(rows) == expected.height == 15
     for r in expected.iter_rows(named=True):

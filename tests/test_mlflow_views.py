@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,3 +105,15 @@ def test_variant_run_names_are_short_and_keep_the_varied_part():
         for n, v in zip(names, (1, 2, 10), strict=True)
     )
     assert variant_run_name("short", {"a.b": 1, "c": "x"}) == "short [b=1,c=x]"
+
+
+def test_a_run_opened_after_its_work_is_backdated_to_when_the_work_began(run_settings):
+    began = time.time() - 42.0  # the work took 42 s before the run was opened
+    with mlflow_run(
+        "kronos-test-views", "backdated", settings=run_settings, start_time=began
+    ) as rec:
+        run_id = rec.run_id
+    info = tracking_client(run_settings.tracking).get_run(run_id).info
+    assert info.start_time == int(began * 1000)
+    # reference: the 42 s of work plus the few ms the run itself was open (tolerance 5 s)
+    assert 42_000 <= info.end_time - info.start_time < 47_000

@@ -394,6 +394,31 @@ def test_bench_compares_fixed_and_dynamic_lambda_in_one_run(panel):
         for v in b["dynamic"].values():
             assert v["crps_vs_fixed"] == pytest.approx(v["crps"] / a["calibrated_crps"] - 1)
     assert both["regime"]["trained_until"] == both["warmup_start"]
+    # conditional calibration (issue 19): terciles, VaR tests, PIT, per step and symbol
+    rows = {r["model"]: r for r in fixed_only["models"]}
+    for r in rows.values():
+        c = r["conditional"]
+        assert c["crossed_rows"] == 0 and c["crossed_calibrated"] == 0
+        for label in ("raw", "calibrated"):
+            block = c[label]
+            terciles = block["coverage_by_tercile"]
+            assert [t["tercile"] for t in terciles] == ["low", "mid", "high"]
+            pooled = sum(t["n"] * t["coverage"] for t in terciles) / sum(t["n"] for t in terciles)
+            assert pooled == pytest.approx(r[f"{label}_coverage"], abs=1e-12)
+            assert sum(b["share"] for b in block["pit_histogram"]) == pytest.approx(1.0)
+            assert set(block["per_step"]) == {"1", "2", "3", "4", "5"}
+            assert len(block["per_symbol"]) == panel["symbol"].n_unique()
+            assert set(block["var_tests"]) == {"p05", "p95"}
+    narrow = rows["ewma_narrow40"]["conditional"]["raw"]["var_tests"]
+    assert narrow["p05"]["rate"] > 0.1 and narrow["p05"]["pvalue"] < 1e-3
+    from rich.console import Console
+
+    from kronos.cli.bench_tables import conditional_table  # of `kronos bench calibration`
+
+    console = Console(record=True, width=250)
+    console.print(conditional_table(fixed_only))
+    text = console.export_text()
+    assert "cov high vol" in text and "ewma_narrow40" in text
     assert 0.02 <= both["regime"]["holdout"]["mean_lambda"] <= 0.06
 
 

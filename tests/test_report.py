@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kronos.backtest.report import drawdown, format_stat, write_frames, write_report
+from kronos.backtest.report import PANEL_IDS, drawdown, format_stat, write_frames, write_report
 from kronos.backtest.result import (
     BREAKERS_SCHEMA,
     COVERAGE_SCHEMA,
@@ -21,8 +21,11 @@ from kronos.backtest.result import (
     FILLS_SCHEMA,
     FOLD_METRICS_SCHEMA,
     ORDERS_SCHEMA,
+    PIT_SCHEMA,
     POSITIONS_SCHEMA,
+    SCALE_SCHEMA,
     STAT_NAMES,
+    TERCILE_SCHEMA,
     BacktestResult,
     empty,
 )
@@ -166,6 +169,31 @@ def result() -> BacktestResult:
         breakers=breakers,
         parity={"nav": 1.2e-9, "cash": 3.4e-10},
         timings={"forecast": 12.5, "simulate": 0.8},
+        pit_hist=pl.DataFrame(
+            {
+                "stage": ["raw"] * 10 + ["calibrated"] * 10,
+                "bin_lo": np.tile(np.arange(10) / 10, 2),
+                "bin_hi": np.tile(np.arange(1, 11) / 10, 2),
+                "share": np.full(20, 0.1),
+                "expected": np.full(20, 0.1),
+            },
+            schema=PIT_SCHEMA,
+        ),
+        coverage_terciles=pl.DataFrame(
+            {
+                "stage": ["raw"] * 3 + ["calibrated"] * 3,
+                "tercile": ["low", "mid", "high"] * 2,
+                "vol_lo": [0.005, 0.01, 0.02] * 2,
+                "vol_hi": [0.01, 0.02, 0.05] * 2,
+                "n": [100] * 6,
+                "coverage": [0.93, 0.9, 0.84, 0.91, 0.9, 0.886],
+            },
+            schema=TERCILE_SCHEMA,
+        ),
+        calibration_scale=pl.DataFrame(
+            {"ts": ts, "median": np.full(n, 1.1), "p10": np.full(n, 0.9), "p90": np.full(n, 1.3)},
+            schema=SCALE_SCHEMA,
+        ),
     )
 
 
@@ -179,7 +207,7 @@ def report(result: BacktestResult, tmp_path_factory: pytest.TempPathFactory):
 def test_writes_plots_and_html(report) -> None:
     written, _ = report
     expected = {"equity.png", "drawdown.png", "coverage.png", "weights.png", "factors.png"}
-    assert set(written) == expected | {"report.html"}
+    assert set(written) == expected | {"report.html", "trades.parquet"}
     for name in expected:
         data = written[name].read_bytes()
         assert data.startswith(PNG_SIGNATURE), name
@@ -195,7 +223,17 @@ def test_html_has_stats_hashes_and_sections(report) -> None:
     assert "10.00%" in page and "5.00%" in page  # percent stats
     assert "0.10x / yr" in page  # turnover
     assert "n/a" in page  # NaN sharpe
-    assert page.count("data:image/png;base64,") == 5
+    for panel in PANEL_IDS:
+        assert page.count(f'<section id="{panel}"') == 1, panel
+    assert "forecast-quality-absent" not in page
+    for fig in ("equity", "excess", "drawdown", "monthly", "rolling", "distribution", "turnover"):
+        assert page.count(f'id="fig-{fig}"') == 1, fig
+    for fig in ("coverage", "pit", "terciles", "scale"):  # the forecast page
+        assert page.count(f'id="fig-{fig}"') == 1, fig
+    assert "88.6%" in page and "low" in page  # tercile table
+    assert "Round trips (FIFO, closed)" in page and "Information ratio (ann.)" in page
+    assert "Trading per year" in page and "Forecast metrics per fold" in page
+    assert '"tickformat":"$.3~s"' in page and '"type":"log"' in page  # money ticks, log NAV
     assert "Breaker trips (60)" in page
     assert "first 50 of 60" in page
     assert "volume cap" in page
@@ -205,10 +243,16 @@ def test_html_has_stats_hashes_and_sections(report) -> None:
 
 
 def test_html_is_self_contained(report) -> None:
+    """plotly.js inlined once, in the head; nothing else refers to another origin."""
     _, page = report
-    assert "http://" not in page and "https://" not in page
-    assert not re.search(r"""(src|href)\s*=\s*["']?(?!data:)[a-z]+:""", page)
-    assert "<script" not in page.lower()
+    head, body = page.split("</head>", 1)
+    assert head.count("<script") == 1 and "src=" not in head.split("<script", 1)[1][:40]
+    assert head.count("plotly.js v") == 1 and body.count("plotly.js v") == 0
+    assert "http://" not in body and "https://" not in body
+    assert "<link" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(?!data:|#)[a-z]+:""", body)
+    assert not re.search(r"<script[^>]*\ssrc=", page, re.IGNORECASE)
+    assert "cdn.plot.ly" not in body and "mathjax" not in body.lower()
 
 
 def test_html_escapes_text(report) -> None:
@@ -229,18 +273,49 @@ def test_empty_frames_leave_notes(result: BacktestResult, tmp_path: Path) -> Non
         factor_contrib=empty(FACTORS_SCHEMA),
         breakers=empty(BREAKERS_SCHEMA),
         fold_metrics=empty(FOLD_METRICS_SCHEMA),
+        pit_hist=empty(PIT_SCHEMA),
+        coverage_terciles=empty(TERCILE_SCHEMA),
+        calibration_scale=empty(SCALE_SCHEMA),
         parity={},
         timings={},
     )
     written = write_report(bare, tmp_path)
     page = written["report.html"].read_text(encoding="utf-8")
     assert "coverage.png" not in written and "factors.png" not in written
-    assert "No coverage data: plot skipped." in page
     assert "No factor contributions: plot skipped." in page
     assert "No breaker tripped." in page
-    assert "No fold metrics recorded." in page
-    assert page.count("data:image/png;base64,") == 3
+    # no forecasts recorded: the forecast page is replaced by a sentence saying so
+    assert '<section id="forecast-quality"' not in page
+    assert '<section id="forecast-quality-absent"' in page
+    assert "recorded no step-1 forecasts" in page
     assert "<pre>" not in page
+
+
+def test_forecast_page_without_coverage_still_shows_fold_table(
+    result: BacktestResult, tmp_path: Path
+) -> None:
+    partial = dataclasses.replace(result, coverage=empty(COVERAGE_SCHEMA))
+    page = write_report(partial, tmp_path)["report.html"].read_text(encoding="utf-8")
+    assert '<section id="forecast-quality"' in page
+    assert "No coverage data: plot skipped." in page and "89.5%" in page
+
+
+def test_plain_strategy_report_says_why_no_forecast_page(
+    result: BacktestResult, tmp_path: Path
+) -> None:
+    said = "plain weights strategy plain_fixed:fixed: no forecaster is used"
+    plain = dataclasses.replace(
+        result,
+        coverage=empty(COVERAGE_SCHEMA),
+        fold_metrics=empty(FOLD_METRICS_SCHEMA),
+        pit_hist=empty(PIT_SCHEMA),
+        coverage_terciles=empty(TERCILE_SCHEMA),
+        calibration_scale=empty(SCALE_SCHEMA),
+        notes=(said,),
+    )
+    page = write_report(plain, tmp_path)["report.html"].read_text(encoding="utf-8")
+    assert '<section id="forecast-quality"' not in page
+    assert '<section id="forecast-quality-absent"' in page and said in page
 
 
 def test_empty_everything(tmp_path: Path) -> None:

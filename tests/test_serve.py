@@ -64,12 +64,21 @@ def cal_db(bundled_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(db: Path, tmp: Path, **kw) -> ServiceConfig:
-    return ServiceConfig(db=db, model="ewma", model_dir=tmp / "no-models", **kw)
+    """The ewma fallback, fitted through the store's last bar: past origins need look-ahead."""
+    return ServiceConfig(
+        db=db, model="ewma", model_dir=tmp / "no-models", **{"allow_lookahead": True, **kw}
+    )
+
+
+def _metrics(through: date) -> dict:
+    """METRICS.json of an artifact whose training and validation data ended ``through``."""
+    span = {"train_end": str(through - timedelta(days=365)), "valid_end": str(through)}
+    return {"valid_crps": 1.0, "data_range": span}
 
 
 @pytest.fixture(scope="module")
 def client(cal_db: Path) -> TestClient:
-    """Calibration enabled; no artifact, so the ewma fallback."""
+    """Calibration enabled; no artifact, so the ewma fallback (look-ahead allowed)."""
     config = _config(cal_db, cal_db.parent, max_symbols=30)
     return TestClient(create_app(config, CalibrationSettings(), DataSettings()))
 
@@ -208,15 +217,17 @@ def test_a_promoted_artifact_is_served_from_its_directory(cal_db: Path, tmp_path
         fitted = EwmaNormal(lam=0.9).fit(
             returns_panel(store, CALIBRATED_NIGHT, ["AAPL"], settings=DataSettings())
         )
-    run_dir = write_artifact(fitted, tmp_path / "models", {"valid_crps": 1.0})
+    run_dir = write_artifact(fitted, tmp_path / "models", _metrics(CALIBRATED_NIGHT))
     promote(run_dir)
     config = ServiceConfig(db=cal_db, model="ewma", model_dir=tmp_path / "models")
     client = TestClient(create_app(config, CalibrationSettings(), DataSettings()))
     health, about = client.get("/health").json(), client.get("/version").json()
-    assert health["source"] == about["source"] == "artifact" and health["fitted_through"] is None
+    assert health["source"] == about["source"] == "artifact"
+    assert health["fitted_through"] == "2020-03-04" and health["lookahead_allowed"] is False
     assert about["artifact"] == str(run_dir) and about["model_version"] == fitted.version
     body = client.get("/forecast", params={"symbols": "AAPL", "asof": "2020-03-04"}).json()
     assert body["source"] == "artifact" and body["version"] == fitted.version
+    assert body["fitted_through"] == "2020-03-04" and body["point_in_time"] is True
 
 
 def test_a_model_without_artifact_or_fallback_refuses_to_start(cal_db: Path, tmp_path: Path):
@@ -374,7 +385,7 @@ def test_a_busy_store_before_any_copy_is_503_with_retry_after_and_no_path(
         fitted = EwmaNormal(lam=0.9).fit(
             returns_panel(store, CALIBRATED_NIGHT, ["KO"], settings=DataSettings())
         )
-    promote(write_artifact(fitted, tmp_path / "models", {"valid_crps": 1.0}))
+    promote(write_artifact(fitted, tmp_path / "models", _metrics(CALIBRATED_NIGHT)))
     config = ServiceConfig(
         db=path, model="ewma", model_dir=tmp_path / "models", first_read_wait_s=0.3
     )
@@ -421,23 +432,25 @@ def _server(
     """``kronos serve`` on a free port; yields its base URL once /health says "ok".
 
     Until then /health answers 503 ``loading``; those bodies are appended to ``seen``.
+    Its output goes to ``tmp_path / "serve.log"`` (:func:`_output`), not a pipe: a
+    burst's access log would fill a pipe nobody reads and stall the server.
     """
     port = _free_port()
     args = ["serve", "--port", str(port), "--db", str(db), "--model", model]
-    args += ["--model-dir", str(tmp_path / "models")]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kronos", *args],
-        cwd=tmp_path,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args += ["--model-dir", str(tmp_path / "models"), "--allow-lookahead"]  # past asofs
+    with (tmp_path / "serve.log").open("w") as log:  # the process keeps its own handle
+        server = subprocess.Popen(
+            [sys.executable, "-m", "kronos", *args],
+            cwd=tmp_path,
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert server.poll() is None, server.communicate()[0]
+            assert server.poll() is None, _output(server, tmp_path)
             try:
                 health = httpx.get(f"{base}/health", timeout=5)
                 if health.status_code == 200:
@@ -456,6 +469,12 @@ def _server(
         if server.poll() is None:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
+
+
+def _output(server: subprocess.Popen, tmp_path: Path) -> str:
+    """What :func:`_server`'s process wrote, once it has exited."""
+    server.wait(timeout=30)
+    return (tmp_path / "serve.log").read_text()
 
 
 def _burst(base: str, stop: threading.Event, statuses: list[int]) -> None:
@@ -507,7 +526,7 @@ def test_kronos_serve_answers_over_http_and_an_ingest_succeeds_during_a_burst(
         after = httpx.get(f"{base}/health", timeout=5).json()["store"]
 
         server.send_signal(signal.SIGINT)
-        output = server.communicate(timeout=30)[0]
+        output = _output(server, tmp_path)
     assert ingest.returncode == 0, ingest.stderr
     assert len(statuses) > 10 and set(statuses) == {200}, statuses
     assert after["symbols"] == before["symbols"] + 2  # the service re-read the file
@@ -536,7 +555,7 @@ def test_kronos_serve_takes_a_model_by_import_path(
         assert [x["step"] for x in rows] == [1, 2, 3, 4, 5]
         assert all(x["p05"] < x["p50"] < x["p95"] for x in rows)
         server.send_signal(signal.SIGINT)
-        output = server.communicate(timeout=30)[0]
+        output = _output(server, tmp_path)
     assert server.returncode == 0, output
 
 
@@ -620,3 +639,171 @@ def test_kronos_serve_exits_non_zero_when_its_model_cannot_load(bundled_db: Path
     )
     assert got.returncode == 2, got.stderr
     assert "failed to load" in got.stderr and "no promoted tft artifact" in got.stderr
+
+
+# ---------------------------------------------------------------- point in time, the cache
+
+
+LOOKAHEAD = "would use the future; pass an artifact trained by then or --allow-lookahead"
+
+
+def _artifact_app(db: Path, models: Path, through: date | None, **kw) -> TestClient:
+    """An EWMA artifact promoted under ``models``, fitted through ``through`` (None: unrecorded)."""
+    with Store.open(db, read_only=True) as store:
+        panel = returns_panel(store, CALIBRATED_NIGHT, ["AAPL", "KO"], settings=DataSettings())
+    metrics = _metrics(through) if through else {"valid_crps": 1.0}
+    promote(write_artifact(EwmaNormal(lam=0.9).fit(panel), models, metrics))
+    config = ServiceConfig(db=db, model="ewma", model_dir=models, **kw)
+    return TestClient(create_app(config, CalibrationSettings(), DataSettings()))
+
+
+def test_an_asof_before_the_training_cutoff_is_409_unless_lookahead_is_allowed(
+    cal_db: Path, tmp_path: Path
+):
+    strict = _artifact_app(cal_db, tmp_path / "models", CALIBRATED_NIGHT)
+    before = strict.get("/forecast", params={"symbols": "AAPL", "asof": "2020-03-03"})
+    assert before.status_code == 409, before.text
+    assert (
+        before.json()["detail"] == f"model fitted through 2020-03-04; asof 2020-03-03 {LOOKAHEAD}"
+    )
+    # the boundary day: the model saw the bars up to 2020-03-04, the forecast reads as many
+    for asof, origin in (("2020-03-04", "2020-03-04"), ("2020-03-07", "2020-03-06")):
+        body = strict.get("/forecast", params={"symbols": "AAPL", "asof": asof}).json()
+        assert (body["origin"], body["fitted_through"]) == (origin, "2020-03-04"), body
+        assert body["point_in_time"] is True
+    assert "409" in strict.get("/openapi.json").json()["paths"]["/forecast"]["get"]["responses"]
+
+    allowed = _artifact_app(cal_db, tmp_path / "models", CALIBRATED_NIGHT, allow_lookahead=True)
+    assert allowed.get("/health").json()["lookahead_allowed"] is True
+    body = allowed.post("/forecast", json={"symbols": ["AAPL"], "asof": "2020-03-03"}).json()
+    assert body["origin"] == "2020-03-03" and body["fitted_through"] == "2020-03-04"
+    assert body["point_in_time"] is False and len(body["forecasts"]) == 5
+
+
+def test_the_fallback_is_fitted_through_the_last_bar_and_an_unrecorded_cutoff_is_refused(
+    cal_db: Path, tmp_path: Path
+):
+    strict = TestClient(
+        create_app(
+            _config(cal_db, tmp_path, allow_lookahead=False), CalibrationSettings(), DataSettings()
+        )
+    )
+    r = strict.get("/forecast", params={"symbols": "KO", "asof": "2020-03-04"})
+    assert r.status_code == 409
+    assert r.json()["detail"] == f"model fitted through 2022-12-28; asof 2020-03-04 {LOOKAHEAD}"
+    body = strict.get("/forecast", params={"symbols": "KO"}).json()  # the last bar
+    assert body["origin"] == body["fitted_through"] == "2022-12-28" and body["point_in_time"]
+
+    unknown = _artifact_app(cal_db, tmp_path / "models", None)
+    assert unknown.get("/health").json()["fitted_through"] is None
+    r = unknown.get("/forecast", params={"symbols": "KO"})
+    assert r.status_code == 409 and "records no training cutoff" in r.json()["detail"]
+
+
+class CountingEwma(EwmaNormal):
+    """EWMA that counts its predictions (and can take its time over them)."""
+
+    def __init__(self, lam: float = 0.94, delay_s: float = 0.0) -> None:
+        super().__init__(lam)
+        self.delay_s, self.calls = delay_s, 0
+
+    def predict(self, *args, **kwargs):
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return super().predict(*args, **kwargs)
+
+
+def test_a_repeated_request_is_answered_from_the_cache_and_computed_once(
+    cal_db: Path, tmp_path: Path
+):
+    from kronos.models.artifacts import Loaded
+
+    db = tmp_path / "k.duckdb"
+    shutil.copy(cal_db, db)
+    with Store.open(db, read_only=True) as store:
+        panel = returns_panel(store, CALIBRATED_NIGHT, ["AAPL", "KO"], settings=DataSettings())
+    model = CountingEwma(delay_s=0.3).fit(panel)
+
+    def loader(config, data):
+        return Loaded(model, "artifact", None, "counting ewma"), date(2020, 3, 2)
+
+    app = create_app(
+        _config(db, tmp_path, allow_lookahead=False), CalibrationSettings(), DataSettings(),
+        loader=loader,
+    )  # fmt: skip
+    client = TestClient(app)
+    params = {"symbols": "KO", "asof": "2020-03-05"}
+    first = client.get("/forecast", params=params)
+    assert first.status_code == 200 and model.calls == 1
+    assert first.json()["calibration_night"] == "2020-03-04"
+    again = client.get("/forecast", params=params)
+    assert again.content == first.content and model.calls == 1
+    assert client.get("/health").json()["cache"]["hits"] == 1
+    # raw is another answer; the same request spelled differently is the same one
+    assert client.get("/forecast", params={**params, "raw": True}).json()["calibrated"] is False
+    assert client.get("/forecast", params={**params, "symbols": " ko,KO"}).content == first.content
+    assert model.calls == 2
+
+    # eight requests at once for a new answer: one computes it, seven wait for it
+    service, start = app.state.service, threading.Barrier(8)
+    bodies: list[bytes] = []
+
+    def ask() -> None:
+        start.wait()
+        bodies.append(service.forecast_json(["AAPL"], date(2020, 3, 5), False))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(bodies) == 8 and len(set(bodies)) == 1 and model.calls == 3
+
+    # a new calibration night in the store: a new copy, so the answer is computed afresh
+    with Store.open(db) as store:
+        nightly_calibrate(
+            store, "ewma", date(2020, 3, 5),
+            returns_panel(store, date(2020, 3, 5), ["KO", "AAPL"], settings=DataSettings()),
+            lambda: model, since=date(2020, 3, 5),
+            settings=CalibrationSettings(), data=DataSettings(),
+        )  # fmt: skip
+    calls = model.calls
+    after = client.get("/forecast", params=params).json()
+    assert after["calibration_night"] == "2020-03-05" and model.calls > calls
+    assert after["forecasts"] != first.json()["forecasts"]
+
+
+def test_kronos_forecast_refuses_an_asof_before_the_cutoff_with_exit_2(
+    cal_db: Path, tmp_path: Path
+):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kronos.cli import app
+
+    db = tmp_path / "k.duckdb"
+    shutil.copy(cal_db, db)
+    _artifact_app(db, tmp_path / "models", CALIBRATED_NIGHT)
+    args = ["forecast", "ewma", "--db", str(db), "--model-dir", str(tmp_path / "models")]
+    args += ["--symbols", "AAPL,KO", "--no-write", "--json"]
+    runner = CliRunner()
+    refused = runner.invoke(app, [*args, "--asof", "2020-03-03"])
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"model fitted through 2020-03-04; asof 2020-03-03 {LOOKAHEAD}" in said
+
+    def body(*more: str) -> dict:
+        got = runner.invoke(app, [*args, *more])
+        assert got.exit_code == 0, got.output
+        return json.loads(got.stdout.strip().splitlines()[-1])
+
+    allowed = body("--asof", "2020-03-03", "--allow-lookahead")
+    assert allowed["source"] == "artifact" and allowed["point_in_time"] is False
+    assert allowed["fitted_through"] == "2020-03-04" and len(allowed["forecasts"]) == 10
+    boundary = body("--asof", "2020-03-04")
+    assert boundary["point_in_time"] is True and boundary["origin"] == "2020-03-04"
+    # no artifact: the fallback is fitted on the bars up to the origin, so point in time
+    fallback = body("--asof", "2020-03-03", "--model-dir", str(tmp_path / "none"))
+    assert fallback["source"] == "fallback" and fallback["point_in_time"] is True
+    assert fallback["fitted_through"] == fallback["origin"] == "2020-03-03"

@@ -88,6 +88,7 @@ def test_gate_refuses_a_worse_model_and_latest_stays(tmp_path: Path):
     metrics = json.loads((worse.run_dir / "METRICS.json").read_text())
     assert metrics["promotion"]["promoted"] is False
     assert sorted(p.name for p in first.run_dir.iterdir()) == [
+        "CALIBRATION_START.json",
         "METRICS.json",
         "VERSION",
         "config.json",

@@ -7,13 +7,12 @@ inline CSS: it opens offline and can be mailed as one file.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,37 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
+from kronos.backtest import report_plots, report_sections
+from kronos.backtest.report_sections import MISSING as _MISSING
+from kronos.backtest.report_sections import cell as _cell
+from kronos.backtest.report_sections import finite as _finite
+from kronos.backtest.report_sections import frame_table as _frame_table
+from kronos.backtest.report_sections import note as _note
+from kronos.backtest.report_sections import table as _table
 from kronos.backtest.result import STAT_NAMES, BacktestResult
 
+# Stable HTML ids of the report's panels (a browser test looks for them). Every id is
+# present in every report except "forecast-quality", which a plain strategy (no forecasts)
+# replaces by a note with the id "forecast-quality-absent".
+PANEL_IDS: tuple[str, ...] = (
+    "summary",
+    "equity",
+    "drawdowns",
+    "monthly-returns",
+    "rolling",
+    "distribution",
+    "trades",
+    "per-year",
+    "forecast-quality",
+)
 COVERAGE_TARGET = 0.90
 COVERAGE_BAND = (0.88, 0.92)
 TOP_WEIGHTS = 10
 MAX_BREAKERS = 50
 LAST_FILLS = 20
 _DPI = 110
-_MISSING = "-"
 _FIGSIZE = (10.0, 4.0)
 
 _STAT_LABELS = {
@@ -59,6 +78,9 @@ _FRAMES = (
     "factor_contrib",
     "breakers",
     "events",
+    "pit_hist",
+    "coverage_terciles",
+    "calibration_scale",
 )
 
 _CSS = """
@@ -73,14 +95,16 @@ tr:nth-child(even) td{background:#fafafa}
 .note{color:#777;font-style:italic}img{max-width:100%;height:auto}
 figure{margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:.85em}
 code{font-size:.9em}
+nav.toc{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;z-index:9}
+nav.toc a{margin-right:1em;font-size:.9em}.panel{margin-bottom:1.5em}
+.side{display:flex;gap:1.2em;align-items:flex-start}.side>div:first-child{flex:0 0 auto}
+.side>div:last-child{flex:1 1 auto;overflow-x:auto}
+table.compact,.compact table{font-size:.75em}
+table.compact td,table.compact th,.compact td,.compact th{padding:.15em .3em;white-space:nowrap}
 """
 
 
 # ---------------------------------------------------------------- formatting
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def format_stat(name: str, value: float | None) -> str:
@@ -94,47 +118,6 @@ def format_stat(name: str, value: float | None) -> str:
     if name in _RATIO_STATS:
         return f"{value:.2f}"
     return f"{value:.4g}"
-
-
-def _cell(value: object) -> str:
-    """Default text for a table cell (not yet escaped)."""
-    if value is None:
-        return _MISSING
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M UTC")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, float):
-        return f"{value:,.4f}" if math.isfinite(value) else "n/a"
-    return str(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
-    """An HTML table; every header and cell is escaped here."""
-    attr = f' class="{cls}"' if cls else ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _frame_table(
-    df: pl.DataFrame, formats: dict[str, Callable[[object], str]] | None = None
-) -> str:
-    formats = formats or {}
-    rows = [
-        [
-            formats.get(col, _cell)(row[col]) if row[col] is not None else _MISSING
-            for col in df.columns
-        ]
-        for row in df.iter_rows(named=True)
-    ]
-    return _table(df.columns, rows)
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
 
 
 # --------------------------------------------------------------------- plots
@@ -178,6 +161,13 @@ def drawdown(nav: np.ndarray) -> np.ndarray:
         return nav / peak - 1.0
 
 
+def _money(value: float, _pos: object = None) -> str:
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"${value / size:.3g}{suffix}"
+    return f"${value:.3g}"
+
+
 def plot_equity(result: BacktestResult, log_scale: bool = False) -> Figure | None:
     """Strategy NAV against the buy-and-hold benchmark; None when there is no equity."""
     eq = result.equity.sort("ts")
@@ -194,6 +184,8 @@ def plot_equity(result: BacktestResult, log_scale: bool = False) -> Figure | Non
     ax.plot(ts, bench, label="benchmark (buy and hold)", color="tab:gray", lw=1.2)
     if log_scale:
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(FuncFormatter(_money))
+    ax.yaxis.set_major_formatter(FuncFormatter(_money))  # "$1.5M", never a "1e7" offset
     ax.set_ylabel("NAV")
     ax.legend(loc="upper left")
     return fig
@@ -320,23 +312,13 @@ def _stats_section(result: BacktestResult) -> str:
             f"<td>{html.escape(strat)}</td><td>{html.escape(bench)}</td></tr>"
         )
     return (
-        "<h2>Headline statistics</h2>"
+        "<h3>Headline statistics (vectorbt)</h3>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
-def _plot_html(title: str, png: bytes | None, missing: str) -> str:
-    if png is None:
-        return f"<h3>{html.escape(title)}</h3>" + _note(missing)
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-    )
-
-
 def _fold_section(fm: pl.DataFrame) -> str:
-    out = "<h2>Forecast metrics per fold</h2>"
+    out = "<h3>Forecast metrics per fold</h3>"
     if fm.is_empty():
         return out + _note("No fold metrics recorded.")
     stages = sorted(
@@ -368,10 +350,14 @@ def _fold_section(fm: pl.DataFrame) -> str:
     return out + _table(headers, rows)
 
 
-def _plain_section(result: BacktestResult) -> str:
-    """A plain strategy's run has no forecasts: a sentence instead of the fold tables."""
+def _no_forecasts(result: BacktestResult) -> str | None:
+    """Why a run has no forecast page: a plain strategy has no forecasts; None if it has them."""
     said = [n for n in result.notes if n.startswith("plain ")]  # kronos.backtest.plain's note
-    return f"<h2>Forecasts</h2>{_note(said[0])}" if said else ""
+    if said:
+        return said[0]
+    if result.fold_metrics.is_empty() and result.coverage.is_empty() and result.pit_hist.is_empty():
+        return "This run recorded no step-1 forecasts, so there is no forecast quality to show."
+    return None
 
 
 def _breakers_section(br: pl.DataFrame) -> str:
@@ -440,13 +426,41 @@ def _parity_timings_section(result: BacktestResult) -> str:
 
 # ------------------------------------------------------------------- writers
 
-_PLOTS: tuple[tuple[str, str, str], ...] = (
-    ("equity.png", "Equity: strategy vs benchmark", "No equity recorded: plot skipped."),
-    ("drawdown.png", "Drawdown", "No equity recorded: plot skipped."),
-    ("coverage.png", "Forecast interval coverage", "No coverage data: plot skipped."),
-    ("weights.png", "Weights over time", "No equity recorded: plot skipped."),
-    ("factors.png", "Factor contributions", "No factor contributions: plot skipped."),
+_PNGS: tuple[tuple[str, Callable[[BacktestResult], Figure | None]], ...] = (
+    ("drawdown.png", plot_drawdown),
+    ("coverage.png", plot_coverage),
+    ("weights.png", plot_weights),
+    ("factors.png", plot_factors),
 )
+_NAV = "".join(f'<a href="#{p}">{p.replace("-", " ")}</a>' for p in PANEL_IDS)
+
+
+def write_pngs(result: BacktestResult, out_dir: Path, *, log_scale: bool = True) -> dict[str, Path]:
+    """The static matplotlib copies of the main plots (for notebooks), beside the report."""
+    written: dict[str, Path] = {}
+    plots = (("equity.png", lambda r: plot_equity(r, log_scale=log_scale)), *_PNGS)
+    for fname, plot in plots:
+        fig = plot(result)
+        if fig is not None:
+            written[fname] = out_dir / fname
+            written[fname].write_bytes(_png(fig))
+    return written
+
+
+def _positions_section(result: BacktestResult) -> str:
+    out = "<h2>Positions and factors</h2>"
+    if result.equity.is_empty():
+        return out + _note("No equity recorded: plot skipped.")
+    out += report_plots.embed(
+        report_plots.weights(weight_matrix(result), TOP_WEIGHTS), "fig-weights"
+    )
+    fc = result.factor_contrib
+    if fc.is_empty():
+        return out + _note("No factor contributions: plot skipped.")
+    wide = fc.pivot(on="factor", index="ts", values="contribution", aggregate_function="sum")
+    wide = wide.sort("ts").select("ts", *sorted(c for c in wide.columns if c != "ts"))
+    fig = report_plots.lines(wide, "Factor contributions of the targets", "contribution")
+    return out + report_plots.embed(fig, "fig-factors")
 
 
 def write_report(
@@ -454,37 +468,37 @@ def write_report(
     out_dir: Path,
     spec_yaml: str | None = None,
     *,
-    log_scale: bool = False,
+    log_scale: bool = True,
 ) -> dict[str, Path]:
-    """Write the PNG plots and a self-contained ``report.html`` into ``out_dir``.
+    """Write the PNG copies of the plots and a self-contained ``report.html`` into ``out_dir``.
 
-    Returns ``{file name: path}`` of every file written; a plot whose frame is empty
-    is not written and the HTML says so instead.
+    The page's plots are interactive (plotly.js inlined once, nothing loaded from
+    elsewhere); the PNGs are static copies for notebooks (``log_scale``: equity on
+    a log axis). Returns ``{file name: path}`` of every file written; a plot whose
+    frame is empty is not written and the HTML says so instead.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "equity.png": plot_equity(result, log_scale=log_scale),
-        "drawdown.png": plot_drawdown(result),
-        "coverage.png": plot_coverage(result),
-        "weights.png": plot_weights(result),
-        "factors.png": plot_factors(result),
-    }
-    written: dict[str, Path] = {}
-    plots_html = ["<h2>Plots</h2>"]
-    for fname, title, missing in _PLOTS:
-        fig = figures[fname]
-        png = _png(fig) if fig is not None else None
-        if png is not None:
-            written[fname] = out_dir / fname
-            written[fname].write_bytes(png)
-        plots_html.append(_plot_html(title, png, missing))
-
+    written = write_pngs(result, out_dir, log_scale=log_scale)
+    sheet = report_sections.build_sheet(result)
+    why_not = _no_forecasts(result)
+    rs = report_sections
+    folds = _fold_section(result.fold_metrics) if why_not is None else _note(why_not)
     parts = [
         _header(result, datetime.now(UTC)),
-        _stats_section(result),
-        *plots_html,
-        _plain_section(result) or _fold_section(result.fold_metrics),
+        f'<nav class="toc">{_NAV}</nav>',
+        rs.section("summary", "Summary", _stats_section(result) + rs.summary_table(sheet)),
+        rs.equity_panel(result, sheet),
+        rs.drawdowns_panel(result, sheet),
+        rs.monthly_panel(sheet),
+        rs.rolling_panel(sheet),
+        rs.distribution_panel(sheet),
+        rs.trades_panel(result, sheet),
+        rs.per_year_panel(sheet, folds),
+        rs.forecast_quality_panel(result, COVERAGE_TARGET, COVERAGE_BAND)
+        if why_not is None
+        else rs.forecast_absent_panel(why_not),
+        _positions_section(result),
         _breakers_section(result.breakers),
         _orders_section(result.orders),
         _fills_section(result.fills),
@@ -495,10 +509,14 @@ def write_report(
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(f'Backtest report: {result.name}')}</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+        f"<style>{_CSS}</style>{report_plots.plotly_js()}</head>"
+        f"<body>{''.join(parts)}</body></html>"
     )
     written["report.html"] = out_dir / "report.html"
     written["report.html"].write_text(page, encoding="utf-8")
+    if not sheet.trades.is_empty():
+        written["trades.parquet"] = out_dir / "trades.parquet"
+        sheet.trades.write_parquet(written["trades.parquet"])
     return written
 
 

@@ -85,6 +85,28 @@ EVENTS_SCHEMA = {
     "cash": pl.Float64,  # cash the book received
     "detail": pl.String,
 }
+# forecast quality, small summaries of the step-1 forecasts (the report's forecast page)
+PIT_SCHEMA = {
+    "stage": pl.String,  # raw | calibrated
+    "bin_lo": pl.Float64,
+    "bin_hi": pl.Float64,
+    "share": pl.Float64,  # share of the scored forecasts whose PIT falls in the bin
+    "expected": pl.Float64,  # 1 / bins: a calibrated forecast's share
+}
+TERCILE_SCHEMA = {
+    "stage": pl.String,
+    "tercile": pl.String,  # low | mid | high realized EWMA volatility at the origin
+    "vol_lo": pl.Float64,  # daily volatility range of the tercile
+    "vol_hi": pl.Float64,
+    "n": pl.Int64,
+    "coverage": pl.Float64,  # share of realized returns inside p05-p95
+}
+SCALE_SCHEMA = {
+    "ts": pl.Date,
+    "median": pl.Float64,  # calibrator band scale in force, median across symbols
+    "p10": pl.Float64,
+    "p90": pl.Float64,
+}
 STAT_NAMES = (
     "total_return",
     "cagr",
@@ -125,3 +147,6 @@ class BacktestResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     events: pl.DataFrame = field(default_factory=lambda: empty(EVENTS_SCHEMA))
     notes: tuple[str, ...] = ()  # price basis, filters the data switched off, skipped checks
+    pit_hist: pl.DataFrame = field(default_factory=lambda: empty(PIT_SCHEMA))
+    coverage_terciles: pl.DataFrame = field(default_factory=lambda: empty(TERCILE_SCHEMA))
+    calibration_scale: pl.DataFrame = field(default_factory=lambda: empty(SCALE_SCHEMA))

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from kronos.backtest import vbt
-from kronos.backtest.analysis import fold_metrics, rolling_coverage
+from kronos.backtest.analysis import fold_metrics, forecast_quality, rolling_coverage
 from kronos.backtest.engine import Trading, order_hash, rebalance_days, trade
 from kronos.backtest.executor import Executor, map_calls
 from kronos.backtest.forecasts import STEP1_SCHEMA, FoldForecasts
@@ -190,9 +190,10 @@ def run_backtest(
         plain = plain_strategy(spec, market, first, last)
         folds, trips = [], []
         raw = calibrated = Quantiles(*(np.full(market.y.shape, np.nan) for _ in range(3)))
+        scale = None
         say(f"plain {spec.strategy.kind} strategy: {plain.label}")
     else:
-        folds, raw, calibrated, trips = _forecasts_and_risk(
+        folds, raw, calibrated, trips, scale = _forecasts_and_risk(
             spec, store, market, first, last, executor, ray_address, timings, say, folds
         )
 
@@ -263,6 +264,14 @@ def run_backtest(
     timings["vectorbt"] = time.perf_counter() - t0
 
     fold_list = [f.fold for f in folds]
+    quality: dict[str, pl.DataFrame] = {}  # the report's forecast page: small summaries
+    if not plain:
+        t0 = time.perf_counter()
+        pit_hist, terciles, scales = forecast_quality(
+            market.sessions, raw, calibrated, market.y, first, scale
+        )
+        quality = {"pit_hist": pit_hist, "coverage_terciles": terciles, "calibration_scale": scales}
+        timings["forecast_quality"] = time.perf_counter() - t0
     return BacktestResult(
         name=spec.name,
         spec_hash=spec_hash(spec),
@@ -292,6 +301,7 @@ def run_backtest(
             if acted
             else ()
         ),
+        **quality,
     )
 
 
@@ -306,8 +316,11 @@ def _forecasts_and_risk(
     timings: dict[str, float],
     say: Progress,
     done: list[FoldForecasts] | None = None,
-) -> tuple[list[FoldForecasts], Quantiles, Quantiles, list[Breaker]]:
-    """The decision chain's inputs: fold forecasts, calibrated, and the fail-safe's trips."""
+) -> tuple[list[FoldForecasts], Quantiles, Quantiles, list[Breaker], np.ndarray | None]:
+    """The decision chain's inputs: fold forecasts, calibrated, the fail-safe's trips.
+
+    The last item is the calibrator's band scale per ``[session, symbol]`` (None uncalibrated).
+    """
     t0 = time.perf_counter()
     folds = forecasts_by_fold(spec, market, first, last, executor, ray_address, done)
     timings["forecasts"] = time.perf_counter() - t0
@@ -321,11 +334,11 @@ def _forecasts_and_risk(
     t0 = time.perf_counter()
     symbols = market.symbols
     if spec.forecaster.calibrate:
-        calibrated, _, _ = calibrate(
+        calibrated, _, scale = calibrate(
             raw, market.y, symbols, market.sectors, spec.calibration_settings()
         )
     else:
-        calibrated = raw
+        calibrated, scale = raw, None
     settings = spec.decision_settings()
     trips = failsafe(
         store,
@@ -341,7 +354,7 @@ def _forecasts_and_risk(
     )
     timings["risk"] = time.perf_counter() - t0
     say(f"calibrator and fail-safe replayed: {len(trips)} breaker trips")
-    return folds, raw, calibrated, trips
+    return folds, raw, calibrated, trips, scale
 
 
 def run_on_db(

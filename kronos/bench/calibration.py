@@ -7,6 +7,13 @@ holdout. Besides the forecasters, three deliberately distorted EWMA forecasts
 test the repair: intervals 40% too narrow, 40% too wide, and a median biased
 by +0.5%.
 
+Starting calibration (:mod:`kronos.models.start_calibration`): as at
+promotion, each model's bias and interval scale are fitted by split conformal
+on the gate's validation windows (the year before the warm-up, the model
+fitted on the rows before it), and the nightly calibrator starts from them and
+clamps relative to them (``start`` in each row; ``starting=False`` starts from
+bias 0 and scale 1 as before).
+
 Fixed vs dynamic lambda (whitepaper 10): the S4D regime encoder
 (:mod:`kronos.models.regime`) is fitted on the market features of the same
 panel up to the same cutoff as the forecasters; its ``p_turbulent`` of each
@@ -23,14 +30,18 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from kronos.bench.calibration_quality import conditional_block
 from kronos.bench.forecast import GRAPH, NEURAL, build
 from kronos.calibration import OnlineCalibrator, apply_params, dynamic_lambda, replay
 from kronos.config import CalibrationSettings
 from kronos.features.regime import market_features
+from kronos.forecast_quality import repair_frame
 from kronos.models.evaluation import score, with_realized
 from kronos.models.regime import RegimeEncoder
 from kronos.models.registry import ForecasterRef
 from kronos.models.split import train_valid_split
+from kronos.models.start_calibration import StartCalibration, fit_start
+from kronos.models.training import validation_forecasts
 
 MODELS = ("historical", "ewma", "garch", "nbeats", "tft", *GRAPH)
 TARGET_LOW, TARGET_HIGH = 0.88, 0.92
@@ -71,11 +82,16 @@ def run_calibration_bench(
     dynamic: bool = True,
     regime_encoder: RegimeEncoder | None = None,
     graph_max_steps: int | None = None,
+    starting: bool = True,
 ) -> dict:
     """Score every forecaster raw and calibrated on the holdout; a JSON-ready dict.
 
     With ``dynamic``, each is also calibrated with the dynamic-lambda variants
     (``regime_encoder``: an unfitted encoder, default :class:`RegimeEncoder`).
+    With ``starting``, each calibrator starts from the model's starting
+    calibration, fitted as at promotion on the validation windows before the
+    warm-up (distorted EWMAs: EWMA's validation forecasts distorted alike);
+    without, from bias 0 and scale 1.
     """
     step = on_step or (lambda _s: None)
     end = panel["ts"].max()
@@ -85,6 +101,8 @@ def run_calibration_bench(
     symbols = sorted(panel["symbol"].unique().to_list())
     origins = sorted(panel.filter(pl.col("ts") >= history["ts"].max())["ts"].unique().to_list())
     candidates: dict[str, pl.DataFrame] = {}
+    crossed: dict[str, int] = {}  # quantile rows sorted because they crossed
+    validation: dict[str, pl.DataFrame] = {}  # the gate's validation forecasts, for the start
     for name in models:
         model = build(name, nbeats_max_steps, sectors=sectors, graph_max_steps=graph_max_steps)
         step(f"fit and forecast {model.name}")
@@ -92,9 +110,24 @@ def run_calibration_bench(
             model.fit(train, valid)
         else:
             model.fit(history)
-        candidates[model.name] = model.predict_origins(panel, origins, symbols)
+        candidates[model.name], crossed[model.name] = repair_frame(
+            model.predict_origins(panel, origins, symbols)
+        )
+        if starting:  # as the gate scores it: fitted on the training rows, run on validation
+            gated = model
+            if name not in NEURAL:
+                gated = build(
+                    name, nbeats_max_steps, sectors=sectors, graph_max_steps=graph_max_steps
+                )
+                gated.fit(train, valid)
+            validation[model.name] = repair_frame(
+                validation_forecasts(gated, history, train, valid)
+            )[0]
     if "ewma" in candidates:
         candidates.update(distortions(candidates["ewma"]))
+        if "ewma" in validation:
+            validation.update(distortions(validation["ewma"]))
+    starts = {name: fit_start(frame) for name, frame in validation.items()}
     regime, regime_info = None, None
     if dynamic:
         step("fit regime encoder")
@@ -105,14 +138,16 @@ def run_calibration_bench(
     in_holdout = pl.col("asof") >= holdout_start
     for name, raw in candidates.items():
         step(f"calibrate {name}")
-        params = replay(raw, panel, OnlineCalibrator(symbols, sectors, settings))
+        start = starts.get(name)
+        params = replay(raw, panel, OnlineCalibrator(symbols, sectors, settings, start))
         calibrated = apply_params(raw, params)
         before = score(with_realized(raw.filter(in_holdout), panel))
         after = score(with_realized(calibrated.filter(in_holdout), panel))
         last = params.filter(pl.col("asof") == origins[-1])
         variants = {}
         for variant, update in DYNAMIC_VARIANTS.items() if dynamic else ():
-            calibrator = OnlineCalibrator(symbols, sectors, settings.model_copy(update=update))
+            dyn_settings = settings.model_copy(update=update)
+            calibrator = OnlineCalibrator(symbols, sectors, dyn_settings, start)
             dyn_params = replay(raw, panel, calibrator, regime)
             dyn = score(with_realized(apply_params(raw, dyn_params).filter(in_holdout), panel))
             variants[variant] = {
@@ -140,7 +175,11 @@ def run_calibration_bench(
                 "coverage_target_met": TARGET_LOW <= after["coverage"] <= TARGET_HIGH,
                 "final_mean_bias": float(last["bias"].mean()),
                 "final_mean_scale": float(last["scale"].mean()),
+                "start": _start_block(start, raw, panel, in_holdout),
                 **({"dynamic": variants} if dynamic else {}),
+                "conditional": conditional_block(
+                    raw, calibrated, panel, holdout_start, crossed.get(name, 0)
+                ),
             }
         )
     return {
@@ -152,6 +191,17 @@ def run_calibration_bench(
         "models": rows,
         **({"regime": regime_info} if dynamic else {}),
     }
+
+
+def _start_block(
+    start: StartCalibration | None, raw: pl.DataFrame, panel: pl.DataFrame, in_holdout: pl.Expr
+) -> dict | None:
+    """The starting calibration and the holdout coverage it alone gives (no nightly updates)."""
+    if start is None:
+        return None
+    fixed = raw.select("asof", "symbol").unique().with_columns(bias=start.bias, scale=start.scale)
+    alone = score(with_realized(apply_params(raw, fixed).filter(in_holdout), panel))
+    return {**start.as_dict(), "holdout_coverage_start_only": alone["coverage"]}
 
 
 def _regime(

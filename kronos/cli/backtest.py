@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -117,6 +118,9 @@ def backtest(
     records = out_dir / base_spec.name / "sweep"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     rows: dict[int, dict] = {}
+    # when each variant's work began, so its MLflow run shows the real duration:
+    # locally a variant starts when the one before it ended; on Ray all start at submission
+    began = {"next": time.time()}
 
     def finish(i: int, result: BacktestResult) -> None:
         assignment, spec = variants[i]
@@ -128,7 +132,9 @@ def backtest(
         if mlflow:
             tags = {f"sweep.{k}": v for k, v in assignment.items()}
             name = variant_run_name(base_spec.name, assignment) if many else spec.name
-            with mlflow_run(EXPERIMENT, name, tags, settings=used) as recorder:
+            with mlflow_run(
+                EXPERIMENT, name, tags, settings=used, start_time=began["next"]
+            ) as recorder:
                 log_backtest(recorder, spec, result, target, tags)
                 run_id = recorder.run_id
         rows[i] = {
@@ -147,6 +153,8 @@ def backtest(
             "mlflow_run_id": run_id,
             "skipped": False,
         }
+        if executor == "local":
+            began["next"] = time.time()
         if many:
             record_done(records, spec, rows[i])
             err.print(f"  done: {spec.name} (order hash {result.order_hash[:16]})", highlight=False)
@@ -169,6 +177,7 @@ def backtest(
     try:
         if executor == "ray" and todo:
             connect(ray_address, ray_working_dir)  # the folds' and variants' tasks use it
+        began["next"] = time.time()
         if many:
             run_sweep(
                 todo,

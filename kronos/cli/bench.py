@@ -12,6 +12,13 @@ import typer
 from rich.table import Table
 
 from kronos.cli._common import DbOption, JsonOption, err, fail, open_store, out, progress, table
+from kronos.cli.bench_tables import (
+    SIGNIFICANCE_COLUMNS,
+    print_calibration,
+    print_holdouts,
+    ratio,
+    significance_cells,
+)
 from kronos.config import Settings, load_settings
 
 app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
@@ -90,6 +97,18 @@ GraphMaxSteps = Annotated[
 ]
 
 
+def _holdout_years(text: str | None) -> list[int] | None:
+    """``--holdouts 2008,2020,2022`` as years; exits 2 naming a token that is not a year."""
+    if not text:
+        return None
+    years = []
+    for token in (t.strip() for t in text.split(",")):
+        if not (token.isdigit() and len(token) == 4):
+            fail(f"--holdouts: {token!r} is not a calendar year (expected e.g. 2008,2020,2022)")
+        years.append(int(token))
+    return years
+
+
 @app.command("forecast")
 def bench_forecast(
     db: DbOption = None,
@@ -98,6 +117,13 @@ def bench_forecast(
         str, typer.Option(help=MODELS_HELP)
     ] = "historical,ewma,garch,nbeats,nbeats_default,tft,stemgnn,mtgnn,mtgnn_prior",
     holdout_days: Annotated[int, typer.Option(help="Held-out final calendar days.")] = 365,
+    holdouts: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated holdout years (e.g. 2008,2020,2022): each a calendar year, "
+            "models refitted before it, plus the aggregate; replaces --holdout-days."
+        ),
+    ] = None,
     nbeats_max_steps: Annotated[
         int | None, typer.Option(help="Cap on our N-BEATS's optimisation steps.")
     ] = None,
@@ -105,47 +131,69 @@ def bench_forecast(
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "kronos-bench",
     as_json: JsonOption = False,
 ) -> None:
-    """Leaderboard: every forecaster on the same held-out year, rolling origins."""
+    """Leaderboard: every forecaster on the same held-out year(s), rolling origins.
+
+    Each row carries the Diebold-Mariano p-values against EWMA and GARCH and
+    the 90% Model Confidence Set on the per-origin losses.
+    """
     from kronos.bench.forecast import run_forecast_bench
+    from kronos.errors import KronosError
     from kronos.tracking import mlflow_run
 
     names = _forecasters(models)
+    years = _holdout_years(holdouts)
     settings = load_settings()
     panel, sectors = _panel_and_sectors(db, source, settings)
     with (
         mlflow_run(experiment, "bench-forecast", {"source": source}, settings=settings) as recorder,
         progress("steps") as bar,
     ):
-        task = bar.add_task("bench forecast", total=2 * len(names))
-        result = run_forecast_bench(
-            panel,
-            names,
-            holdout_days,
-            nbeats_max_steps,
-            on_step=lambda s: bar.update(task, advance=1, description=s),
-            sectors=sectors,
-            graph_max_steps=graph_max_steps,
-        )
+        task = bar.add_task("bench forecast", total=2 * len(names) * len(years or [0]))
+        try:
+            result = run_forecast_bench(
+                panel,
+                names,
+                holdout_days,
+                nbeats_max_steps,
+                on_step=lambda s: bar.update(task, advance=1, description=s),
+                sectors=sectors,
+                graph_max_steps=graph_max_steps,
+                holdouts=years,
+            )
+        except KronosError as exc:
+            fail(str(exc))
         recorder.log_params(
             {
                 "source": source,
                 "holdout_days": holdout_days,
+                "holdouts": holdouts,
                 "models": models,
                 "nbeats_max_steps": nbeats_max_steps,
                 "graph_max_steps": graph_max_steps,
             }
         )
-        recorder.log_metrics(
-            {
+        if years:
+            metrics = {
+                f"{r['model']}.{scope}.{k}": part[k]
+                for r in result["models"]
+                for scope, part in [*r["holdouts"].items(), ("aggregate", r["aggregate"])]
+                for k in ("coverage", "crps")
+            }
+        else:
+            metrics = {
                 f"{r['model']}.{k}": r[k]
                 for r in result["models"]
                 for k in ("mae", "coverage", "crps", "fit_seconds")
             }
-        )
+        recorder.log_metrics(metrics)
         recorder.log_dict(result, "leaderboard.json")
         result["mlflow_run_id"] = recorder.run_id
     if as_json:
         print(json.dumps(result, default=str))
+        return
+    if years:
+        print_holdouts(result)
+        out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)
         return
     h = result["holdout"]
     rows = [
@@ -155,9 +203,10 @@ def bench_forecast(
             f"{r['coverage']:.1%}",
             f"{r['crps']:.6f}",
             "" if r["crps_exact"] is None else f"{r['crps_exact']:.6f}",
-            "" if r["crps_ratio_garch"] is None else f"{r['crps_ratio_garch']:.3f}",
+            ratio(r["crps_ratio_garch"]),
             f"{r['fit_seconds']:.1f}",
             f"{r['predict_seconds_per_origin'] * 1000:.1f}",
+            *significance_cells(r),
         ]
         for r in result["models"]
     ]
@@ -174,6 +223,7 @@ def bench_forecast(
                 "CRPS/GARCH",
                 "fit s",
                 "predict ms/origin",
+                *SIGNIFICANCE_COLUMNS,
             ],
             rows,
         )
@@ -246,7 +296,8 @@ def bench_calibration(
     as_json: JsonOption = False,
 ) -> None:
     """Raw vs calibrated coverage and CRPS for every forecaster and distorted ones."""
-    from kronos.bench.calibration import DYNAMIC_VARIANTS, run_calibration_bench
+    from kronos.bench.calibration import run_calibration_bench
+    from kronos.bench.calibration_quality import headline
     from kronos.tracking import mlflow_run
 
     names = _forecasters(models)
@@ -277,6 +328,7 @@ def bench_calibration(
                 for r in result["models"]
                 for k in ("raw_coverage", "calibrated_coverage", "raw_crps", "calibrated_crps")
             }
+            | {f"{r['model']}.{k}": v for r in result["models"] for k, v in headline(r).items()}
             | {
                 f"{r['model']}.{variant}.{k}": v[k]
                 for r in result["models"]
@@ -299,81 +351,7 @@ def bench_calibration(
     if as_json:
         print(json.dumps(result))
         return
-    rows = [
-        [
-            r["model"],
-            f"{r['raw_coverage']:.1%}",
-            f"{r['calibrated_coverage']:.1%}",
-            f"{r['raw_crps']:.6f}",
-            f"{r['calibrated_crps']:.6f}",
-            f"{r['crps_change']:+.2%}",
-            f"{r['final_mean_scale']:.3f}",
-            ("[green]yes[/]" if r["coverage_target_met"] else "[red]no[/]")
-            if r["coverage_target_applies"]
-            else "n/a",
-        ]
-        for r in result["models"]
-    ]
-    out.print(
-        table(
-            f"calibration on the holdout {result['holdout_start']}..{result['end']} "
-            f"(warm-up from {result['warmup_start']})",
-            [
-                "model",
-                "raw cov",
-                "calibrated cov",
-                "raw CRPS",
-                "calibrated CRPS",
-                "CRPS change",
-                "final scale",
-                "90+/-2%",
-            ],
-            rows,
-        )
-    )
-    if dynamic:
-        regime = result["regime"]
-        compare = []
-        for r in result["models"]:
-            compare.append(
-                [
-                    r["model"],
-                    "fixed",
-                    f"{r['calibrated_coverage']:.1%}",
-                    f"{r['calibrated_crps']:.6f}",
-                    "",
-                    f"{r['final_mean_scale']:.3f}",
-                ]
-            )
-            for variant in DYNAMIC_VARIANTS:
-                v = r["dynamic"][variant]
-                compare.append(
-                    [
-                        "",
-                        variant.replace("_", " "),
-                        f"{v['coverage']:.1%}",
-                        f"{v['crps']:.6f}",
-                        f"{v['crps_vs_fixed']:+.2%}",
-                        f"{v['final_mean_scale']:.3f}",
-                    ]
-                )
-        out.print(
-            table(
-                f"fixed vs dynamic lambda (lambda {result['settings']['calibration_lambda']:g} "
-                f"-> {regime['lambda_turbulent']:g} with p_turbulent; mean lambda on the holdout "
-                f"{regime['holdout']['mean_lambda']:.4f})",
-                ["model", "calibrator", "coverage", "CRPS", "vs fixed", "final scale"],
-                compare,
-                left=2,
-            )
-        )
-        val = regime["validation"]
-        out.print(
-            f"regime encoder {regime['version']} trained until {regime['trained_until']}: "
-            f"validation log loss {val.get('valid_log_loss', float('nan')):.4f} vs persistence "
-            f"{val.get('baseline_log_loss', float('nan')):.4f}",
-            highlight=False,
-        )
+    print_calibration(result, dynamic)
     out.print(f"MLflow run {result['mlflow_run_id']}", highlight=False)
 
 
@@ -493,3 +471,78 @@ def bench_backtest(
             ],
         )
     )
+
+
+# ---------------------------------------------------------------- serve (kronos bench serve)
+
+
+@app.command("serve")
+def bench_serve(
+    requests: Annotated[int, typer.Option(help="GET /forecast requests to send.", min=1)] = 500,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 20,
+    model: Annotated[str, typer.Option(help="Forecaster whose promoted artifact is served.")] = (
+        "ewma"
+    ),
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Artifact root [env MODEL_DIR]; none promoted: one is trained."),
+    ] = None,
+    distinct: Annotated[int, typer.Option(help="Distinct symbol queries cycled.", min=1)] = 10,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Service req/s and p50/p95/p99 vs a plain FastAPI endpoint with the same payload."""
+    from kronos.bench.serve import run_serve_bench
+    from kronos.config import resolve_db_path
+    from kronos.errors import KronosError
+
+    settings = load_settings()
+    try:
+        result = run_serve_bench(
+            resolve_db_path(db, settings.data),
+            requests=requests,
+            concurrency=concurrency,
+            model=model,
+            model_dir=model_dir or settings.models.model_dir,
+            distinct=distinct,
+            data=settings.data,
+            on_step=lambda m: err.print(f"  {m}", highlight=False),
+        )
+    except KronosError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    rows = [
+        [
+            name,
+            f"{r['rps']:,.0f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p95_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            "-" if r["cpu_ms_per_request"] is None else f"{r['cpu_ms_per_request']:.2f}",
+            f"{r['client_cpu_ms_per_request']:.2f}",
+            str(sum(r["errors"].values())),
+        ]
+        for name, r in (
+            ("kronos serve", result["service"]),
+            ("plain FastAPI, same payload", result["reference"]),
+        )
+    ]
+    made = "trained for this run" if result["artifact_trained_for_run"] else "promoted"
+    title = (
+        f"kronos bench serve: {result['requests']} requests, {result['concurrency']} at a time, "
+        f"{result['distinct_queries']} distinct queries, {result['payload_bytes']} B"
+    )
+    columns = ["endpoint", "req/s", "p50 ms", "p95 ms", "p99 ms", "server CPU ms/req"]
+    out.print(table(title, [*columns, "client CPU ms/req", "errors"], rows))
+    out.print(f"model {result['model']}: {result['artifact']} ({made})", highlight=False)
+    cache = result["service"]["cache"]
+    out.print(
+        f"service cache: {cache['computed']} answers computed, {cache['hits']} served from memory; "
+        f"load average at the start {result['service']['load_average']:.1f}",
+        highlight=False,
+    )
+    target = result["target"]
+    verdict = "[green]met[/]" if result["target_met"] else "[red]not met[/]"
+    out.print(f"target p99 < {target['p99_ms']:.0f} ms and >= {target['rps']:.0f} req/s: {verdict}")

@@ -40,7 +40,7 @@ def calibrate(
     from kronos.calibration import read_json
     from kronos.features.returns import returns_panel
     from kronos.forecasting import fallback
-    from kronos.models.artifacts import load_promoted
+    from kronos.models.artifacts import latest_artifact, load_promoted
     from kronos.models.registry import model_name
     from kronos.nightly import import_json, nightly_calibrate, refresh_regime
     from kronos.tracking import mlflow_run
@@ -92,6 +92,7 @@ def calibrate(
                 settings=settings,
                 data=loaded.data,
                 on_night=lambda n: err.print(f"[dim]night {n.day}: {n.report.used} used[/dim]"),
+                start=latest_artifact(root, model),  # its CALIBRATION_START.json, if any
             )
     except KronosError as exc:
         fail(str(exc))

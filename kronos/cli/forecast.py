@@ -3,6 +3,11 @@
 The model is the promoted artifact under MODEL_DIR (``latest``), or a version
 of MLflow's model registry (``models:/kronos-nbeats@champion``,
 ``models:/kronos-nbeats/3``) downloaded from the tracking server.
+
+An artifact fitted through day D (METRICS.json ``data_range``) forecasts only
+from origins on or after D; an earlier ``--asof`` exits 2 unless
+``--allow-lookahead`` (the rule: :mod:`kronos.forecasting`). The fallback is
+fitted on the bars up to the origin, so it is always point in time.
 """
 
 from __future__ import annotations
@@ -34,12 +39,27 @@ def forecast(
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols.")] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Artifact root [env MODEL_DIR].")] = None,
     write: Annotated[bool, typer.Option(help="Store the forecasts in the forecasts table.")] = True,
+    allow_lookahead: Annotated[
+        bool,
+        typer.Option(
+            "--allow-lookahead",
+            help="Forecast from an origin before the artifact's training cutoff "
+            "(point_in_time: false); exit 2 otherwise.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Predict p05/p50/p95 for steps 1-5 with the promoted artifact (or the fallback fit)."""
     from kronos.features.returns import returns_panel
-    from kronos.forecasting import forecast_and_store, forecast_with, store_forecasts
+    from kronos.forecasting import (
+        forecast_and_store,
+        forecast_with,
+        point_in_time,
+        store_forecasts,
+    )
     from kronos.mlflow_registry import is_model_uri, load_registered
+    from kronos.models.artifacts import latest_artifact
+    from kronos.models.registry import model_name
 
     names = symbols.split(",") if symbols else None
     loaded = load_settings()
@@ -57,6 +77,22 @@ def forecast(
             panel = returns_panel(
                 store, cutoff, names, source=None if names else source, settings=data
             )
+            origin = panel["ts"].max()
+            if registered is not None:
+                artifact = registered.directory
+            else:
+                artifact = latest_artifact(root, model_name(model))
+            # the fallback is fitted on this panel: through the origin
+            fitted = _fitted_through(artifact) if artifact is not None else origin
+            honest = origin is not None and point_in_time(
+                fitted, cutoff, origin, allow_lookahead=allow_lookahead
+            )
+            if not honest:
+                err.print(
+                    f"[yellow]look-ahead allowed[/]: model fitted through {fitted}, "
+                    f"after the origin {origin}",
+                    highlight=False,
+                )
             if registered is not None:
                 stored_as = registered.forecaster.name  # rows and calibration as a local one's
                 made = forecast_with(
@@ -87,7 +123,14 @@ def forecast(
     if as_json:
         print(
             json.dumps(
-                {"source": made.source, "message": made.message, "forecasts": frame.to_dicts()},
+                {
+                    "source": made.source,
+                    "message": made.message,
+                    "origin": made.origin,
+                    "fitted_through": fitted,
+                    "point_in_time": honest,
+                    "forecasts": frame.to_dicts(),
+                },
                 default=str,
             )
         )
@@ -112,3 +155,13 @@ def forecast(
             left=3,
         )
     )
+
+
+def _fitted_through(directory: Path) -> date | None:
+    """The last day an artifact's model saw (METRICS.json ``data_range``); None if unrecorded."""
+    from kronos.backtest.forecasts import artifact_cutoff
+
+    try:
+        return artifact_cutoff(directory)
+    except KronosError:
+        return None

@@ -29,6 +29,17 @@ def serve(
         str, typer.Option(help="Bars source the fallback is fitted on when no artifact exists.")
     ] = "skfolio.sp500",
     max_symbols: Annotated[int, typer.Option(help="Most symbols per request.")] = 100,
+    allow_lookahead: Annotated[
+        bool,
+        typer.Option(
+            "--allow-lookahead",
+            help="Answer an asof before the model's training cutoff (answers say "
+            "point_in_time: false); refused with 409 otherwise.",
+        ),
+    ] = False,
+    cache_size: Annotated[
+        int, typer.Option(help="Forecast answers cached per copy of the store (0: none).", min=0)
+    ] = 4096,
 ) -> None:
     """Serve /health, /forecast and /version (FastAPI, docs at /docs) until interrupted."""
     import uvicorn
@@ -44,6 +55,8 @@ def serve(
         tracking_uri=loaded.tracking.tracking_uri(),
         fit_source=source,
         max_symbols=max_symbols,
+        allow_lookahead=allow_lookahead,
+        cache_size=cache_size,
     )
     server: uvicorn.Server | None = None
 

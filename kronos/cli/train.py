@@ -103,6 +103,9 @@ def _run(
             outcome, registered = gate_and_publish(forecaster, panel, root, settings, recorder)
     except KronosError as exc:
         fail(str(exc))
+    from kronos.models.start_calibration import read_start
+
+    start = read_start(outcome.run_dir)
     result = {
         "model": outcome.name,
         "version": outcome.version,
@@ -116,6 +119,7 @@ def _run(
         "mlflow_run_id": recorder.run_id,
         "registered": registered.as_dict() if registered else None,
         "settings_hash": settings_hash(loaded),
+        "start_calibration": start.as_dict() if start else None,
     }
     if as_json:
         print(json.dumps(result))
@@ -133,6 +137,13 @@ def _run(
     )
     verdict = "[green]promoted[/]" if outcome.decision.promoted else "[yellow]not promoted[/]"
     out.print(f"{verdict}: {outcome.decision.reason}", highlight=False)
+    if start is not None:
+        out.print(
+            f"starting calibration: bias {start.bias:+.5f}, scale {start.scale:.3f} "
+            f"(validation coverage {start.coverage_before:.1%} -> {start.coverage_after:.1%}, "
+            f"n={start.n})",
+            highlight=False,
+        )
     out.print(
         f"artifact: {outcome.run_dir}  (fit {outcome.fit_seconds:.1f}s, "
         f"MLflow run {recorder.run_id}, settings {settings_hash(loaded)})",
@@ -148,7 +159,8 @@ def gate_and_publish(
     """Fit, gate against the baseline, save and promote (``train_and_gate``); publish to MLflow.
 
     The artifact goes into ``recorder``'s run and, only when promoted, into the
-    registry as ``kronos-<model>`` with the alias ``champion``. Returns the
+    registry as ``kronos-<model>`` with the alias ``champion``. Before that, the
+    run gets its starting calibration (:func:`start_calibration`). Returns the
     training outcome and the registered version (None when not promoted).
     """
     from kronos.mlflow_registry import publish_artifact
@@ -163,6 +175,7 @@ def gate_and_publish(
         recorder=recorder,
         on_stage=lambda s: err.print(f"[dim]{s}[/dim]"),
     )
+    start_calibration(forecaster, panel, outcome.run_dir, recorder)
     registered = publish_artifact(
         recorder,
         model=outcome.name,
@@ -171,6 +184,33 @@ def gate_and_publish(
         promoted=outcome.decision.promoted,
     )
     return outcome, registered
+
+
+def start_calibration(forecaster: Any, panel: Any, run_dir: Path, recorder: Any) -> Any:
+    """Fit the run's starting calibration on the gate's validation windows; store and log it.
+
+    The windows are ``train_and_gate``'s (default split, rolling origins from
+    each symbol's last training day); ``CALIBRATION_START.json`` goes into
+    ``run_dir``, its figures into METRICS.json and ``recorder`` (``start_*``).
+    A run that already has the file keeps it. Returns the
+    :class:`~kronos.models.start_calibration.StartCalibration`, or None when
+    validation had too few rows (the calibrator then starts at bias 0, scale 1).
+    """
+    from kronos.models.artifacts import record_start
+    from kronos.models.split import train_valid_split
+    from kronos.models.start_calibration import fit_start, read_start
+    from kronos.models.training import validation_forecasts
+
+    start = read_start(run_dir)
+    if start is None:
+        err.print("[dim]starting calibration[/dim]")
+        start = fit_start(validation_forecasts(forecaster, panel, *train_valid_split(panel)))
+        if start is None:
+            err.print("too few validation rows: no starting calibration (bias 0, scale 1)")
+            return None
+        record_start(run_dir, start)
+    recorder.log_metrics(start.metrics())
+    return start
 
 
 _COMMON = ("db", "source", "symbols", "asof", "model_dir", "experiment", "as_json")

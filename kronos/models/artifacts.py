@@ -16,6 +16,12 @@ imports the class through the recorded path (checked against the contract) and
 says when the installed version differs from the recorded one. Its own
 ``save`` decides its files: ``VERSION``, ``METRICS.json`` and ``SOURCE.json``
 are what ``promote`` requires of it.
+
+A run may also carry ``CALIBRATION_START.json`` (:mod:`kronos.models.start_calibration`):
+the bias and interval scale fitted on the gate's validation windows, from which
+the nightly calibrator starts; its figures are copied into ``METRICS.json``
+under ``start_calibration``. It is optional: artifacts without it calibrate as
+before.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from kronos.models.registry import (
     is_builtin,
     model_name,
 )
+from kronos.models.start_calibration import StartCalibration, write_start
 from kronos.plugins import reference_of
 
 REQUIRED_FILES = ("state.pt", "config.json", "scaler.pkl", "VERSION", "METRICS.json")
@@ -99,9 +106,20 @@ def source_of(cls: type) -> dict[str, str | None]:
 
 
 def write_artifact(
-    forecaster: Forecaster, model_dir: Path, metrics: dict, *, now: datetime | None = None
+    forecaster: Forecaster,
+    model_dir: Path,
+    metrics: dict,
+    *,
+    now: datetime | None = None,
+    start: StartCalibration | None = None,
 ) -> Path:
-    """Save a fitted forecaster with its VERSION and METRICS.json; return the run directory."""
+    """Save a fitted forecaster with its VERSION and METRICS.json; return the run directory.
+
+    ``start``: its starting calibration, written as ``CALIBRATION_START.json``
+    (and into METRICS.json) before the directory gets its final name.
+    """
+    if start is not None:
+        metrics = {**metrics, "start_calibration": start.as_dict()}
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     root = model_root(model_dir, forecaster.name)
     final = root / stamp
@@ -114,6 +132,8 @@ def write_artifact(
             (partial / SOURCE_FILE).write_text(source + "\n")
         (partial / "VERSION").write_text(forecaster.version + "\n")
         (partial / "METRICS.json").write_text(json.dumps(metrics, indent=2, default=str))
+        if start is not None:
+            write_start(partial, start)
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -140,6 +160,15 @@ def record_decision(run_dir: Path, decision: GateDecision) -> None:
     path = Path(run_dir) / "METRICS.json"
     metrics = json.loads(path.read_text())
     metrics["promotion"] = asdict(decision)
+    path.write_text(json.dumps(metrics, indent=2, default=str))
+
+
+def record_start(run_dir: Path, start: StartCalibration) -> None:
+    """Add a starting calibration to a written run: its file and METRICS.json's copy."""
+    write_start(run_dir, start)
+    path = Path(run_dir) / "METRICS.json"
+    metrics = json.loads(path.read_text())
+    metrics["start_calibration"] = start.as_dict()
     path.write_text(json.dumps(metrics, indent=2, default=str))
 
 

@@ -52,6 +52,7 @@ FORECASTERS: dict[str, str] = {
     "stemgnn": "kronos.models.stemgnn:StemGnnForecaster",
     "mtgnn": "kronos.models.mtgnn:MtgnnForecaster",
     "mtgnn_prior": "kronos.models.mtgnn:MtgnnPriorForecaster",
+    "fracast": "kronos.models.foundation:Fracast",
 }
 TRAINING_FIELDS = frozenset(TrainingConfig.model_fields)
 

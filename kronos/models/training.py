@@ -19,6 +19,7 @@ from kronos.models.base import Forecaster, NullRecorder, Recorder, flatten_param
 from kronos.models.evaluation import score, with_realized
 from kronos.models.registry import build
 from kronos.models.split import train_valid_split
+from kronos.models.start_calibration import fit_start
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,11 @@ def train_and_gate(
     forecaster.fit(train, valid, recorder)
     fit_seconds = time.perf_counter() - t0
     stage("validate")
-    metrics = score(validation_forecasts(forecaster, panel, train, valid))
+    scored = validation_forecasts(forecaster, panel, train, valid)
+    metrics = score(scored)
+    # fitted on the windows the gate scores, and written with the artifact, so a
+    # promoted model never exists without its starting calibration
+    start = fit_start(scored)
     stage(f"validate {baseline} baseline")
     reference = build(baseline).fit(train, valid)
     baseline_metrics = score(validation_forecasts(reference, panel, train, valid))
@@ -120,6 +125,7 @@ def train_and_gate(
             "fit_seconds": fit_seconds,
             "data_range": data_range,
         },
+        start=start,
     )
     record_decision(run_dir, decision)
     if decision.promoted:

@@ -3,7 +3,8 @@
 - skfolio ``load_sp500_dataset``: 20 S&P 500 stocks, adjusted closes, 1990-2022;
 - skfolio ``load_sp500_index``: the S&P 500 index level (symbol ``SP500``);
 - skfolio ``load_factors_dataset``: MTUM, QUAL, SIZE, USMV, VLUE ETFs, 2014-2022;
-- backtesting.py ``backtesting.test.GOOG``: GOOG OHLCV 2004-08-19..2013-03-01.
+- backtesting.py ``backtesting.test.GOOG``: GOOG OHLCV 2004-08-19..2013-03-01 (read from
+  the CSV it ships, without importing backtesting: see :func:`goog_csv`).
 
 skfolio ships adjusted closes only: they are stored as ``adj_close`` with open,
 high, low, raw close and volume left NULL, never invented. GOOG's data predates
@@ -17,8 +18,10 @@ known survivorship simplification.
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -47,10 +50,28 @@ def _close_only(prices: pd.DataFrame, source: str) -> pl.DataFrame:
     )
 
 
-def _goog() -> pl.DataFrame:
-    from backtesting.test import GOOG
+def goog_csv() -> Path:
+    """backtesting.py's ``test/GOOG.csv``, found without importing the package.
 
-    frame = pl.from_pandas(GOOG.rename_axis("ts").reset_index())
+    ``import backtesting`` loads its Bokeh plotting module, which in a Jupyter kernel
+    switches Bokeh to notebook output (a warning and a "Loading BokehJS" cell that
+    needs a CDN); ``find_spec`` of a top-level package only locates it.
+    """
+    spec = importlib.util.find_spec("backtesting")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("backtesting is not installed: pip install backtesting")
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "GOOG.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"backtesting ships no GOOG data at {path}")
+    return path
+
+
+def _goog() -> pl.DataFrame:
+    import pandas as pd
+
+    # the parsing of backtesting.test._read_file, which defines backtesting.test.GOOG
+    goog = pd.read_csv(goog_csv(), index_col=0, parse_dates=True)
+    frame = pl.from_pandas(goog.rename_axis("ts").reset_index())
     return frame.rename(str.lower).with_columns(
         pl.col("ts").cast(pl.Date),
         pl.col("volume").cast(pl.Float64),
