@@ -38,7 +38,7 @@ import difflib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -53,11 +53,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from kronos.calendar import Calendar, get_calendar
 from kronos.config import CalibrationSettings, DataSettings
 from kronos.data.store import Store
-from kronos.errors import InputError, LookAhead
+from kronos.errors import InputError, KronosError, LookAhead
 from kronos.features.returns import returns_panel
-from kronos.forecasting import ResultCache, fallback, forecast_with, point_in_time
+from kronos.forecasting import Produced, ResultCache, fallback, forecast_with, point_in_time
 from kronos.models.artifacts import Loaded, latest_artifact, load_promoted
 from kronos.models.base import ForecastError
+from kronos.models.registry import is_builtin
 from kronos.nightly import last_state_date
 from kronos.serve_docs import offline_app
 from kronos.serve_models import (
@@ -76,6 +77,13 @@ from kronos.serve_store import ServiceError, StoreCache, StoreFacts
 from kronos.tracking import git_state
 
 log = logging.getLogger(__name__)
+
+# built-in models whose forecast of a symbol depends on that symbol's returns only, so
+# one forecast of the whole universe at an origin answers every request there (the
+# graph models and TFT forecast the symbols they are given together: not these)
+PER_SYMBOL = frozenset({"historical", "ewma", "garch", "nbeats", "nbeats_default", "fracast"})
+ORIGINS_KEPT = 64  # origins whose whole-universe forecasts are kept per copy of the store
+UNIVERSE_FAILED = "universe-failed"  # cached: a symbol at that origin cannot be forecast
 
 
 class ServiceConfig(BaseModel):
@@ -123,6 +131,9 @@ class Service:
     lock: threading.Lock  # Lightning models are not safe to predict from two threads
     stores: StoreCache
     answers: ResultCache = field(default_factory=lambda: ResultCache(0))
+    # per (copy, origin): the forecasts of every symbol with a bar at the origin, or
+    # UNIVERSE_FAILED when one of them cannot be forecast (requests then go one by one)
+    origins: ResultCache = field(default_factory=lambda: ResultCache(ORIGINS_KEPT))
     _facts: tuple[int, StoreFacts] | None = field(default=None, init=False, repr=False)
     _answered: int = field(default=0, init=False, repr=False)  # the generation answers are of
 
@@ -146,6 +157,7 @@ class Service:
             if generation > self._answered:  # a newer copy: what older ones answered is obsolete
                 self._answered = generation
                 self.answers.clear()
+                self.origins.clear()
 
             def compute() -> bytes:
                 return self._answer(store, generation, names, asof, raw).model_dump_json().encode()
@@ -177,17 +189,10 @@ class Service:
         allow = self.config.allow_lookahead
         try:
             point_in_time(self.fitted_through, asof, origin, allow_lookahead=allow)
-            panel = returns_panel(store, asof, names, settings=self.data)
-            made = forecast_with(
-                store,
-                self.loaded,
-                self.loaded.forecaster.name,  # the label its forecasts are stored under
-                panel,
-                symbols=names,
-                settings=self.calibration,
-                data=self.data,
-                lock=self.lock,
-            )
+            made = self._at_origin(store, generation, facts, asof, origin, names)
+            if made is None:
+                panel = returns_panel(store, asof, names, settings=self.data)
+                made = self._forecast(store, panel, names)
             # the origin forecast from, which a stale symbol may put before the store's
             honest = point_in_time(self.fitted_through, asof, made.origin, allow_lookahead=allow)
         except LookAhead as exc:
@@ -211,6 +216,60 @@ class Service:
                 QuantileRow.model_validate(r)
                 for r in frame.select(list(QuantileRow.model_fields)).iter_rows(named=True)
             ],
+        )
+
+    def _forecast(self, store: Store, panel: pl.DataFrame, names: list[str]) -> Produced:
+        return forecast_with(
+            store,
+            self.loaded,
+            self.loaded.forecaster.name,  # the label its forecasts are stored under
+            panel,
+            symbols=names,
+            settings=self.calibration,
+            data=self.data,
+            lock=self.lock,
+        )
+
+    def _at_origin(
+        self,
+        store: Store,
+        generation: int,
+        facts: StoreFacts,
+        asof: date,
+        origin: date,
+        names: list[str],
+    ) -> Produced | None:
+        """``names``' forecasts cut from the whole universe's at ``origin``, computed once.
+
+        Only for per-symbol models (a graph model forecasts the symbols it is
+        given together) and symbols whose last bar is the origin itself (a stale
+        symbol is forecast from its own last session); None otherwise, or when
+        some symbol of the universe cannot be forecast: the request is then
+        computed on its own.
+        """
+        model = self.loaded.forecaster
+        if not (is_builtin(type(model)) and model.name in PER_SYMBOL):
+            return None
+        _, last_bar = facts.bars_at(store, asof)
+        if any(last_bar[s] != origin for s in names):
+            return None
+        universe = sorted(s for s, day in last_bar.items() if day == origin)
+
+        def compute() -> object:
+            panel = returns_panel(store, asof, universe, settings=self.data)
+            try:
+                return self._forecast(store, panel, universe)
+            except KronosError:  # e.g. one symbol too short: the requests go one by one
+                return UNIVERSE_FAILED
+
+        made = self.origins.get((generation, self.loaded.forecaster.version, asof), compute)
+        if not isinstance(made, Produced):
+            return None
+        wanted = pl.col("symbol").is_in(names)
+        return replace(
+            made,
+            raw=made.raw.filter(wanted),
+            calibrated=None if made.calibrated is None else made.calibrated.filter(wanted),
         )
 
     def health(self) -> HealthResponse:

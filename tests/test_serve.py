@@ -807,3 +807,50 @@ def test_kronos_forecast_refuses_an_asof_before_the_cutoff_with_exit_2(
     fallback = body("--asof", "2020-03-03", "--model-dir", str(tmp_path / "none"))
     assert fallback["source"] == "fallback" and fallback["point_in_time"] is True
     assert fallback["fitted_through"] == fallback["origin"] == "2020-03-03"
+
+
+def test_a_per_symbol_model_forecasts_the_universe_once_per_origin_with_the_same_answers(
+    cal_db: Path, tmp_path: Path
+):
+    from kronos.forecasting import forecast_with
+    from kronos.models.artifacts import Loaded
+
+    db = tmp_path / "k.duckdb"
+    shutil.copy(cal_db, db)
+    with Store.open(db, read_only=True) as store:
+        panel = returns_panel(store, CALIBRATED_NIGHT, ["AAPL", "KO"], settings=DataSettings())
+    model = EwmaNormal().fit(panel)  # built in: its forecast of a symbol uses that symbol only
+    calls: list[object] = []
+    predict = model.predict
+
+    def counted(*args, **kwargs):
+        calls.append(args[2] if len(args) > 2 else kwargs.get("symbols"))
+        return predict(*args, **kwargs)
+
+    model.predict = counted  # type: ignore[method-assign]
+    loaded = Loaded(model, "artifact", None, "ewma")
+
+    def loader(config, data):
+        return loaded, date(2020, 3, 2)
+
+    app = create_app(
+        _config(db, tmp_path, allow_lookahead=False), CalibrationSettings(), DataSettings(),
+        loader=loader,
+    )  # fmt: skip
+    client = TestClient(app)
+    ko = client.get("/forecast", params={"symbols": "KO", "asof": "2020-03-05"}).json()
+    aapl = client.get("/forecast", params={"symbols": "AAPL", "asof": "2020-03-05"}).json()
+    raw = client.get("/forecast", params={"symbols": "KO", "asof": "2020-03-05", "raw": True})
+    assert len(calls) == 1 and len(calls[0]) > 2  # the whole universe, once, for three answers
+    assert raw.json()["calibrated"] is False and ko["calibrated"] is True
+    # reference: the request computed on its own (forecast_with on KO alone); equal to the bit
+    with Store.open(db, read_only=True) as store:
+        alone = forecast_with(
+            store, loaded, "ewma",
+            returns_panel(store, date(2020, 3, 5), ["KO"], settings=DataSettings()),
+            symbols=["KO"], settings=CalibrationSettings(), data=DataSettings(),
+        ).best  # fmt: skip
+    assert [(f["p05"], f["p50"], f["p95"]) for f in ko["forecasts"]] == list(
+        zip(alone["p05"], alone["p50"], alone["p95"], strict=True)
+    )
+    assert aapl["forecasts"][0]["symbol"] == "AAPL"
