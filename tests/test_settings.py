@@ -41,6 +41,8 @@ ENVIRONMENT_READERS = {
     "kronos/models/lightning.py": "the rank a ddp launcher gives a re-run process "
     "(RANK, LOCAL_RANK, NODE_RANK): the launch protocol, not a setting",
     "kronos/testing/chaos.py": "the environment of the paper-loop processes it kills",
+    "kronos/runner/execute.py": "the environment a notebook's kernel inherits, plus the "
+    "executed copy's path (JPY_SESSION_NAME), as JupyterLab gives a kernel its notebook's",
     "kronos/runner/display.py": "the notebook path JupyterLab gives its kernel "
     "(JPY_SESSION_NAME), so a link resolves from the notebook: the Lab's protocol, not a setting",
 }

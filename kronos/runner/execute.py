@@ -222,6 +222,7 @@ def run_notebook(
                 log_output=False,
                 # the kernel process logs its plumbing (TCP warning, shutdown races): noise here
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                km=kernel_at(output),
             )
         except Exception as exc:
             status, error = "FAILED", _describe_failure(exc, timeout)
@@ -325,3 +326,25 @@ def notebook_html(notebook: Path) -> Path:
     html = notebook.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html
+
+
+def kernel_at(notebook: Path) -> Any:
+    """A kernel manager whose kernel knows the notebook it runs as (``JPY_SESSION_NAME``).
+
+    JupyterLab tells a kernel its notebook's path that way; the executed copy
+    lives in ``experiments/runs/<name>/``, so links a notebook shows
+    (:func:`kronos.runner.display.file_link`) resolve from there, in the copy and
+    in the HTML beside it. The rest of the kernel's environment is this process's.
+    """
+    import os
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    path = str(Path(notebook).resolve())
+
+    class NotebookKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+            kw["env"] = {**kw.get("env", os.environ), "JPY_SESSION_NAME": path}
+            await super()._async_start_kernel(**kw)
+
+    return NotebookKernelManager(kernel_name=KERNEL)
