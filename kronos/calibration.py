@@ -88,6 +88,9 @@ class OnlineCalibrator:
         # the state starts at, and is clamped relative to, (b0, s0); (0, 1) without a start
         self.bias0 = start.bias if start is not None else 0.0
         self.scale0 = start.scale if start is not None else 1.0
+        # step h's band is scaled by the state's scale times factor h (None: the same for all)
+        factors = start.step_factors if start is not None else None
+        self.step_factors = None if not factors else np.asarray(factors, dtype=np.float64)
         self.symbols = list(symbols)
         sectors = sectors or {}
         self.sector_of = [sectors.get(s) or "Unknown" for s in self.symbols]
@@ -179,6 +182,8 @@ class OnlineCalibrator:
         rates = self.rates(p_turbulent)
         s = self.settings
         bias, scale = self.effective()
+        if self.step_factors is not None:  # the nightly update sees step 1's band
+            scale = scale * self.step_factors[0]
         resid = y - p50
         lo = p50 + bias - (p50 - p05) * scale
         hi = p50 + bias + (p95 - p50) * scale
@@ -216,10 +221,12 @@ class OnlineCalibrator:
     # ------------------------------------------------------------------ apply
 
     def apply_arrays(
-        self, p05: np.ndarray, p50: np.ndarray, p95: np.ndarray
+        self, p05: np.ndarray, p50: np.ndarray, p95: np.ndarray, step: int = 1
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Calibrate quantile arrays whose first axis follows ``symbols``."""
+        """Calibrate step-``step`` quantile arrays whose first axis follows ``symbols``."""
         bias, scale = self.effective()
+        if self.step_factors is not None:
+            scale = scale * self.step_factors[step - 1]
         extra = (slice(None),) + (None,) * (p50.ndim - 1)
         b, s = bias[extra], scale[extra]
         mid = p50 + b
@@ -233,6 +240,7 @@ class OnlineCalibrator:
         out = forecasts.join(lookup, on="symbol", how="left").with_columns(
             pl.col("_b").fill_null(self.bias_[n + k]), pl.col("_s").fill_null(self.scale_[n + k])
         )
+        out = with_step_factors(out, "_s", self.step_factors)
         return _shift_scale(out, "_b", "_s").select(forecasts.columns)
 
     # ------------------------------------------------------------------ persistence
@@ -378,12 +386,33 @@ def replay(
     )
 
 
-def apply_params(forecasts: pl.DataFrame, params: pl.DataFrame) -> pl.DataFrame:
-    """Apply per-(asof, symbol) ``bias``/``scale`` to a forecast frame."""
+def apply_params(
+    forecasts: pl.DataFrame, params: pl.DataFrame, step_factors: Sequence[float] | None = None
+) -> pl.DataFrame:
+    """Apply per-(asof, symbol) ``bias``/``scale``, times step ``h``'s factor, to a frame."""
     joined = forecasts.join(params, on=["asof", "symbol"], how="left").with_columns(
         pl.col("bias").fill_null(0.0), pl.col("scale").fill_null(1.0)
     )
+    joined = with_step_factors(joined, "scale", step_factors)
     return _shift_scale(joined, "bias", "scale").select(forecasts.columns)
+
+
+def with_step_factors(
+    frame: pl.DataFrame, scale: str, factors: Sequence[float] | np.ndarray | None
+) -> pl.DataFrame:
+    """Column ``scale`` times the factor of each row's ``step`` (unchanged without factors)."""
+    if factors is None or len(factors) == 0:
+        return frame
+    table = {h: float(f) for h, f in enumerate(factors, start=1)}
+    bad = frame.filter(~pl.col("step").is_in(list(table)))
+    if bad.height:
+        raise InputError(
+            f"starting calibration has factors for steps 1..{len(table)}, "
+            f"the forecast has step {bad['step'][0]}"
+        )
+    return frame.with_columns(
+        pl.col(scale) * pl.col("step").replace_strict(table, return_dtype=pl.Float64)
+    )
 
 
 def _shift_scale(frame: pl.DataFrame, bias: str, scale: str) -> pl.DataFrame:

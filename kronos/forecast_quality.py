@@ -70,6 +70,13 @@ def repair_crossing(
     return lo, mid, hi, int(crossed.sum())
 
 
+def crossed_rows(forecasts: pl.DataFrame) -> pl.Expr:
+    """True on rows whose three quantiles are finite and not ``p05 <= p50 <= p95``."""
+    a, b, c = pl.col("p05"), pl.col("p50"), pl.col("p95")
+    finite = (a.is_finite() & b.is_finite() & c.is_finite()).fill_null(False)
+    return finite & ~((a <= b) & (b <= c))
+
+
 def repair_frame(forecasts: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """A forecast frame with ``p05 <= p50 <= p95`` per row (sorted where crossed), and the count.
 
@@ -77,8 +84,7 @@ def repair_frame(forecasts: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     quantile are left as they are and not counted; other columns are untouched.
     """
     a, b, c = pl.col("p05"), pl.col("p50"), pl.col("p95")
-    finite = (a.is_finite() & b.is_finite() & c.is_finite()).fill_null(False)
-    crossed = finite & ~((a <= b) & (b <= c))
+    crossed = crossed_rows(forecasts)
     n = int(forecasts.select(crossed.sum()).item())
     if n == 0:
         return forecasts, 0

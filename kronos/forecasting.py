@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.errors import LookAhead
+from kronos.forecast_quality import crossed_rows, repair_frame
 from kronos.models.artifacts import Loaded, load_promoted
 from kronos.models.base import Forecaster, retarget
 from kronos.models.registry import ForecasterRef
@@ -72,6 +73,12 @@ class Produced:
     calibration_night: date | None
     source: str  # "artifact" or "fallback"
     message: str
+    crossed: Mapping[str, int] = field(default_factory=dict)  # per symbol: rows sorted
+
+    @property
+    def crossed_rows(self) -> int:
+        """Rows the model emitted with crossed quantiles (sorted before calibration)."""
+        return sum(self.crossed.values())
 
     @property
     def best(self) -> pl.DataFrame:
@@ -101,6 +108,10 @@ def forecast_with(
     with lock or nullcontext():
         predicted = loaded.forecaster.predict(panel, origin, symbols)
     raw = retarget(predicted, get_calendar(data.calendar))
+    # the calibrator's bias and scale act on a sorted triple: repair first, and say so
+    counts = raw.filter(crossed_rows(raw)).group_by("symbol").len()
+    raw, _ = repair_frame(raw)
+    crossed = dict(zip(counts["symbol"].to_list(), counts["len"].to_list(), strict=True))
     calibrated, night = None, None
     if settings.calibration_enabled:
         names = sorted(raw["symbol"].unique().to_list())
@@ -112,7 +123,7 @@ def forecast_with(
         # a promoted model's starting calibration applies before any nightly state exists
         if night is not None or calibrator.start is not None:
             calibrated = calibrator.apply(raw)
-    return Produced(origin, raw, calibrated, night, loaded.source, loaded.message)
+    return Produced(origin, raw, calibrated, night, loaded.source, loaded.message, crossed)
 
 
 def forecast_and_store(

@@ -30,6 +30,7 @@ from kronos.data import readers
 from kronos.data.ingest import ingest
 from kronos.data.store import Store
 from kronos.features.regime import market_features_at, regime_rows, write_regime
+from kronos.forecast_quality import repair_frame
 from kronos.models.base import Forecaster
 from kronos.models.regime import RegimeEncoder, load_promoted_regime
 from kronos.models.start_calibration import StartCalibration
@@ -44,6 +45,7 @@ class Night:
     report: NightReport
     predicted: bool  # raw forecasts had to be made (none were stored)
     p_turbulent: float | None = None  # the night's regime, read with dynamic lambda only
+    crossed: int = 0  # rows of the forecasts made here with crossed quantiles (sorted)
 
 
 def last_state_date(store: Store, model: str) -> date | None:
@@ -132,10 +134,11 @@ def nightly_calibrate(
         if origin is None:
             continue
         raw = _step1(store, model, origin, data)
-        predicted = raw.is_empty()
+        predicted, crossed = raw.is_empty(), 0
         if predicted:
             model_obj = model_obj or forecaster()
             frame = model_obj.predict(panel, origin, symbols).with_columns(calibrated=pl.lit(False))
+            frame, crossed = repair_frame(frame)  # the calibrator updates on a sorted triple
             ingest(store, "forecasts", [frame], source=model, origin=f"nightly {model} {origin}")
             raw = frame.filter(pl.col("step") == 1)
         aligned = pl.DataFrame({"symbol": symbols}).join(raw, on="symbol", how="left")
@@ -149,7 +152,7 @@ def nightly_calibrate(
         report = calibrator.update(q["p05"], q["p50"], q["p95"], y, p_turbulent)
         state = calibrator.to_frame(model, day).with_columns(updated_at=pl.lit(datetime.now(UTC)))
         ingest(store, "calibration_state", [state], source="nightly", origin=f"{model} {day}")
-        night = Night(day, origin, report, predicted, p_turbulent)
+        night = Night(day, origin, report, predicted, p_turbulent, crossed)
         done.append(night)
         if on_night:
             on_night(night)

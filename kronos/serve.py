@@ -195,6 +195,13 @@ class Service:
                 made = self._forecast(store, panel, names)
             # the origin forecast from, which a stale symbol may put before the store's
             honest = point_in_time(self.fitted_through, asof, made.origin, allow_lookahead=allow)
+            if made.crossed_rows:
+                log.warning(
+                    "%s: %d forecast rows had crossed quantiles at %s; sorted before calibration",
+                    self.loaded.forecaster.name,
+                    made.crossed_rows,
+                    made.origin,
+                )
         except LookAhead as exc:
             raise ServiceError(409, str(exc)) from exc
         except ForecastError as exc:
@@ -212,6 +219,7 @@ class Service:
             calibration_night=None if raw else made.calibration_night,
             fitted_through=self.fitted_through,
             point_in_time=honest,
+            crossed_rows=made.crossed_rows,
             forecasts=[
                 QuantileRow.model_validate(r)
                 for r in frame.select(list(QuantileRow.model_fields)).iter_rows(named=True)
@@ -270,6 +278,7 @@ class Service:
             made,
             raw=made.raw.filter(wanted),
             calibrated=None if made.calibrated is None else made.calibrated.filter(wanted),
+            crossed={s: n for s, n in made.crossed.items() if s in names},
         )
 
     def health(self) -> HealthResponse:

@@ -48,6 +48,11 @@ class ForecastResponse(BaseModel):
     point_in_time: bool = Field(
         description="true iff fitted_through <= origin: the model saw nothing after the origin"
     )
+    crossed_rows: int = Field(
+        0,
+        description="rows the model emitted with crossed quantiles (p05 > p50 or p50 > p95); "
+        "sorted before calibration",
+    )
     forecasts: list[QuantileRow]
 
 

@@ -854,3 +854,4 @@ def test_a_per_symbol_model_forecasts_the_universe_once_per_origin_with_the_same
         zip(alone["p05"], alone["p50"], alone["p95"], strict=True)
     )
     assert aapl["forecasts"][0]["symbol"] == "AAPL"
+    assert ko["crossed_rows"] == 0  # EWMA never crosses; the field is always there

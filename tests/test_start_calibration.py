@@ -193,3 +193,49 @@ def test_bench_starts_every_calibrator_from_its_validation_fit():
         panel, sectors, ("ewma",), settings=S, dynamic=False, starting=False
     )
     assert all(r["start"] is None for r in plain["models"])
+
+
+def test_step_factors_fit_each_steps_band():
+    """Step h's band is 1.4 / (1 + 0.2 (h - 1)) x the true 90% band.
+
+    Reference: step h's own conformal scale, ``scale x factor_h``, is ``(1 + 0.2 (h - 1)) / 1.4``;
+    relative tolerance 0.03 (about 4 standard errors at n = 20,000 per step, as above).
+    """
+    frames = []
+    for h in range(1, 6):
+        f = _wide_forecasts(20_000, 1.4 / (1 + 0.2 * (h - 1)), seed=h)
+        frames.append(f.with_columns(step=pl.lit(h, pl.Int32)))
+    start = fit_start(pl.concat(frames))
+    assert start is not None and start.step_factors is not None
+    own = start.scale * np.array(start.step_factors)
+    np.testing.assert_allclose(own, (1 + 0.2 * np.arange(5)) / 1.4, rtol=0.03)
+    # every step is covered about 90% on validation by its own scale
+    assert 0.899 <= start.coverage_after <= 0.902
+    # the calibrator applies s0 x factor_h (x the nightly state's relative factor, 1 at start)
+    cal = OnlineCalibrator(["A"], {"A": "X"}, S, start)
+    frame = pl.DataFrame(
+        {"symbol": ["A"] * 5, "step": list(range(1, 6)), "p05": -1.0, "p50": 0.0, "p95": 1.0}
+    )
+    out = cal.apply(frame)
+    np.testing.assert_allclose(
+        out["p95"].to_numpy() - out["p50"].to_numpy(),
+        start.scale * np.array(start.step_factors),
+        rtol=1e-12,
+    )
+    # the nightly update judges step 1's band: s0 x factor_1
+    _, mid, hi = cal.apply_arrays(np.array([-1.0]), np.array([0.0]), np.array([1.0]))
+    assert hi[0] - mid[0] == pytest.approx(start.scale * start.step_factors[0], rel=1e-12)
+
+
+def test_a_start_without_step_factors_scales_every_step_alike():
+    """Files written before step factors existed: one scale for all steps, as before."""
+    document = {"bias": 0.0, "scale": 0.8, "n": 100}
+    start = StartCalibration.from_dict(document, "old file")
+    assert start.step_factors is None
+    cal = OnlineCalibrator(["A"], {"A": "X"}, S, start)
+    frame = pl.DataFrame(
+        {"symbol": ["A"] * 5, "step": list(range(1, 6)), "p05": -1.0, "p50": 0.0, "p95": 1.0}
+    )
+    assert cal.apply(frame)["p95"].to_list() == [0.8] * 5
+    with pytest.raises(InputError, match="step_factors"):
+        StartCalibration.from_dict({**document, "step_factors": [1.0, -2.0]}, "bad file")

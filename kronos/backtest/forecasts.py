@@ -21,6 +21,7 @@ import polars as pl
 
 from kronos.backtest.splits import Fold
 from kronos.errors import ConfigError, InputError, LookAhead
+from kronos.forecast_quality import repair_frame
 from kronos.models.base import Forecaster
 from kronos.models.registry import ForecasterRef, build
 from kronos.models.split import train_valid_split
@@ -44,6 +45,7 @@ class FoldForecasts:
     version: str
     fit_seconds: float
     predict_seconds: float
+    crossed: int = 0  # step-1 rows the model emitted with crossed quantiles (sorted here)
 
 
 def build_forecaster(name: ForecasterRef, params: Mapping[str, Any], seed: int) -> Forecaster:
@@ -134,6 +136,5 @@ def fold_forecasts(
         parts.append(model.predict_origins(panel, group, names))
     frames = [p.filter(pl.col("step") == 1).select(list(STEP1_SCHEMA)) for p in parts]
     forecasts = pl.concat(frames) if frames else pl.DataFrame(schema=STEP1_SCHEMA)
-    return FoldForecasts(
-        fold, forecasts.cast(STEP1_SCHEMA), model.version, fit_s, time.perf_counter() - t0
-    )
+    forecasts, crossed = repair_frame(forecasts.cast(STEP1_SCHEMA))
+    return FoldForecasts(fold, forecasts, model.version, fit_s, time.perf_counter() - t0, crossed)

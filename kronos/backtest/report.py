@@ -550,6 +550,7 @@ def write_frames(result: BacktestResult, out_dir: Path) -> dict[str, Path]:
         "parity": _json_safe(result.parity),
         "timings": _json_safe(result.timings),
         "notes": list(result.notes),
+        "crossed_rows": result.crossed_rows,
     }
     path = out_dir / "stats.json"
     path.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")

@@ -150,3 +150,4 @@ class BacktestResult:
     pit_hist: pl.DataFrame = field(default_factory=lambda: empty(PIT_SCHEMA))
     coverage_terciles: pl.DataFrame = field(default_factory=lambda: empty(TERCILE_SCHEMA))
     calibration_scale: pl.DataFrame = field(default_factory=lambda: empty(SCALE_SCHEMA))
+    crossed_rows: int = 0  # step-1 forecast rows emitted with crossed quantiles, sorted

@@ -264,6 +264,7 @@ def run_backtest(
     timings["vectorbt"] = time.perf_counter() - t0
 
     fold_list = [f.fold for f in folds]
+    crossed = sum(f.crossed for f in folds)
     quality: dict[str, pl.DataFrame] = {}  # the report's forecast page: small summaries
     if not plain:
         t0 = time.perf_counter()
@@ -300,7 +301,13 @@ def run_backtest(
             ("vectorbt parity not checked: corporate actions or delistings reached the book",)
             if acted
             else ()
+        )
+        + (
+            (f"{crossed} step-1 forecast rows had crossed quantiles; sorted before use",)
+            if crossed
+            else ()
         ),
+        crossed_rows=crossed,
         **quality,
     )
 

@@ -140,7 +140,8 @@ def run_calibration_bench(
         step(f"calibrate {name}")
         start = starts.get(name)
         params = replay(raw, panel, OnlineCalibrator(symbols, sectors, settings, start))
-        calibrated = apply_params(raw, params)
+        factors = None if start is None else start.step_factors
+        calibrated = apply_params(raw, params, factors)
         before = score(with_realized(raw.filter(in_holdout), panel))
         after = score(with_realized(calibrated.filter(in_holdout), panel))
         last = params.filter(pl.col("asof") == origins[-1])
@@ -149,7 +150,8 @@ def run_calibration_bench(
             dyn_settings = settings.model_copy(update=update)
             calibrator = OnlineCalibrator(symbols, sectors, dyn_settings, start)
             dyn_params = replay(raw, panel, calibrator, regime)
-            dyn = score(with_realized(apply_params(raw, dyn_params).filter(in_holdout), panel))
+            dyn_calibrated = apply_params(raw, dyn_params, factors)
+            dyn = score(with_realized(dyn_calibrated.filter(in_holdout), panel))
             variants[variant] = {
                 "coverage": dyn["coverage"],
                 "crps": dyn["crps"],
@@ -200,7 +202,8 @@ def _start_block(
     if start is None:
         return None
     fixed = raw.select("asof", "symbol").unique().with_columns(bias=start.bias, scale=start.scale)
-    alone = score(with_realized(apply_params(raw, fixed).filter(in_holdout), panel))
+    fixed_calibrated = apply_params(raw, fixed, start.step_factors)
+    alone = score(with_realized(fixed_calibrated.filter(in_holdout), panel))
     return {**start.as_dict(), "holdout_coverage_start_only": alone["coverage"]}
 
 

@@ -61,6 +61,8 @@ def build(
     if name in GRAPH:
         steps = {} if graph_max_steps is None else {"max_steps": graph_max_steps}
         return registry.build(name, sectors=sectors, **steps)
+    if isinstance(name, str | type) and "sectors" in registry.override_keys(name):
+        return registry.build(name, sectors=sectors)
     return registry.build(name)
 
 
@@ -117,6 +119,8 @@ def _fit_and_score(
         "predict_seconds_per_origin": predict_s / len(origins),
         "config": model.get_config(),
     }
+    if hasattr(model, "fitted_summary"):
+        row["fitted"] = model.fitted_summary()
     return row, per_origin_loss(scored)
 
 
@@ -243,6 +247,7 @@ def run_holdout_years(
                 "crps_ratio_garch": r["crps_ratio_garch"],
                 "crps_ratio_ewma": r["crps_ratio_ewma"],
                 **tests[m],
+                **({"fitted": r["fitted"]} if "fitted" in r else {}),
             }
             pooled.setdefault(m, []).append(aligned[m])
         per_year.append(

@@ -148,6 +148,7 @@ def backtest(
             "stats": result.stats,
             "parity": result.parity,
             "notes": list(result.notes),
+            "crossed_rows": result.crossed_rows,
             "timings": result.timings,
             "report": str(files["report.html"]),
             "mlflow_run_id": run_id,

@@ -83,6 +83,21 @@ def print_holdouts(result: dict) -> None:
             rows,
         )
     )
+    print_weights(result)
+
+
+def print_weights(result: dict) -> None:
+    """The combination weights each holdout's validation year chose (per level, per member)."""
+    for r in result["models"]:
+        for year, held in r["holdouts"].items():
+            weights = held.get("fitted", {}).get("weights")
+            if not weights:
+                continue
+            text = "; ".join(
+                f"{level} " + ", ".join(f"{m} {w:.2f}" for m, w in by_member.items())
+                for level, by_member in weights.items()
+            )
+            out.print(f"{r['model']} {year} weights (fitted on the year before): {text}")
 
 
 def conditional_table(result: dict) -> Table:

@@ -105,6 +105,7 @@ def calibrate(
             "skipped_residual": n.report.skipped_residual,
             "missing": n.report.missing,
             "forecasts_made": n.predicted,
+            "crossed_rows": n.crossed,
         }
         for n in nights
     ]

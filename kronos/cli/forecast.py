@@ -113,6 +113,12 @@ def forecast(
                 )
             origin = made.origin
             err.print(made.message, highlight=False)
+            if made.crossed_rows:
+                err.print(
+                    f"[yellow]{model}: {made.crossed_rows} forecast rows had crossed quantiles[/]"
+                    " (p05 > p50 or p50 > p95); sorted before calibration",
+                    highlight=False,
+                )
             if made.calibration_night is not None:
                 err.print(f"calibrated with the state of {made.calibration_night}", highlight=False)
             elif settings.calibration_enabled:
@@ -129,6 +135,7 @@ def forecast(
                     "origin": made.origin,
                     "fitted_through": fitted,
                     "point_in_time": honest,
+                    "crossed_rows": made.crossed_rows,
                     "forecasts": frame.to_dicts(),
                 },
                 default=str,

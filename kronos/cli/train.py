@@ -328,6 +328,8 @@ def train_forecaster(
             overrides |= placement
         elif placement:
             fail(f"{model} does not train with Lightning: it takes no {sorted(placement)}")
+        if "sectors" in override_keys(model):  # har_gbm, combination: the store's sectors
+            overrides.setdefault("sectors", _sectors(db, asof))
         forecaster = build(model, **overrides)
     except KronosError as exc:
         fail(str(exc))

@@ -312,6 +312,11 @@ class PaperLoop:
                     data=self.data,
                 )
                 store_forecasts(self.store, cfg.model, made)
+                if made.crossed_rows:
+                    self.say(
+                        f"{session}: {cfg.model}: {made.crossed_rows} forecast rows had crossed"
+                        " quantiles; sorted before calibration"
+                    )
         if cfg.failsafe:
             self._check_failsafe(session)
 

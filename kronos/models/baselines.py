@@ -35,7 +35,7 @@ from kronos.models.base import (
     forecast_frame,
     history_until,
 )
-from kronos.models.files import read_config, read_state, write_files
+from kronos.models.files import read_hyper_artifact, write_hyper_artifact
 
 __all__ = ["FORMAT_VERSION", "EwmaNormal", "GarchT", "HistoricalQuantiles", "ewma_variance"]
 
@@ -159,26 +159,14 @@ class _Baseline(Forecaster):
     def save(self, directory: Path) -> None:
         """Write ``state.pt``, ``config.json`` and ``scaler.pkl`` (an empty dict)."""
         self._check_fitted()
-        write_files(
-            directory,
-            state={"version": self.version_, **self._state()},
-            scaler={},
-            config={
-                "name": self.name,
-                "format_version": FORMAT_VERSION,
-                "config": self.get_config(),
-            },
-        )
+        state = {"version": self.version_, **self._state()}
+        write_hyper_artifact(directory, self.name, FORMAT_VERSION, self.get_config(), state)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         """Rebuild a forecaster saved by :meth:`save`; refuse another model or format."""
-        directory = Path(directory)
-        config_path = directory / "config.json"
-        expected = {"name": cls.name, "format_version": FORMAT_VERSION}
-        meta = read_config(config_path, expected, ("config",))
-        model = cls._from_hyper_parameters(meta["config"], config_path)
-        state = read_state(directory / "state.pt")
+        hyper, config_path, state = read_hyper_artifact(directory, cls.name, FORMAT_VERSION)
+        model = cls._from_hyper_parameters(hyper, config_path)
         model.version_ = str(state.pop("version"))
         model._set_state(state)
         return model

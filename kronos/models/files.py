@@ -26,10 +26,12 @@ from kronos.models.base import ForecastError
 __all__ = [
     "fingerprint",
     "read_config",
+    "read_hyper_artifact",
     "read_plain_pickle",
     "read_state",
     "stamped",
     "write_files",
+    "write_hyper_artifact",
 ]
 
 
@@ -42,6 +44,30 @@ def write_files(directory: Path, *, state: Mapping[str, Any], scaler: object, co
         pickle.dump(scaler, f)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
+
+
+def write_hyper_artifact(
+    directory: Path, name: str, format_version: int, hyper: dict, state: Mapping[str, Any]
+) -> Path:
+    """Write a model whose ``config.json`` is its name, format and hyper-parameters.
+
+    ``scaler.pkl`` is an empty dict: these models keep everything in ``state``.
+    """
+    config = {"name": name, "format_version": format_version, "config": hyper}
+    return write_files(directory, state=state, scaler={}, config=config)
+
+
+def read_hyper_artifact(
+    directory: Path, name: str, format_version: int
+) -> tuple[dict, Path, dict[str, Any]]:
+    """(hyper-parameters, config path, state) of an artifact :func:`write_hyper_artifact` wrote.
+
+    Another model's or another format's artifact is a ForecastError naming the file.
+    """
+    config_path = Path(directory) / "config.json"
+    expected = {"name": name, "format_version": format_version}
+    meta = read_config(config_path, expected, ("config",))
+    return meta["config"], config_path, read_state(Path(directory) / "state.pt")
 
 
 def read_config(path: Path, expected: Mapping[str, object], required: Sequence[str] = ()) -> dict:

@@ -53,6 +53,8 @@ FORECASTERS: dict[str, str] = {
     "mtgnn": "kronos.models.mtgnn:MtgnnForecaster",
     "mtgnn_prior": "kronos.models.mtgnn:MtgnnPriorForecaster",
     "fracast": "kronos.models.foundation:Fracast",
+    "har_gbm": "kronos.models.har_gbm:HarGbm",
+    "combination": "kronos.models.combination:Combination",
 }
 TRAINING_FIELDS = frozenset(TrainingConfig.model_fields)
 

@@ -18,6 +18,12 @@ fitted and stored beside the artifact as ``CALIBRATION_START.json``:
   overlap, stocks move together), so the guarantee is approximate; with
   thousands of rows the ``+1`` hardly matters. Rows whose band has a zero
   half-width are left out (their score is undefined).
+- **Step factors** ``f_h``: the same conformal quantile on step ``h``'s rows
+  alone, divided by ``s0``, so step ``h``'s band is scaled by ``s0 f_h``. A
+  model whose later steps are too narrow relative to step 1 (one scale cannot
+  fix that: the nightly controller sees step 1 only) starts right at every
+  step. Fitted when every step has ``MIN_ROWS`` usable rows; a file without
+  them (written before they existed) means ``f_h = 1``.
 
 The nightly calibrator starts from ``(b0, s0)`` and clamps relative to it;
 an artifact without the file behaves as before (``b0 = 0``, ``s0 = 1``).
@@ -54,6 +60,7 @@ class StartCalibration:
     coverage_after: float | None = None
     target_coverage: float = TARGET_COVERAGE
     rank: int = 0  # k of the k-th smallest conformity score
+    step_factors: list[float] | None = None  # step h's scale is scale * step_factors[h - 1]
     method: str = "split-conformal: median residual bias, k-th smallest score, k=ceil((n+1)q)"
 
     def as_dict(self) -> dict:
@@ -69,6 +76,8 @@ class StartCalibration:
             "start_coverage_before": self.coverage_before,
             "start_coverage_after": self.coverage_after,
         }
+        for h, f in enumerate(self.step_factors or (), start=1):
+            found[f"start_step{h}_factor"] = f
         return {k: float(v) for k, v in found.items() if v is not None}
 
     @classmethod
@@ -86,6 +95,13 @@ class StartCalibration:
                 f"{where}: starting calibration needs a finite bias and a positive scale, "
                 f"got bias={start.bias!r} scale={start.scale!r}"
             )
+        factors = start.step_factors
+        if factors is not None and not (
+            isinstance(factors, list)
+            and factors
+            and all(isinstance(f, int | float) and math.isfinite(f) and f > 0 for f in factors)
+        ):
+            raise InputError(f"{where}: step_factors must be positive numbers, got {factors!r}")
         return start
 
 
@@ -114,11 +130,22 @@ def fit_start(
         return None
     p05, p50, p95, y = p05[ok], p50[ok], p95[ok], y[ok]
     bias = float(np.median(y - p50))
-    scores = np.sort(conformity_scores(p05, p50, p95, y, bias))
+    scores = conformity_scores(p05, p50, p95, y, bias)
     rank = min(math.ceil((n + 1) * target), n)
-    scale = float(scores[rank - 1])
+    scale = float(np.sort(scores)[rank - 1])
+    factors, each = None, np.full(n, scale)
+    if "step" in scored.columns:
+        steps = scored["step"].to_numpy()[ok]
+        levels = np.unique(steps)
+        counts = [int((steps == h).sum()) for h in levels]
+        if min(counts) >= min_rows and np.array_equal(levels, np.arange(1, len(levels) + 1)):
+            factors = []
+            for h, m in zip(levels, counts, strict=True):
+                own = np.sort(scores[steps == h])[min(math.ceil((m + 1) * target), m) - 1]
+                factors.append(float(own / scale))
+                each[steps == h] = own
     mid = p50 + bias
-    after = (y >= mid - (p50 - p05) * scale) & (y <= mid + (p95 - p50) * scale)
+    after = (y >= mid - (p50 - p05) * each) & (y <= mid + (p95 - p50) * each)
     days = scored.filter(pl.Series(ok))["asof"] if "asof" in scored.columns else None
     return StartCalibration(
         bias=bias,
@@ -130,6 +157,7 @@ def fit_start(
         coverage_after=float(after.mean()),
         target_coverage=target,
         rank=rank,
+        step_factors=factors,
     )
 
 

@@ -90,6 +90,7 @@ def log_backtest(
         "orders": float(result.orders.height),
         "fills": float(result.fills.height),
         "breaker_trips": float(result.breakers.height),
+        "crossed_rows": float(result.crossed_rows),
     }
     recorder.log_metrics(metrics)
     for row in result.fold_metrics.iter_rows(named=True):
