@@ -153,13 +153,17 @@ class OnlineCalibrator:
         resid: np.ndarray,
         miss: np.ndarray,
         rates: tuple[float, float] | None = None,
+        accepted: np.ndarray | None = None,
     ) -> None:
+        """Update ``rows``: the scale from every ``miss``, the bias only where ``accepted``."""
         s = self.settings
         lam, gain = rates or (s.calibration_lambda, s.calibration_scale_gain)
         lo_b, hi_b, lo_s, hi_s = self.bounds()
-        self.bias_[rows] = np.clip((1 - lam) * self.bias_[rows] + lam * resid, lo_b, hi_b)
         log_scale = np.log(self.scale_[rows]) + gain * (miss - (1 - s.calibration_target_coverage))
         self.scale_[rows] = np.clip(np.exp(log_scale), lo_s, hi_s)
+        if accepted is not None:
+            rows, resid = rows[accepted], resid[accepted]
+        self.bias_[rows] = np.clip((1 - lam) * self.bias_[rows] + lam * resid, lo_b, hi_b)
         centred = (resid - self.bias_[rows]) ** 2
         prev = self.resid_var_[rows]
         self.resid_var_[rows] = np.where(np.isnan(prev), centred, (1 - lam) * prev + lam * centred)
@@ -177,7 +181,11 @@ class OnlineCalibrator:
 
         Arrays are aligned with ``symbols``; NaN marks a symbol without a
         forecast or a return that night. ``p_turbulent``: the regime of the
-        night, used with dynamic lambda only.
+        night, used with dynamic lambda only. The guards (``|y|`` above
+        ``calibration_max_return``, a residual beyond ``calibration_max_resid_sigma``
+        sigma) keep a night out of the bias and residual variance; its miss
+        still counts for the scale, since leaving out the largest misses would
+        steer coverage below the target.
         """
         rates = self.rates(p_turbulent)
         s = self.settings
@@ -195,27 +203,37 @@ class OnlineCalibrator:
         )
         ok = present & ~big_return & ~big_resid
         miss = ((y < lo) | (y > hi)).astype(float)
-        rows = np.flatnonzero(ok)
-        self._step(rows, resid[rows], miss[rows], rates)
+        rows = np.flatnonzero(present)
+        self._step(rows, resid[rows], miss[rows], rates, ok[rows])
         n = len(self.symbols)
         for j in range(len(self.sector_names)):
             members = rows[self._sector_idx[rows] == j]
             if len(members):
-                self._step(
-                    np.array([n + j]),
-                    resid[members].mean(keepdims=True),
-                    miss[members].mean(keepdims=True),
-                    rates,
-                )
+                self._pooled_step(n + j, members, resid, miss, ok, rates)
         if len(rows):
-            self._step(
-                np.array([len(self.bias_) - 1]),
-                resid[rows].mean(keepdims=True),
-                miss[rows].mean(keepdims=True),
-                rates,
-            )
+            self._pooled_step(len(self.bias_) - 1, rows, resid, miss, ok, rates)
         return NightReport(
             int(ok.sum()), int(big_return.sum()), int(big_resid.sum()), int((~present).sum())
+        )
+
+    def _pooled_step(
+        self,
+        row: int,
+        members: np.ndarray,
+        resid: np.ndarray,
+        miss: np.ndarray,
+        ok: np.ndarray,
+        rates: tuple[float, float],
+    ) -> None:
+        """A sector or the global state learns its members' mean miss and mean accepted residual."""
+        accepted = members[ok[members]]
+        mean_resid = resid[accepted].mean(keepdims=True) if len(accepted) else np.zeros(1)
+        self._step(
+            np.array([row]),
+            mean_resid,
+            miss[members].mean(keepdims=True),
+            rates,
+            np.array([len(accepted) > 0]),
         )
 
     # ------------------------------------------------------------------ apply

@@ -169,7 +169,7 @@ class CalibrationSettings(ConfigModel):
     calibration_min_samples: int = Field(20, ge=1, description="below: borrow sector, then global")
     calibration_target_coverage: float = Field(0.90, gt=0, lt=1)
     calibration_scale_gain: float = Field(
-        0.03, gt=0, description="step of the log-scale coverage controller"
+        0.05, gt=0, description="step of the log-scale coverage controller"
     )
     calibration_dynamic_lambda: bool = Field(
         False, description="lambda grows with the regime encoder's p_turbulent (whitepaper 10)"

@@ -56,9 +56,9 @@ def test_application_formula():
 def test_one_update_matches_hand_computation():
     cal = OnlineCalibrator(["A"], {"A": "X"}, S)
     cal.update(np.array([-0.02]), np.array([0.0]), np.array([0.02]), np.array([0.01]))
-    # bias: 0.98 * 0 + 0.02 * 0.01 = 2e-4; inside the interval: log s -= 0.03 * 0.10
+    # bias: 0.98 * 0 + 0.02 * 0.01 = 2e-4; inside the interval: log s -= 0.05 * 0.10
     assert cal.bias_[0] == pytest.approx(2e-4, rel=1e-12)
-    assert cal.scale_[0] == pytest.approx(np.exp(-0.003), rel=1e-12)
+    assert cal.scale_[0] == pytest.approx(np.exp(-0.005), rel=1e-12)
     assert cal.n_.tolist() == [1, 1, 1]  # symbol, sector X, global
 
 
@@ -69,6 +69,16 @@ def test_guards_skip_big_returns_and_big_residuals():
     report = cal.update(p05, p50, p95, np.array([0.11, 0.06, 0.01]))
     assert (report.used, report.skipped_return, report.skipped_residual) == (1, 1, 1)
     assert cal.n_[:3].tolist() == [0, 0, 1]
+    # the guarded nights leave bias and residual variance alone ...
+    assert cal.bias_[:2].tolist() == [0.0, 0.0]
+    assert np.isnan(cal.resid_var_[:2]).all() and cal.resid_var_[2] > 0
+    # ... but they are misses, and the scale counts them: log s += 0.05 * 0.90
+    assert cal.scale_[:3] == pytest.approx(
+        [np.exp(0.045), np.exp(0.045), np.exp(-0.005)], rel=1e-12
+    )
+    # the global state: mean miss 2/3, mean residual of the one accepted night
+    assert cal.scale_[-1] == pytest.approx(np.exp(0.05 * (2 / 3 - 0.10)), rel=1e-12)
+    assert cal.bias_[-1] == pytest.approx(0.02 * 0.01, rel=1e-12)
 
 
 def test_new_symbols_borrow_sector_then_global():

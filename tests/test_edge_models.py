@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from kronos.calendar import get_calendar
+from kronos.errors import ConfigError
 from kronos.models.base import PANEL_SCHEMA, QUANTILES, ForecastError
 from kronos.models.baselines import EwmaNormal, ewma_variance
 from kronos.models.combination import Combination, simplex_quantile_weights
@@ -186,3 +187,15 @@ def test_given_validation_rows_steer_only(panel):
     assert steered.rounds_ == refitted.rounds_
     assert [b.num_trees() for b in steered.boosters_] == steered.rounds_
     assert steered.version != refitted.version
+
+
+def test_member_options_reach_the_members_and_survive_a_round_trip(panel, tmp_path):
+    history = panel.filter(pl.col("ts") < date(2017, 1, 1))
+    model = Combination(
+        members=("ewma", "historical"), valid_days=120, member_options={"ewma": {"lam": 0.97}}
+    ).fit(history)
+    assert model.members_[0].lam == 0.97 and model.members_[1].window == 250
+    model.save(tmp_path / "combo")
+    assert Combination.load(tmp_path / "combo").members_[0].lam == 0.97
+    with pytest.raises(ConfigError, match=r"member_options for \['garch'\], not members"):
+        Combination(members=("ewma", "historical"), member_options={"garch": {}}).fit(history)

@@ -13,7 +13,8 @@ average of quantiles is the quantile of the weighted "Vincentized"
 distribution, so the combination stays a proper quantile forecast.
 Every member is then refitted on all the data, and the weights are kept
 (unless ``fit`` was given the validation rows: then they only steer).
-Members that take ``sectors`` or ``valid_days`` get the combination's.
+Members that take ``sectors`` or ``valid_days`` get the combination's;
+``member_options`` adds keyword overrides per member (``max_steps``...).
 The three combined quantiles are sorted (they cannot cross when the members'
 do not, but a custom member might).
 """
@@ -90,13 +91,21 @@ class Combination(Forecaster):
         members: Sequence[str] = ("ewma", "garch", "har_gbm"),
         sectors: Mapping[str, str | None] | None = None,
         valid_days: int = 365,
+        member_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.members = list(members)
         self.sectors = dict(sectors) if sectors else None
         self.valid_days = valid_days
+        # keyword overrides per member name, e.g. {"mtgnn_prior": {"max_steps": 200}}
+        self.member_options = {m: dict(o) for m, o in (member_options or {}).items()}
 
     def _hyper_parameters(self) -> dict[str, Any]:
-        return {"members": self.members, "sectors": self.sectors, "valid_days": self.valid_days}
+        return {
+            "members": self.members,
+            "sectors": self.sectors,
+            "valid_days": self.valid_days,
+            "member_options": self.member_options,
+        }
 
     @property
     def input_size(self) -> int:
@@ -108,7 +117,8 @@ class Combination(Forecaster):
 
         keys = registry.override_keys(member)
         passed = {"sectors": self.sectors, "valid_days": self.valid_days}
-        return registry.build(member, **{k: v for k, v in passed.items() if k in keys})
+        options = {k: v for k, v in passed.items() if k in keys}
+        return registry.build(member, **{**options, **self.member_options.get(member, {})})
 
     def fit(
         self, train: Panel, valid: Panel | None = None, recorder: Recorder | None = None
@@ -125,6 +135,8 @@ class Combination(Forecaster):
             raise ConfigError(
                 f"combination: needs two or more distinct members, got {self.members}"
             )
+        if unknown := sorted(set(self.member_options) - set(self.members)):
+            raise ConfigError(f"combination: member_options for {unknown}, not members")
         if valid is None:
             train, valid = train_valid_split(train, valid_days=self.valid_days)
         if valid.is_empty() or train.is_empty():
