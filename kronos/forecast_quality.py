@@ -70,7 +70,7 @@ def repair_crossing(
     return lo, mid, hi, int(crossed.sum())
 
 
-def crossed_rows(forecasts: pl.DataFrame) -> pl.Expr:
+def crossed_rows() -> pl.Expr:
     """True on rows whose three quantiles are finite and not ``p05 <= p50 <= p95``."""
     a, b, c = pl.col("p05"), pl.col("p50"), pl.col("p95")
     finite = (a.is_finite() & b.is_finite() & c.is_finite()).fill_null(False)
@@ -84,7 +84,7 @@ def repair_frame(forecasts: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     quantile are left as they are and not counted; other columns are untouched.
     """
     a, b, c = pl.col("p05"), pl.col("p50"), pl.col("p95")
-    crossed = crossed_rows(forecasts)
+    crossed = crossed_rows()
     n = int(forecasts.select(crossed.sum()).item())
     if n == 0:
         return forecasts, 0

@@ -81,6 +81,16 @@ class Produced:
         return sum(self.crossed.values())
 
     @property
+    def crossed_note(self) -> str | None:
+        """What to tell the user about crossed rows; None when there were none."""
+        if not self.crossed_rows:
+            return None
+        return (
+            f"{self.crossed_rows} forecast rows had crossed quantiles at {self.origin} "
+            "(p05 > p50 or p50 > p95); sorted before calibration"
+        )
+
+    @property
     def best(self) -> pl.DataFrame:
         """The calibrated forecasts when there are some, else the raw ones."""
         return self.calibrated if self.calibrated is not None else self.raw
@@ -109,9 +119,10 @@ def forecast_with(
         predicted = loaded.forecaster.predict(panel, origin, symbols)
     raw = retarget(predicted, get_calendar(data.calendar))
     # the calibrator's bias and scale act on a sorted triple: repair first, and say so
-    counts = raw.filter(crossed_rows(raw)).group_by("symbol").len()
-    raw, _ = repair_frame(raw)
+    counts = raw.filter(crossed_rows()).group_by("symbol").len()
     crossed = dict(zip(counts["symbol"].to_list(), counts["len"].to_list(), strict=True))
+    if crossed:
+        raw, _ = repair_frame(raw)
     calibrated, night = None, None
     if settings.calibration_enabled:
         names = sorted(raw["symbol"].unique().to_list())

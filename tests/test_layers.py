@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "kronos.serve",
         "kronos.serve_docs",
         "kronos.serve_models",
+        "kronos.serve_request",
         "kronos.serve_store",
         "kronos.__main__",
     ),

@@ -33,7 +33,8 @@ from kronos.models.artifacts import promote, write_artifact
 from kronos.models.base import ForecastError
 from kronos.models.baselines import EwmaNormal
 from kronos.nightly import nightly_calibrate
-from kronos.serve import ServiceConfig, ServiceError, check_request, create_app
+from kronos.serve import ServiceConfig, ServiceError, create_app
+from kronos.serve_request import check_request
 
 CALIBRATED_NIGHT = date(2020, 3, 4)
 ROW_KEYS = ["symbol", "step", "target_ts", "p05", "p50", "p95"]

@@ -113,12 +113,8 @@ def forecast(
                 )
             origin = made.origin
             err.print(made.message, highlight=False)
-            if made.crossed_rows:
-                err.print(
-                    f"[yellow]{model}: {made.crossed_rows} forecast rows had crossed quantiles[/]"
-                    " (p05 > p50 or p50 > p95); sorted before calibration",
-                    highlight=False,
-                )
+            if made.crossed_note:
+                err.print(f"[yellow]{model}: {made.crossed_note}[/]", highlight=False)
             if made.calibration_night is not None:
                 err.print(f"calibrated with the state of {made.calibration_night}", highlight=False)
             elif settings.calibration_enabled:

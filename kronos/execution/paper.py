@@ -312,11 +312,8 @@ class PaperLoop:
                     data=self.data,
                 )
                 store_forecasts(self.store, cfg.model, made)
-                if made.crossed_rows:
-                    self.say(
-                        f"{session}: {cfg.model}: {made.crossed_rows} forecast rows had crossed"
-                        " quantiles; sorted before calibration"
-                    )
+                if made.crossed_note:
+                    self.say(f"{session}: {cfg.model}: {made.crossed_note}")
         if cfg.failsafe:
             self._check_failsafe(session)
 

@@ -45,7 +45,7 @@ from kronos.models.base import (
 )
 from kronos.models.evaluation import with_realized
 from kronos.models.files import read_hyper_artifact, write_hyper_artifact
-from kronos.models.split import train_valid_split
+from kronos.models.split import fit_split
 
 __all__ = ["Combination", "simplex_quantile_weights"]
 
@@ -137,15 +137,9 @@ class Combination(Forecaster):
             )
         if unknown := sorted(set(self.member_options) - set(self.members)):
             raise ConfigError(f"combination: member_options for {unknown}, not members")
-        if valid is None:
-            train, valid = train_valid_split(train, valid_days=self.valid_days)
-        if valid.is_empty() or train.is_empty():
-            raise ForecastError(
-                "combination: needs rows both before and inside the validation window"
-            )
+        train, valid, both = fit_split(self.name, train, valid, self.valid_days)
         if recorder is not None:
             recorder.log_params({"model": self.name, **self.get_config()})
-        both = pl.concat([train, valid.select(train.columns)]).sort("symbol", "ts")
         origins = sorted(valid["ts"].unique().to_list())
         fitted = [self._build(m).fit(train) for m in self.members]
         cells = with_realized(self._stack(fitted, both, origins, None), both)

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 
 from kronos.errors import ConfigError
+from kronos.metrics import pinball_loss
 from kronos.models.base import (
     FORECAST_SCHEMA,
     QUANTILES,
@@ -45,7 +46,7 @@ from kronos.models.base import (
 )
 from kronos.models.files import read_hyper_artifact, write_hyper_artifact
 from kronos.models.har_features import FEATURES, VolFeatures, volatility_features
-from kronos.models.split import train_valid_split
+from kronos.models.split import fit_split
 
 __all__ = ["HarGbm"]
 
@@ -56,11 +57,6 @@ def _lightgbm() -> Any:
     import lightgbm
 
     return lightgbm
-
-
-def _pinball(y: np.ndarray, q: np.ndarray, tau: float) -> float:
-    u = y - q
-    return float(np.mean(np.maximum(tau * u, (tau - 1.0) * u)))
 
 
 class HarGbm(Forecaster):
@@ -189,18 +185,14 @@ class HarGbm(Forecaster):
         missing = {"symbol", "ts", "y"} - set(train.columns)
         if missing:
             raise ForecastError(f"training panel lacks columns {sorted(missing)}")
-        if valid is None:
-            train, valid = train_valid_split(train, valid_days=self.valid_days)
-        if valid.is_empty() or train.is_empty():
-            raise ForecastError("har_gbm: needs rows both before and inside the validation window")
+        train, valid, both = fit_split(self.name, train, valid, self.valid_days)
         if recorder is not None:
             recorder.log_params({"model": self.name, **self.get_config()})
         lgb = _lightgbm()
-        both = pl.concat([train, valid.select(train.columns)]).sort("symbol", "ts")
         fit_feats = volatility_features(train, self.sectors, self.lam)
         all_feats = volatility_features(both, self.sectors, self.lam)
         x_fit, z_fit = self._rows(fit_feats, None)
-        x_val, z_val = self._rows_after(all_feats, valid)
+        x_val, z_val = self._rows(all_feats, np.datetime64(valid["ts"].min(), "D"))
         rounds, val_pred, early = [], [], []
         for tau in QUANTILES:
             booster = lgb.train(
@@ -214,8 +206,8 @@ class HarGbm(Forecaster):
             rounds.append(best)
             val_pred.append(booster.predict(x_val, num_iteration=best))
             early.append(lgb.Booster(model_str=booster.model_to_string(num_iteration=best)))
-        model_loss = _pinball(z_val, val_pred[1], 0.5)
-        zero_loss = _pinball(z_val, np.zeros_like(z_val), 0.5)
+        model_loss = pinball_loss(z_val, val_pred[1], 0.5)
+        zero_loss = pinball_loss(z_val, np.zeros_like(z_val), 0.5)
         self.boosters_ = early
         if refit:
             x_all, z_all = self._rows(all_feats, None)
@@ -238,10 +230,6 @@ class HarGbm(Forecaster):
                 }
             )
         return self
-
-    def _rows_after(self, feats: VolFeatures, valid: Panel) -> tuple[np.ndarray, np.ndarray]:
-        first = np.datetime64(valid["ts"].min(), "D")
-        return self._rows(feats, first)
 
     def _digest(self) -> str:
         h = hashlib.sha256(json.dumps(self.get_config(), sort_keys=True).encode())

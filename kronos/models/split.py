@@ -6,6 +6,8 @@ from datetime import timedelta
 
 import polars as pl
 
+from kronos.models.base import ForecastError
+
 
 def train_valid_split(
     panel: pl.DataFrame, valid_days: int = 365, valid_frac: float = 0.2
@@ -33,3 +35,20 @@ def train_valid_split(
     is_valid = pl.col("pos") >= pl.col("n") - pl.col("n_valid")
     cols = panel.columns
     return ranked.filter(~is_valid).select(cols), ranked.filter(is_valid).select(cols)
+
+
+def fit_split(
+    name: str, train: pl.DataFrame, valid: pl.DataFrame | None, valid_days: int
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """``(fit rows, validation rows, both)`` for a model that chooses on validation.
+
+    Without ``valid`` the last ``valid_days`` of ``train`` are split off
+    (:func:`train_valid_split`); ``both`` is every row, sorted, for a refit and
+    for features that need history before the validation window.
+    """
+    if valid is None:
+        train, valid = train_valid_split(train, valid_days=valid_days)
+    if valid.is_empty() or train.is_empty():
+        raise ForecastError(f"{name}: needs rows both before and inside the validation window")
+    both = pl.concat([train, valid.select(train.columns)]).sort("symbol", "ts")
+    return train, valid, both

@@ -114,6 +114,11 @@ def conformity_scores(
         return np.maximum((mid - y) / (p50 - p05), (y - mid) / (p95 - p50))
 
 
+def _rank(n: int, target: float) -> int:
+    """The finite-sample conformal rank: the k-th smallest of ``n`` scores, ``k = ceil((n+1)q)``."""
+    return min(math.ceil((n + 1) * target), n)
+
+
 def fit_start(
     scored: pl.DataFrame, target: float = TARGET_COVERAGE, min_rows: int = MIN_ROWS
 ) -> StartCalibration | None:
@@ -131,7 +136,7 @@ def fit_start(
     p05, p50, p95, y = p05[ok], p50[ok], p95[ok], y[ok]
     bias = float(np.median(y - p50))
     scores = conformity_scores(p05, p50, p95, y, bias)
-    rank = min(math.ceil((n + 1) * target), n)
+    rank = _rank(n, target)
     scale = float(np.sort(scores)[rank - 1])
     factors, each = None, np.full(n, scale)
     if "step" in scored.columns:
@@ -141,7 +146,7 @@ def fit_start(
         if min(counts) >= min_rows and np.array_equal(levels, np.arange(1, len(levels) + 1)):
             factors = []
             for h, m in zip(levels, counts, strict=True):
-                own = np.sort(scores[steps == h])[min(math.ceil((m + 1) * target), m) - 1]
+                own = np.sort(scores[steps == h])[_rank(m, target) - 1]
                 factors.append(float(own / scale))
                 each[steps == h] = own
     mid = p50 + bias
